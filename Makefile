@@ -1,0 +1,22 @@
+PYTHON ?= python
+PYTEST_ARGS ?=
+
+.PHONY: test test-fast lint bench oracle
+
+# The whole offline suite, parity tests against upstream 4.0.1 included.
+test:
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+
+test-fast:
+	$(PYTHON) -m pytest -q -x -m "not slow" $(PYTEST_ARGS) tests
+
+lint:
+	$(PYTHON) -m flake8 demucs tests bench examples
+
+# Installs upstream demucs 4.0.1 (the test oracle) into .oracle/site, outside our package.
+oracle:
+	$(PYTHON) -m pip install -q --no-deps --target .oracle/site demucs==4.0.1 openunmix==1.3.0
+
+bench:
+	$(PYTHON) bench/bench_onnx.py
+	$(PYTHON) bench/bench_speed.py

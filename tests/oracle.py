@@ -1,0 +1,106 @@
+"""Runs upstream demucs 4.0.1 (the reference) in a subprocess.
+
+Upstream and our package are both called ``demucs``, and pickled checkpoints name
+``demucs.*`` classes, so the two must never share an interpreter. The oracle lives in
+``.oracle/site`` (``make oracle``) or wherever ``DEMUCS_ORACLE_SITE`` points, and runs
+with stub ``torchaudio``/``dora``/``omegaconf`` modules from ``tests/oracle_stubs``.
+
+Data goes in and out through files written with ``torch.save`` (plain tensors and
+dicts), which our side reads back with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+STUBS = Path(__file__).resolve().parent / "oracle_stubs"
+
+
+def oracle_site() -> Path:
+    return Path(os.environ.get("DEMUCS_ORACLE_SITE", ROOT / ".oracle" / "site"))
+
+
+def available() -> bool:
+    return (oracle_site() / "demucs" / "htdemucs.py").exists()
+
+
+def env() -> dict:
+    """Environment for a subprocess that imports upstream ``demucs``."""
+    out = dict(os.environ)
+    out["PYTHONPATH"] = os.pathsep.join([str(STUBS), str(oracle_site())])
+    # Upstream 4.0.1 calls torch.load without weights_only; only ever on files tests made.
+    out["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    out.setdefault("OMP_NUM_THREADS", "1")
+    return out
+
+
+def run(code: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs ``code`` with upstream demucs importable; raises with its stderr on failure."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=str(cwd), env=env(), capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"oracle failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_cli(args: list, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs upstream's ``python -m demucs.separate ARGS``."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "demucs.separate", *map(str, args)],
+        cwd=str(cwd), env=env(), capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"oracle CLI failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def make_model(
+    klass: str,
+    kwargs: dict,
+    inputs: Optional[torch.Tensor],
+    workdir: Path,
+    seed: int = 0,
+    checkpoint: Optional[Path] = None,
+) -> dict:
+    """Builds upstream ``klass`` (e.g. "htdemucs.HTDemucs") with ``kwargs`` and ``seed``.
+
+    Returns ``{"state": state_dict, "output": model(inputs) or None}``. If ``checkpoint``
+    is given, also saves the model there with upstream's ``states.save_model`` format
+    (``{"klass", "args", "kwargs", "state", "training_args"}``) via ``serialize_model``.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    module, name = klass.rsplit(".", 1)
+    inp = workdir / "oracle_in.pt"
+    out = workdir / "oracle_out.pt"
+    torch.save({"kwargs": kwargs, "inputs": inputs}, inp)
+    ckpt = repr(str(checkpoint)) if checkpoint is not None else "None"
+    run(f"""
+        import torch
+        from demucs.{module} import {name} as Klass
+        from demucs.states import serialize_model
+        data = torch.load({str(inp)!r})
+        torch.manual_seed({seed})
+        model = Klass(**data["kwargs"])
+        model.eval()
+        output = None
+        if data["inputs"] is not None:
+            with torch.no_grad():
+                output = model(data["inputs"])
+        if {ckpt} is not None:
+            torch.save(serialize_model(model, {{}}), {ckpt})
+        torch.save({{"state": model.state_dict(), "output": output}}, {str(out)!r})
+    """, cwd=workdir)
+    return torch.load(out, weights_only=True)
+
+
+def load_result(path: Path) -> Any:
+    return torch.load(path, weights_only=True)

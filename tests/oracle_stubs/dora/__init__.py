@@ -1,0 +1,1 @@
+"""Test-only stand-in for dora (upstream demucs only needs dora.log)."""
