@@ -1,0 +1,145 @@
+"""Pretrained models: the remote catalog, local repos, and the command line flags.
+
+The catalog ships with the package (``demucs/remote``): ``files.txt`` lists the single
+model files (``SIG-CHECKSUM.th``, grouped under ``root:`` folders) and each ``NAME.yaml``
+describes a bag of models. Files are downloaded from :data:`ROOT_URL`, which the
+environment variable ``DEMUCS_REMOTE_ROOT`` overrides (e.g. a mirror or a test server).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import typing as tp
+from pathlib import Path
+
+from torch import nn
+
+from .repo import (AnyModel, AnyModelRepo, BagOnlyRepo, DownloadError,  # noqa: F401
+                   LocalRepo, ModelLoadingError, ModelOnlyRepo, RemoteRepo)
+from .states import set_stft_backend
+
+logger = logging.getLogger(__name__)
+
+ROOT_URL = "https://dl.fbaipublicfiles.com/demucs/"
+#: Environment variable overriding :data:`ROOT_URL`.
+ROOT_URL_ENV = "DEMUCS_REMOTE_ROOT"
+REMOTE_ROOT = Path(__file__).parent / "remote"
+
+SOURCES = ["drums", "bass", "other", "vocals"]
+DEFAULT_MODEL = "htdemucs"
+
+
+def root_url() -> str:
+    """Base URL of the remote files: ``$DEMUCS_REMOTE_ROOT`` or :data:`ROOT_URL`."""
+    url = os.environ.get(ROOT_URL_ENV) or ROOT_URL
+    return url if url.endswith("/") else url + "/"
+
+
+def demucs_unittest() -> nn.Module:
+    """A tiny untrained HDemucs, for tests (``-n demucs_unittest``)."""
+    from .hdemucs import HDemucs
+    return HDemucs(channels=4, sources=SOURCES)
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds ``-n/--name``, ``-s/--sig`` and ``--repo`` to ``parser``."""
+    group = parser.add_mutually_exclusive_group(required=False)
+    group.add_argument("-s", "-sig", "--sig", "--signature", dest="sig", default=None,
+                       help="Signature of a single model (in --repo, or the remote catalog).")
+    group.add_argument("-n", "--name", default=DEFAULT_MODEL,
+                       help=f"Pretrained model name or signature. Default is {DEFAULT_MODEL}.")
+    parser.add_argument("--repo", type=Path, default=None,
+                        help="Folder containing all pre-trained models for use with -n.")
+
+
+def _parse_remote_files(remote_file_list: tp.Union[str, Path]) -> tp.Dict[str, str]:
+    """Reads a ``files.txt`` catalog into ``{signature: url}``.
+
+    Lines are ``SIG-CHECKSUM.th`` file names, ``root: FOLDER/`` (prefix of the following
+    files) or ``# comments``; blank lines are ignored.
+    """
+    base = root_url()
+    root = ""
+    models: tp.Dict[str, str] = {}
+    for line in Path(remote_file_list).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("root:"):
+            root = line.split(":", 1)[1].strip()
+            continue
+        sig = line.split("-", 1)[0]
+        if sig in models:
+            raise ModelLoadingError(f"duplicate signature {sig} in {remote_file_list}")
+        models[sig] = base + root + line
+    return models
+
+
+def _repos(repo: tp.Optional[Path]) -> tp.Tuple[ModelOnlyRepo, BagOnlyRepo]:
+    model_repo: ModelOnlyRepo
+    if repo is None:
+        model_repo = RemoteRepo(_parse_remote_files(REMOTE_ROOT / "files.txt"))
+        return model_repo, BagOnlyRepo(REMOTE_ROOT, model_repo)
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise ModelLoadingError(f"{repo} must exist and be a directory.")
+    model_repo = LocalRepo(repo)
+    return model_repo, BagOnlyRepo(repo, model_repo)
+
+
+def get_model(name: str, repo: tp.Optional[Path] = None,
+              use_conv_stft: tp.Optional[bool] = None) -> AnyModel:
+    """Loads a pretrained model or bag of models, in eval mode.
+
+    Args:
+        name: a bag name (``htdemucs``, ``mdx_extra``...) or a single model signature.
+        repo: a local folder with ``.th``/``.yaml`` files; ``None`` uses the remote
+            catalog (downloads into torch.hub's cache).
+        use_conv_stft: if not None, selects the STFT backend of every loaded model.
+
+    Raises:
+        ModelLoadingError: unknown name, failed download, bad checksum, unsafe file...
+    """
+    if name == "demucs_unittest":
+        model: nn.Module = demucs_unittest()
+    else:
+        model_repo, bag_repo = _repos(repo)
+        try:
+            model = AnyModelRepo(model_repo, bag_repo).get_model(name)
+        except DownloadError as exc:
+            if exc.name != name:
+                raise DownloadError(f"{name} (model {exc.name})", exc.reason) from exc
+            raise
+    if use_conv_stft is not None:
+        set_stft_backend(model, use_conv_stft)
+    model.eval()
+    return model
+
+
+def get_model_from_args(args: argparse.Namespace) -> AnyModel:
+    """Loads the model chosen by the flags of :func:`add_model_flags`."""
+    name = getattr(args, "sig", None) or getattr(args, "name", None) or DEFAULT_MODEL
+    use_conv_stft = getattr(args, "use_conv_stft", None)
+    return get_model(name=name, repo=getattr(args, "repo", None), use_conv_stft=use_conv_stft)
+
+
+def list_models(repo: tp.Optional[Path] = None,
+                signatures: tp.Optional[bool] = None) -> tp.List[str]:
+    """Names that :func:`get_model` accepts, without downloading anything.
+
+    Args:
+        repo: a local folder, or ``None`` for the remote catalog.
+        signatures: also list single model signatures. Defaults to True for a local
+            repo and False for the remote catalog (whose members are listed in bags).
+
+    Returns:
+        Bag names (sorted), followed by signatures (sorted) when requested.
+    """
+    model_repo, bag_repo = _repos(repo)
+    if signatures is None:
+        signatures = repo is not None
+    names = bag_repo.list_models()
+    if signatures:
+        names += [sig for sig in model_repo.list_models() if sig not in names]
+    return names

@@ -1,0 +1,255 @@
+"""Model repositories: where pretrained models and bags of models come from.
+
+* :class:`RemoteRepo`: single models downloaded from a URL into torch.hub's cache,
+  verified against the checksum in their file name, then loaded safely.
+* :class:`LocalRepo`: single models in a folder, as ``SIG.th`` or ``SIG-CHECKSUM.th``.
+* :class:`BagOnlyRepo`: ``NAME.yaml`` files describing bags of models (``models``,
+  optional ``weights`` and ``segment``), whose members come from a model repo.
+* :class:`AnyModelRepo`: a single model by signature, or else a bag by name.
+"""
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import typing as tp
+import urllib.error
+import uuid
+from hashlib import sha256
+from pathlib import Path
+
+import torch
+import yaml
+
+from .apply import BagOfModels, Model
+from .states import ModelLoadingError, load_model
+
+__all__ = ["AnyModel", "ModelLoadingError", "DownloadError", "check_checksum",
+           "ModelOnlyRepo", "RemoteRepo", "LocalRepo", "BagOnlyRepo", "AnyModelRepo"]
+
+AnyModel = tp.Union[Model, BagOfModels]
+
+#: The checksum is the part of a file name between the first "-" and the extension.
+_CHECKSUM_RE = re.compile(r"-([a-fA-F0-9]+)\.[^.]*$")
+
+
+class DownloadError(ModelLoadingError):
+    """A pretrained model could not be fetched (no network, server error...)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(
+            f"cannot download {name}: {reason}; "
+            "place the files in a folder and pass --repo DIR")
+
+
+def _file_sha256(path: Path) -> str:
+    sha = sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def check_checksum(path: tp.Union[str, Path], checksum: str) -> None:
+    """Raises :class:`ModelLoadingError` unless sha256(file) starts with ``checksum``."""
+    actual = _file_sha256(Path(path))[:len(checksum)]
+    if actual != checksum.lower():
+        raise ModelLoadingError(f"Invalid checksum for file {path}, "
+                                f"expected {checksum} but got {actual}")
+
+
+class ModelOnlyRepo:
+    """Interface of repositories of single models, addressed by signature."""
+
+    def has_model(self, sig: str) -> bool:
+        raise NotImplementedError()
+
+    def get_model(self, sig: str) -> Model:
+        raise NotImplementedError()
+
+    def list_models(self) -> tp.List[str]:
+        """Signatures available in this repo."""
+        raise NotImplementedError()
+
+
+def _describe_network_error(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"the server answered HTTP {exc.code} {exc.reason}"
+    reason = getattr(exc, "reason", None) or exc
+    return f"no network ({type(reason).__name__}: {reason})"
+
+
+class RemoteRepo(ModelOnlyRepo):
+    """Models downloaded on demand into ``torch.hub.get_dir()/checkpoints``.
+
+    Args:
+        models: signature -> URL. A URL's file name ``SIG-CHECKSUM.th`` gives the
+            expected prefix of the file's sha256; it is verified before loading.
+    """
+
+    def __init__(self, models: tp.Dict[str, str]) -> None:
+        self._models = dict(models)
+
+    def has_model(self, sig: str) -> bool:
+        return sig in self._models
+
+    def list_models(self) -> tp.List[str]:
+        return sorted(self._models)
+
+    @staticmethod
+    def cache_dir() -> Path:
+        """Folder of downloaded checkpoints (torch.hub's, honours ``TORCH_HOME``)."""
+        return Path(torch.hub.get_dir()) / "checkpoints"
+
+    def _download(self, sig: str, url: str, target: Path, checksum: tp.Optional[str]) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+        try:
+            try:
+                torch.hub.download_url_to_file(url, str(partial), progress=True)
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                raise DownloadError(sig, f"{_describe_network_error(exc)}, url {url}") from exc
+            if checksum is not None:
+                try:
+                    check_checksum(partial, checksum)
+                except ModelLoadingError as exc:
+                    raise ModelLoadingError(
+                        f"downloaded file for {sig} from {url} is corrupted: {exc}; "
+                        "it was deleted") from exc
+            os.replace(partial, target)
+        finally:
+            if partial.exists():
+                partial.unlink()
+
+    def get_model(self, sig: str) -> Model:
+        try:
+            url = self._models[sig]
+        except KeyError:
+            raise ModelLoadingError(
+                f"Could not find a pre-trained model with signature {sig}.") from None
+        filename = url.rsplit("/", 1)[-1].split("?", 1)[0]
+        match = _CHECKSUM_RE.search(filename)
+        checksum = match.group(1) if match else None
+        target = self.cache_dir() / filename
+        if not target.exists():
+            self._download(sig, url, target, checksum)
+        elif checksum is not None:
+            try:
+                check_checksum(target, checksum)
+            except ModelLoadingError as exc:
+                target.unlink()
+                raise ModelLoadingError(
+                    f"cached file for {sig} was corrupted and has been deleted, "
+                    f"retry to download it again ({exc})") from exc
+        return load_model(target)
+
+
+class LocalRepo(ModelOnlyRepo):
+    """Models stored in a folder as ``SIG.th`` or ``SIG-CHECKSUM.th``.
+
+    When a checksum is part of the name, the file's sha256 must start with it.
+    """
+
+    def __init__(self, root: tp.Union[str, Path]) -> None:
+        self.root = Path(root)
+        self.scan()
+
+    def scan(self) -> None:
+        """(Re)reads the folder. Raises if two files share a signature."""
+        self._models: tp.Dict[str, Path] = {}
+        self._checksums: tp.Dict[str, str] = {}
+        for file in sorted(self.root.iterdir()):
+            if file.suffix != ".th":
+                continue
+            sig, sep, checksum = file.stem.partition("-")
+            if sig in self._models:
+                raise ModelLoadingError(
+                    f"Duplicate pre-trained model exist for signature {sig}. "
+                    "Please delete all but one.")
+            if sep:
+                self._checksums[sig] = checksum
+            self._models[sig] = file
+
+    def has_model(self, sig: str) -> bool:
+        return sig in self._models
+
+    def list_models(self) -> tp.List[str]:
+        return sorted(self._models)
+
+    def get_model(self, sig: str) -> Model:
+        try:
+            file = self._models[sig]
+        except KeyError:
+            raise ModelLoadingError(
+                f"Could not find pre-trained model with signature {sig}.") from None
+        if sig in self._checksums:
+            check_checksum(file, self._checksums[sig])
+        return load_model(file)
+
+
+def read_bag(path: tp.Union[str, Path]) -> tp.Dict[str, tp.Any]:
+    """Parses a bag description: ``{"models": [sig...], "weights": ..., "segment": ...}``."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as file:
+        bag = yaml.safe_load(file)
+    if not isinstance(bag, dict) or not isinstance(bag.get("models"), list):
+        raise ModelLoadingError(f"{path} is not a bag of models: it needs a `models` list")
+    return {"models": [str(sig) for sig in bag["models"]],
+            "weights": bag.get("weights"),
+            "segment": bag.get("segment")}
+
+
+class BagOnlyRepo:
+    """Bags of models described by ``NAME.yaml`` files; members come from ``model_repo``."""
+
+    def __init__(self, root: tp.Union[str, Path], model_repo: ModelOnlyRepo) -> None:
+        self.root = Path(root)
+        self.model_repo = model_repo
+        self.scan()
+
+    def scan(self) -> None:
+        """(Re)reads the folder."""
+        self._bags: tp.Dict[str, Path] = {
+            file.stem: file for file in self.root.iterdir() if file.suffix == ".yaml"}
+
+    def has_model(self, name: str) -> bool:
+        return name in self._bags
+
+    def list_models(self) -> tp.List[str]:
+        """Names of the bags in this repo."""
+        return sorted(self._bags)
+
+    def get_bag_description(self, name: str) -> tp.Dict[str, tp.Any]:
+        """The parsed yaml of bag ``name`` (see :func:`read_bag`), nothing downloaded."""
+        try:
+            yaml_file = self._bags[name]
+        except KeyError:
+            raise ModelLoadingError(f"{name} is neither a single pre-trained model or "
+                                    "a bag of models.") from None
+        return read_bag(yaml_file)
+
+    def get_model(self, name: str) -> BagOfModels:
+        bag = self.get_bag_description(name)
+        models = [self.model_repo.get_model(sig) for sig in bag["models"]]
+        try:
+            return BagOfModels(models, bag["weights"], bag["segment"])
+        except ValueError as exc:
+            raise ModelLoadingError(f"invalid bag of models {name}: {exc}") from exc
+
+
+class AnyModelRepo:
+    """Looks a name up as a single model signature first, then as a bag name."""
+
+    def __init__(self, model_repo: ModelOnlyRepo, bag_repo: BagOnlyRepo) -> None:
+        self.model_repo = model_repo
+        self.bag_repo = bag_repo
+
+    def has_model(self, name_or_sig: str) -> bool:
+        return self.model_repo.has_model(name_or_sig) or self.bag_repo.has_model(name_or_sig)
+
+    def get_model(self, name_or_sig: str) -> AnyModel:
+        if self.model_repo.has_model(name_or_sig):
+            return self.model_repo.get_model(name_or_sig)
+        return self.bag_repo.get_model(name_or_sig)
