@@ -43,11 +43,15 @@ SAVE_FORMATS = ("wav", "flac", "mp3")
 
 
 class LoadAudioError(Exception):
-    """An audio file could not be read. ``str(err)`` is one line naming the file."""
+    """An audio file could not be read. ``str(err)`` is one line naming the file.
 
-    def __init__(self, path: PathLike, reason: str):
+    ``details`` lists what each decoder said, for verbose diagnostics.
+    """
+
+    def __init__(self, path: PathLike, reason: str, details: tp.Sequence[str] = ()):
         self.path = Path(path)
         self.reason = reason
+        self.details = list(details)
         super().__init__(f"{path}: {reason}")
 
 
@@ -60,8 +64,26 @@ def _one_line(error: BaseException) -> str:
     return text[:200]
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr() -> tp.Iterator[None]:
+    """Silences C libraries (mpg123 inside libsndfile) that print notes on file descriptor 2."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _read_soundfile(path: Path) -> tp.Tuple[np.ndarray, int]:
-    data, samplerate = sf.read(str(path), dtype="float32", always_2d=True)
+    with _quiet_native_stderr():
+        data, samplerate = sf.read(str(path), dtype="float32", always_2d=True)
     return data.T, int(samplerate)
 
 
@@ -120,14 +142,17 @@ def read_audio(path: PathLike) -> tp.Tuple[torch.Tensor, int]:
             errors.append(f"{name}: {_one_line(err)}")
             continue
         if data.shape[-1] == 0:
+            if errors:  # a fallback decoder "succeeding" with nothing: keep the first error
+                errors.append(f"{name}: decoded no samples")
+                break
             raise LoadAudioError(path, "contains no audio samples")
         if samplerate <= 0:
             raise LoadAudioError(path, "has an invalid sample rate")
         if not np.isfinite(data).all():
             data = np.nan_to_num(data, nan=0.0, posinf=1.0, neginf=-1.0)
         return torch.from_numpy(np.ascontiguousarray(data)), samplerate
-    raise LoadAudioError(
-        path, "not a supported audio file or it is corrupt (" + "; ".join(errors) + ")")
+    raise LoadAudioError(path, "cannot decode: not a supported audio format, or the file "
+                         "is corrupt or truncated", errors)
 
 
 class AudioFile:
