@@ -1,0 +1,268 @@
+"""Python API for music source separation.
+
+Example::
+
+    from demucs.api import Separator, save_audio
+
+    separator = Separator(model="htdemucs")
+    origin, stems = separator.separate_audio_file("song.mp3")
+    for name, wav in stems.items():
+        save_audio(wav, f"{name}.wav", samplerate=separator.samplerate)
+
+The numerics are those of the ``demucs`` command: the mix is normalised by the mean and
+standard deviation of its mono downmix, separated with :func:`demucs.apply.apply_model`,
+then the normalisation is undone.
+"""
+from __future__ import annotations
+
+import typing as tp
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .apply import BagOfModels, apply_model, max_allowed_segment
+from .audio import LoadAudioError, convert_audio, read_audio, save_audio
+from .pretrained import DEFAULT_MODEL, ModelLoadingError, _repos, get_model
+
+__all__ = ["Separator", "list_models", "save_audio", "LoadAudioError", "ModelLoadingError"]
+
+Callback = tp.Callable[[tp.Dict[str, tp.Any]], None]
+
+
+class _Unchanged:
+    def __repr__(self) -> str:
+        return "<unchanged>"
+
+
+_UNCHANGED: tp.Any = _Unchanged()
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _models_of(model: nn.Module) -> tp.List[nn.Module]:
+    return list(model.models) if isinstance(model, BagOfModels) else [model]
+
+
+def minimum_length(model: nn.Module) -> int:
+    """Shortest input (samples) that the model's STFT can take: one FFT frame."""
+    return max(int(getattr(sub, "nfft", 0) or 0) for sub in _models_of(model)) or 1
+
+
+def normalize(wav: torch.Tensor) -> tp.Tuple[torch.Tensor, float, float]:
+    """Returns ``((wav - mean) / std, mean, std)`` with the stats of the mono downmix.
+
+    A constant (e.g. silent) mix has no spread: std 1 is used instead of dividing by 0.
+    """
+    ref = wav.mean(0)
+    mean = ref.mean().item()
+    std = ref.std().item() if ref.numel() > 1 else 0.0
+    if not std > 0 or not torch.isfinite(torch.tensor(std)):
+        std = 1.0
+    return (wav - mean) / std, mean, std
+
+
+class Separator:
+    """Loads a model once and separates tensors or audio files with it.
+
+    Args:
+        model: a pretrained model name or signature (``htdemucs``, ``mdx_extra``...), or an
+            already loaded model / :class:`~demucs.apply.BagOfModels`.
+        repo: local folder with the models (``None``: the remote catalog).
+        device: where the model runs (default: cuda if available, else cpu).
+        shifts: random shifts averaged (0 disables the shift trick).
+        overlap: overlap between consecutive segments, in [0, 1).
+        split: separate the audio segment by segment (less memory).
+        segment: segment length in seconds (at most the training segment for HTDemucs).
+        jobs: worker threads on CPU (0: none).
+        progress: show a tqdm progress bar.
+        callback: called with a dict (``state`` "start"/"end", ``model_idx_in_bag``,
+            ``models``, ``segment_idx``, ``audio_length`` and ``callback_arg``'s entries) before
+            and after each model evaluation; raising from it (e.g. ``KeyboardInterrupt``)
+            aborts the separation.
+        callback_arg: extra entries for the callback's dict.
+
+    Raises:
+        ModelLoadingError: the model cannot be found or loaded.
+        ValueError: invalid parameters (e.g. a segment longer than the model allows).
+    """
+
+    def __init__(self, model: tp.Union[str, nn.Module] = DEFAULT_MODEL,
+                 repo: tp.Optional[tp.Union[str, Path]] = None,
+                 device: tp.Union[str, torch.device] = _default_device(),
+                 shifts: int = 1, overlap: float = 0.25, split: bool = True,
+                 segment: tp.Optional[float] = None, jobs: int = 0, progress: bool = False,
+                 callback: tp.Optional[Callback] = None,
+                 callback_arg: tp.Optional[tp.Dict[str, tp.Any]] = None):
+        if isinstance(model, nn.Module):
+            self._model = model
+            self._name = type(model).__name__
+        else:
+            self._name = str(model)
+            self._model = get_model(name=self._name,
+                                    repo=Path(repo) if repo is not None else None)
+        self._model.cpu()
+        self._model.eval()
+        self._device: tp.Union[str, torch.device] = "cpu"
+        self._shifts, self._overlap, self._split = 1, 0.25, True
+        self._segment: tp.Optional[float] = None
+        self._jobs, self._progress = 0, False
+        self._callback: tp.Optional[Callback] = None
+        self._callback_arg: tp.Dict[str, tp.Any] = {}
+        self.update_parameter(device=device, shifts=shifts, overlap=overlap, split=split,
+                              segment=segment, jobs=jobs, progress=progress,
+                              callback=callback, callback_arg=callback_arg)
+
+    # ------------------------------------------------------------------ parameters
+    def update_parameter(self, device: tp.Any = _UNCHANGED, shifts: tp.Any = _UNCHANGED,
+                         overlap: tp.Any = _UNCHANGED, split: tp.Any = _UNCHANGED,
+                         segment: tp.Any = _UNCHANGED, jobs: tp.Any = _UNCHANGED,
+                         progress: tp.Any = _UNCHANGED, callback: tp.Any = _UNCHANGED,
+                         callback_arg: tp.Any = _UNCHANGED) -> None:
+        """Changes any of the separation parameters; the others keep their values."""
+        if device is not _UNCHANGED:
+            torch.device(device)  # raises on a malformed device string
+            self._device = device
+        if shifts is not _UNCHANGED:
+            if int(shifts) < 0:
+                raise ValueError(f"shifts must be >= 0, got {shifts}")
+            self._shifts = int(shifts)
+        if overlap is not _UNCHANGED:
+            if not 0 <= float(overlap) < 1:
+                raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+            self._overlap = float(overlap)
+        if split is not _UNCHANGED:
+            self._split = bool(split)
+        if segment is not _UNCHANGED:
+            if segment is not None:
+                limit = max_allowed_segment(self._model)
+                if not 0 < segment <= limit:
+                    raise ValueError(f"segment must be in (0, {limit}] seconds for this "
+                                     f"model, got {segment}")
+            self._segment = segment
+        if jobs is not _UNCHANGED:
+            if int(jobs) < 0:
+                raise ValueError(f"jobs must be >= 0, got {jobs}")
+            self._jobs = int(jobs)
+        if progress is not _UNCHANGED:
+            self._progress = bool(progress)
+        if callback is not _UNCHANGED:
+            self._callback = callback
+        if callback_arg is not _UNCHANGED:
+            self._callback_arg = dict(callback_arg or {})
+
+    @property
+    def samplerate(self) -> int:
+        return int(self._model.samplerate)
+
+    @property
+    def audio_channels(self) -> int:
+        return int(self._model.audio_channels)
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    @property
+    def sources(self) -> tp.List[str]:
+        return list(self._model.sources)
+
+    # ------------------------------------------------------------------ separation
+    def _hooked_forwards(self, length: int) -> tp.List[tp.Tuple[nn.Module, tp.Any]]:
+        """Wraps each model's forward so the callback hears about every evaluation."""
+        callback = self._callback
+        assert callback is not None
+        models = _models_of(self._model)
+        saved = []
+        for index, sub in enumerate(models):
+            original = sub.forward
+            counter = {"segment_idx": 0}
+
+            def forward(*args: tp.Any, _orig: tp.Any = original, _index: int = index,
+                        _counter: tp.Dict[str, int] = counter, **kwargs: tp.Any) -> tp.Any:
+                info = {**self._callback_arg, "model_idx_in_bag": _index,
+                        "models": len(models), "audio_length": length,
+                        "segment_idx": _counter["segment_idx"]}
+                callback({**info, "state": "start"})
+                result = _orig(*args, **kwargs)
+                callback({**info, "state": "end"})
+                _counter["segment_idx"] += 1
+                return result
+
+            saved.append((sub, sub.__dict__.get("forward")))
+            sub.forward = forward  # type: ignore[method-assign]
+        return saved
+
+    def separate_tensor(self, wav: torch.Tensor, sr: tp.Optional[int] = None
+                        ) -> tp.Tuple[torch.Tensor, tp.Dict[str, torch.Tensor]]:
+        """Separates ``wav`` (``[channels, time]`` or ``[time]``).
+
+        If ``sr`` is given and differs from :attr:`samplerate`, the audio is resampled
+        first; channels are always converted to :attr:`audio_channels`.
+
+        Returns ``(origin, stems)``: the (converted) input and ``{stem name: [C, T]}``, both
+        at :attr:`samplerate` and on the input's device.
+        """
+        if not isinstance(wav, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor, got {type(wav).__name__}")
+        if wav.dim() == 1:
+            wav = wav[None]
+        if wav.dim() != 2:
+            raise ValueError(f"expected audio of shape [channels, time], got {tuple(wav.shape)}")
+        if wav.shape[-1] == 0:
+            raise ValueError("cannot separate audio with no samples")
+        wav = wav.float()
+        if sr is not None and int(sr) != self.samplerate:
+            wav = convert_audio(wav, int(sr), self.samplerate, self.audio_channels)
+        elif wav.shape[0] != self.audio_channels:
+            wav = convert_audio(wav, self.samplerate, self.samplerate, self.audio_channels)
+        origin = wav.clone()
+        length = wav.shape[-1]
+        mix, mean, std = normalize(wav)
+        short = minimum_length(self._model) - length
+        if short > 0:  # shorter than one FFT frame: pad with silence, trimmed below
+            mix = torch.nn.functional.pad(mix, (0, short))
+
+        saved = self._hooked_forwards(length) if self._callback is not None else []
+        try:
+            out = apply_model(self._model, mix[None], shifts=self._shifts, split=self._split,
+                              overlap=self._overlap, progress=self._progress,
+                              device=self._device, num_workers=self._jobs,
+                              segment=self._segment)[0]
+        finally:
+            for sub, previous in saved:
+                if previous is None:
+                    del sub.forward
+                else:
+                    sub.forward = previous
+        out = out[..., :length] * std + mean
+        return origin, dict(zip(self._model.sources, out))
+
+    def load_audio(self, path: tp.Union[str, Path]) -> torch.Tensor:
+        """Reads ``path`` at the model's rate and channel count (raises LoadAudioError)."""
+        wav, sr = read_audio(path)
+        try:
+            return convert_audio(wav, sr, self.samplerate, self.audio_channels)
+        except ValueError as err:
+            raise LoadAudioError(path, str(err)) from None
+
+    def separate_audio_file(self, path: tp.Union[str, Path]
+                            ) -> tp.Tuple[torch.Tensor, tp.Dict[str, torch.Tensor]]:
+        """Reads and separates an audio (or video) file; see :meth:`separate_tensor`."""
+        return self.separate_tensor(self.load_audio(path), self.samplerate)
+
+    def __repr__(self) -> str:
+        return (f"Separator(model={self._name!r}, samplerate={self.samplerate}, "
+                f"sources={self.sources}, device={str(self._device)!r})")
+
+
+def list_models(repo: tp.Optional[tp.Union[str, Path]] = None) -> tp.Dict[str, tp.List[str]]:
+    """Models available without downloading anything.
+
+    Returns ``{"single": [signatures...], "bag": [bag names...]}`` for the local ``repo``
+    folder, or for the remote catalog when ``repo`` is None.
+    """
+    model_repo, bag_repo = _repos(Path(repo) if repo is not None else None)
+    return {"single": model_repo.list_models(), "bag": bag_repo.list_models()}

@@ -1,0 +1,307 @@
+"""The ``demucs`` command: separate the sources of audio (or video) files.
+
+Same flags, defaults and output layout as upstream Demucs 4.0.1
+(``OUT/MODEL/TRACK/STEM.EXT``), plus ``--list-models``, ``--other-method`` and ``-q``.
+Problems with one track (unreadable file, unwritable output...) are reported on one line
+of stderr and the other tracks are still processed; the exit status is then 1. Problems
+with the model or the options stop at once with status 1; Ctrl-C exits with 130 and
+leaves no partial files behind.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import typing as tp
+from pathlib import Path
+
+import torch
+
+from .api import Separator, list_models
+from .apply import BagOfModels, max_allowed_segment
+from .audio import LoadAudioError, save_audio
+from .pretrained import ModelLoadingError, add_model_flags, get_model_from_args
+
+PROG = "demucs"
+TEMPLATE_KEYS = ("track", "trackext", "stem", "ext")
+
+
+class CommandError(Exception):
+    """A problem that stops the whole command (one line, exit status 1)."""
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        PROG, description="Separate the sources for the given tracks")
+    parser.add_argument("tracks", nargs="*", type=Path, default=[], help="Path to tracks")
+    add_model_flags(parser)
+    parser.add_argument("--list-models", action="store_true",
+                        help="List the models of --repo (or the remote catalog) and exit.")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true")
+    verbosity.add_argument("-q", "--quiet", action="store_true",
+                           help="Only print errors (no progress bar).")
+    parser.add_argument("-o", "--out", type=Path, default=Path("separated"),
+                        help="Folder where to put extracted tracks. A subfolder "
+                        "with the model name will be created.")
+    parser.add_argument("--filename", default="{track}/{stem}.{ext}",
+                        help='Set the name of output file. Use "{track}", "{trackext}", '
+                        '"{stem}", "{ext}" to use variables of track name without extension, '
+                        "track extension, stem name and default output file extension. "
+                        'Default is "{track}/{stem}.{ext}".')
+    parser.add_argument("-d", "--device",
+                        default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="Device to use, default is cuda if available else cpu")
+    parser.add_argument("--shifts", default=1, type=int,
+                        help="Number of random shifts for equivariant stabilization. "
+                        "Increase separation time but improves quality for Demucs. "
+                        "10 was used in the original paper.")
+    parser.add_argument("--overlap", default=0.25, type=float,
+                        help="Overlap between the splits.")
+    split_group = parser.add_mutually_exclusive_group()
+    split_group.add_argument("--no-split", action="store_false", dest="split", default=True,
+                             help="Doesn't split audio in chunks. "
+                             "This can use large amounts of memory.")
+    split_group.add_argument("--segment", type=float,
+                             help="Set split size of each chunk (seconds). "
+                             "This can help save memory of graphic card.")
+    parser.add_argument("--two-stems", dest="stem", metavar="STEM",
+                        help="Only separate audio into {STEM} and no_{STEM}.")
+    parser.add_argument("--other-method", dest="other_method", default="add",
+                        choices=["none", "add", "minus"],
+                        help="With --two-stems: how no_{STEM} is made: sum of the other "
+                        "stems (add, default), mix minus STEM (minus), or not saved (none).")
+    depth = parser.add_mutually_exclusive_group()
+    depth.add_argument("--int24", action="store_true", help="Save wav output as 24 bits wav.")
+    depth.add_argument("--float32", action="store_true",
+                       help="Save wav output as float32 (2x bigger).")
+    parser.add_argument("--clip-mode", default="rescale", choices=["rescale", "clamp"],
+                        help="Strategy for avoiding clipping: rescaling entire signal "
+                        "if necessary (rescale) or hard clipping (clamp).")
+    format_group = parser.add_mutually_exclusive_group()
+    format_group.add_argument("--flac", action="store_true",
+                              help="Convert the output wavs to flac.")
+    format_group.add_argument("--mp3", action="store_true",
+                              help="Convert the output wavs to mp3.")
+    parser.add_argument("--mp3-bitrate", default=320, type=int,
+                        help="Bitrate of converted mp3.")
+    parser.add_argument("--mp3-preset", choices=range(2, 8), type=int, default=2,
+                        help="Encoder preset of MP3, 2 for highest quality, 7 for "
+                        "fastest speed. Default is 2")
+    parser.add_argument("-j", "--jobs", default=0, type=int,
+                        help="Number of jobs. This can increase memory usage but will "
+                        "be much faster when multiple cores are available.")
+    return parser
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def check_template(template: str) -> None:
+    """Raises CommandError unless ``template`` formats with the four known keys and
+    gives a different name to each stem."""
+    names = []
+    for stem in ("stem_a", "stem_b"):
+        try:
+            names.append(template.format(track="t", trackext="e", stem=stem, ext="x"))
+        except KeyError as err:
+            raise CommandError(
+                f"--filename {template!r}: unknown key {{{err.args[0]}}}; use "
+                + ", ".join("{" + key + "}" for key in TEMPLATE_KEYS)) from None
+        except (IndexError, ValueError, AttributeError) as err:
+            raise CommandError(f"--filename {template!r}: invalid template ({err})") from None
+    if names[0] == names[1]:
+        raise CommandError(f"--filename {template!r} must contain {{stem}}, otherwise "
+                           "every stem is written to the same file")
+    if not names[0].strip() or names[0].endswith(("/", "\\")):
+        raise CommandError(f"--filename {template!r} does not name a file")
+
+
+def split_track_name(track: Path) -> tp.Tuple[str, str]:
+    """``song.mp3`` -> (``song``, ``mp3``); a name without a dot has no extension."""
+    name, dot, ext = track.name.rpartition(".")
+    return (name, ext) if dot and name else (track.name, "")
+
+
+def output_extension(args: argparse.Namespace) -> str:
+    return "mp3" if args.mp3 else "flac" if args.flac else "wav"
+
+
+def _check_device(device: str) -> None:
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise CommandError(f"invalid device {device!r}: {_one_line(err)}") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError(f"device {device!r} requested but CUDA is not available")
+
+
+def _load_model(args: argparse.Namespace) -> torch.nn.Module:
+    try:
+        return get_model_from_args(args)
+    except ModelLoadingError as err:
+        raise CommandError(f"cannot load model: {_one_line(err)}") from None
+    except (OSError, RuntimeError, ValueError, ImportError) as err:
+        name = getattr(args, "sig", None) or args.name
+        raise CommandError(f"cannot load model {name}: {_one_line(err)}") from None
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    return str(getattr(args, "sig", None) or args.name)
+
+
+def _print_models(repo: tp.Optional[Path]) -> None:
+    try:
+        models = list_models(repo)
+    except (ModelLoadingError, OSError) as err:
+        raise CommandError(_one_line(err)) from None
+    print("Bags of models:", " ".join(models["bag"]) or "(none)")
+    if repo is not None:
+        print("Single models:", " ".join(models["single"]) or "(none)")
+
+
+class _Written:
+    """Files written for the current track, removed again if the user interrupts."""
+
+    def __init__(self) -> None:
+        self.paths: tp.List[Path] = []
+
+    def remove_all(self) -> None:
+        for path in self.paths:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        self.paths.clear()
+
+
+def _stems_to_save(stems: tp.Dict[str, torch.Tensor], origin: torch.Tensor,
+                   args: argparse.Namespace) -> tp.List[tp.Tuple[str, torch.Tensor]]:
+    if args.stem is None:
+        return list(stems.items())
+    selected = stems[args.stem]
+    result = [(args.stem, selected)]
+    if args.other_method == "add":
+        others = [wav for name, wav in stems.items() if name != args.stem]
+        result.append(("no_" + args.stem, torch.stack(others).sum(0)))
+    elif args.other_method == "minus":
+        result.append(("no_" + args.stem, origin - selected))
+    return result
+
+
+def separate_track(track: Path, separator: Separator, args: argparse.Namespace, out: Path,
+                   written: _Written) -> None:
+    """Separates one track and writes its stems; raises LoadAudioError / OSError."""
+    wav = separator.load_audio(track)
+    if not args.quiet:
+        print(f"Separating track {track}", flush=True)
+    origin, stems = separator.separate_tensor(wav, separator.samplerate)
+    ext = output_extension(args)
+    name, trackext = split_track_name(track)
+    options: tp.Dict[str, tp.Any] = {
+        "samplerate": separator.samplerate,
+        "bitrate": args.mp3_bitrate,
+        "preset": args.mp3_preset,
+        "clip": args.clip_mode,
+        "as_float": args.float32,
+        "bits_per_sample": 24 if args.int24 else 16,
+    }
+    for stem, source in _stems_to_save(stems, origin, args):
+        path = out / args.filename.format(track=name, trackext=trackext, stem=stem, ext=ext)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_audio(source, path, **options)
+        written.paths.append(path)
+
+
+def _describe_write_error(err: OSError) -> str:
+    target = err.filename if err.filename else ""
+    reason = err.strerror or _one_line(err)
+    return f"cannot write output {target}: {reason}" if target else f"cannot write output: {reason}"
+
+
+def _run(args: argparse.Namespace, written: _Written) -> int:
+    check_template(args.filename)
+    _check_device(args.device)
+    if args.mp3 and not 8 <= args.mp3_bitrate <= 320:
+        raise CommandError(f"--mp3-bitrate must be between 8 and 320, got {args.mp3_bitrate}")
+
+    model = _load_model(args)
+    limit = max_allowed_segment(model)
+    if args.segment is not None and not 0 < args.segment <= limit:
+        raise CommandError("Cannot use a Transformer model with a longer segment than it was "
+                           f"trained for. Maximum segment is: {limit}")
+    if args.stem is not None and args.stem not in model.sources:
+        raise CommandError(f'stem "{args.stem}" is not in selected model. '
+                           f"STEM must be one of {', '.join(model.sources)}.")
+    if not args.quiet and isinstance(model, BagOfModels):
+        print(f"Selected model is a bag of {len(model.models)} models. "
+              "You will see that many progress bars per track.")
+
+    progress = not args.quiet and sys.stdout.isatty() and sys.stderr.isatty()
+    try:
+        separator = Separator(model, device=args.device, shifts=args.shifts,
+                              overlap=args.overlap, split=args.split, segment=args.segment,
+                              jobs=args.jobs, progress=progress)
+    except ValueError as err:
+        raise CommandError(_one_line(err)) from None
+
+    out = args.out / _model_name(args)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CommandError(f"cannot create output folder {out}: "
+                           f"{err.strerror or _one_line(err)}") from None
+    if not args.quiet:
+        print(f"Separated tracks will be stored in {out.resolve()}")
+
+    failures = 0
+    for track in args.tracks:
+        written.paths.clear()
+        try:
+            separate_track(track, separator, args, out, written)
+        except LoadAudioError as err:
+            _error(str(err))
+            if args.verbose:
+                for detail in err.details:
+                    print(f"  {detail}", file=sys.stderr)
+        except OSError as err:
+            _error(f"{track}: {_describe_write_error(err)}")
+        except (RuntimeError, ValueError) as err:
+            _error(f"{track}: separation failed: {_one_line(err)}")
+        else:
+            continue
+        failures += 1
+        written.remove_all()  # a track is either complete or absent
+    written.paths.clear()
+    return 1 if failures else 0
+
+
+def main(opts: tp.Optional[tp.Sequence[str]] = None) -> None:
+    """Entry point of ``demucs`` / ``python -m demucs.separate``; always exits."""
+    parser = get_parser()
+    args = parser.parse_args(opts)
+    written = _Written()
+    try:
+        if args.list_models:
+            _print_models(args.repo)
+            sys.exit(0)
+        if not args.tracks:
+            parser.error("the following arguments are required: tracks")
+        status = _run(args, written)
+    except CommandError as err:
+        _error(str(err))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        written.remove_all()
+        print(f"\n{PROG}: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
