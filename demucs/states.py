@@ -22,6 +22,7 @@ import inspect
 import io
 import os
 import pickle
+import pickletools
 import typing as tp
 import warnings
 import zipfile
@@ -166,13 +167,42 @@ def _trusted_by_env() -> bool:
     return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes", "y")
 
 
+def _raw_pickle_globals(path: Path) -> tp.Set[str]:
+    """Globals named by the pickles of a non-zip (legacy or raw pickle) file, read statically."""
+    names: tp.Set[str] = set()
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        while file.tell() < size:
+            strings: tp.List[str] = []
+            try:
+                for opcode, arg, _ in pickletools.genops(file):
+                    if opcode.name in ("GLOBAL", "INST"):
+                        names.add(str(arg).replace(" ", "."))
+                    elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        names.add(".".join(strings[-2:]))
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+            except Exception:  # truncated, or the raw tensor data after the pickles
+                break
+    return names
+
+
 def _unsafe_globals(path: Path, allowed: tp.List[tp.Any]) -> tp.Optional[tp.List[str]]:
     """Names of globals in ``path`` outside ``allowed``, read without unpickling (or None)."""
     try:
         with torch.serialization.safe_globals(allowed):
             return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except Exception:  # not a zip checkpoint, or unreadable: caller reports generically
+    except Exception:  # not a zip checkpoint: scan the pickles ourselves
+        pass
+    try:
+        names = _raw_pickle_globals(path)
+    except OSError:
         return None
+    known = {f"{obj.__module__}.{obj.__qualname__}" for obj in allowed}
+    known.update(f"torch._utils.{name}" for name in ("_rebuild_tensor_v2", "_rebuild_parameter"))
+    unsafe = sorted(name for name in names
+                    if name not in known and not name.startswith(("torch.", "collections.")))
+    return unsafe or None
 
 
 def _is_diffq_global(name: str) -> bool:
@@ -186,11 +216,14 @@ def _explain_load_failure(path: Path, allowed: tp.List[tp.Any],
     if unsafe and all(_is_diffq_global(name) for name in unsafe):
         return MissingDiffQError(f"cannot load {path}: {_DIFFQ_HINT}")
     if unsafe or isinstance(exc, pickle.UnpicklingError):
-        names = ", ".join(unsafe) if unsafe else "objects outside the allowlist"
+        if unsafe:
+            detail = f"it references {', '.join(unsafe)}, which could run arbitrary code"
+        else:
+            detail = "it uses pickle instructions outside the safe subset (or is corrupted)"
         return UnsafeCheckpointError(
-            f"{path} is not a safe Demucs checkpoint: it references {names}, "
-            "which could run arbitrary code, so it was not loaded. Only load it if you "
-            f"trust its source, with load_model(..., trust=True) or {TRUST_ENV}=1.")
+            f"{path} is not a safe Demucs checkpoint: {detail}, so it was not loaded. "
+            "Only load it if you trust its source, with load_model(..., trust=True) or "
+            f"{TRUST_ENV}=1.")
     return ModelLoadingError(
         f"cannot read checkpoint {path}: the file is truncated or corrupted "
         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "

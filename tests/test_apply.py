@@ -29,8 +29,9 @@ TOY_SRC = textwrap.dedent("""
 
         def forward(self, x):
             batch, channels, length = x.shape
-            y = torch.tanh(self.conv(x)) * x.std(dim=-1, keepdim=True).repeat(1, len(self.sources), 1)
-            y = y + x.mean(dim=-1, keepdim=True).repeat(1, len(self.sources), 1)
+            n = len(self.sources)
+            y = torch.tanh(self.conv(x)) * x.std(dim=-1, keepdim=True).repeat(1, n, 1)
+            y = y + x.mean(dim=-1, keepdim=True).repeat(1, n, 1)
             return y.view(batch, len(self.sources), channels, length)
 """)
 _ns: dict = {}

@@ -286,3 +286,20 @@ def test_upstream_older_model_checkpoints_load(oracle, tmp_path, module, klass, 
     oracle.make_model(f"{module.split('.')[1]}.{klass}", kwargs, None, tmp_path, checkpoint=path)
     model = load_model(path)
     assert type(model).__name__ == klass
+
+
+def test_legacy_format(tmp_path):
+    """Pre-zip torch.save files: they store module classes in a way weights_only cannot
+    read, so they need trust; payloads are named from a static scan, never run."""
+    good = tmp_path / "good.th"
+    torch.save(serialize_model(TinyNet(), {}), good, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpointError, match="not a safe"):
+        load_model(good)
+    assert isinstance(load_model(good, trust=True), TinyNet)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.th"
+    torch.save({"klass": Evil(marker), "t": torch.ones(2)}, evil,
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpointError, match="system"):
+        load_model(evil)
+    assert not marker.exists()
