@@ -34,27 +34,33 @@ def ceil_div(numerator: int, denominator: int) -> int:
     return (numerator + denominator - 1) // denominator
 
 
-def center_trim(tensor: torch.Tensor, reference: tp.Union[torch.Tensor, int]) -> torch.Tensor:
+def center_trim(tensor: torch.Tensor,
+                reference: tp.Union[torch.Tensor, int]) -> torch.Tensor:
     """Trims the last axis of ``tensor`` symmetrically down to a target length.
 
     Args:
         tensor: any tensor ``(..., T)``.
-        reference: the target length, or a tensor whose last axis gives it.
+        reference: the target length ``T'`` (an int, or a 0-dim tensor as shapes are
+            while tracing for export), or a tensor whose last axis has length ``T'``.
 
     Returns:
-        ``tensor[..., a:T - b]`` of length ``T' = T - a - b`` with ``a = (T - T') // 2``:
-        when the excess is odd, the extra sample is removed on the right.
+        ``tensor[..., a:a + T']`` with ``a = (T - T') // 2``: when the excess is odd,
+        the extra sample is removed on the right.
 
     Raises:
-        ValueError: if the target is longer than ``tensor``.
+        ValueError: if the target is longer than ``tensor`` (checked when known).
     """
-    target = reference.shape[-1] if isinstance(reference, torch.Tensor) else int(reference)
+    if isinstance(reference, torch.Tensor) and reference.dim() > 0:
+        target = reference.shape[-1]
+    else:
+        target = reference
     excess = tensor.shape[-1] - target
-    if excess < 0:
-        raise ValueError(
-            f"cannot trim a tensor of length {tensor.shape[-1]} to the longer length {target}")
-    if excess == 0:
-        return tensor
+    if isinstance(excess, int):
+        if excess < 0:
+            raise ValueError(f"cannot trim a tensor of length {tensor.shape[-1]} "
+                             f"to the longer length {target}")
+        if excess == 0:
+            return tensor
     left = excess // 2
     return tensor[..., left:left + target]
 
@@ -79,7 +85,11 @@ def unfold(signal: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
     n_frames = ceil_div(length, stride)
     padded_length = (n_frames - 1) * stride + kernel_size
     signal = F.pad(signal, (0, padded_length - length))
-    return signal.unfold(-1, kernel_size, stride)
+    # Gather rather than `Tensor.unfold`/`as_strided`: it exports to ONNX (Gather)
+    # even when the length is only known at run time.
+    starts = torch.arange(n_frames, device=signal.device) * stride
+    index = starts[:, None] + torch.arange(kernel_size, device=signal.device)
+    return signal[..., index]
 
 
 def sizeof_fmt(num: float, suffix: str = "B") -> str:
