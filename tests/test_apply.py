@@ -207,16 +207,43 @@ HT_CASES = [
 HT_BAG_WEIGHTS = [[1., 0., 0.5], [0.5, 1., 1.]]
 
 
-@pytest.fixture
-def ht_checkpoints(oracle, tmp_path):
+@pytest.fixture(scope="module")
+def ht_upstream(tmp_path_factory):
+    """Two tiny upstream HTDemucs checkpoints and upstream's apply_model results on them,
+    made in a single oracle run. Returns ``(checkpoint paths, mix, {case: output})``."""
+    import os
+
+    from tests import oracle
     pytest.importorskip("demucs.htdemucs")
-    paths = []
-    for seed in range(2):
-        path = tmp_path / f"ht{seed}.th"
-        oracle.make_model("htdemucs.HTDemucs", HT_KWARGS, None, tmp_path / f"w{seed}",
-                          seed=seed, checkpoint=path)
-        paths.append(path)
-    return paths
+    if not oracle.available():
+        if os.environ.get("DEMUCS_REQUIRE_ORACLE"):
+            pytest.fail("upstream oracle missing: run `make oracle`")
+        pytest.skip("upstream oracle not installed (make oracle)")
+    workdir = tmp_path_factory.mktemp("ht_apply")
+    torch.manual_seed(0)
+    mix = torch.randn(2, 2, 5000)
+    paths = [workdir / f"ht{seed}.th" for seed in range(2)]
+    torch.save({"mix": mix, "cases": HT_CASES, "weights": HT_BAG_WEIGHTS,
+                "kwargs": HT_KWARGS}, workdir / "in.pt")
+    oracle.run(f"""
+        import random, torch
+        from demucs.apply import apply_model, BagOfModels
+        from demucs.htdemucs import HTDemucs
+        from demucs.states import load_model, serialize_model
+        data = torch.load({str(workdir / "in.pt")!r})
+        paths = {[str(p) for p in paths]!r}
+        for seed, path in enumerate(paths):
+            torch.manual_seed(seed)
+            torch.save(serialize_model(HTDemucs(**data["kwargs"]), {{}}), path)
+        results = {{}}
+        for name, which, kwargs, seed in data["cases"]:
+            models = [load_model(p) for p in paths]
+            target = BagOfModels(models, data["weights"]) if which == "bag" else models[0]
+            random.seed(seed)
+            results[name] = apply_model(target, data["mix"], **kwargs)
+        torch.save(results, {str(workdir / "out.pt")!r})
+    """, cwd=workdir)
+    return paths, mix, oracle.load_result(workdir / "out.pt")
 
 
 def _ht_target(which, models):
@@ -226,34 +253,18 @@ def _ht_target(which, models):
 
 
 @pytest.mark.parametrize("use_conv_stft", [False, True])
-def test_htdemucs_parity_with_upstream(oracle, tmp_path, ht_checkpoints, use_conv_stft):
-    torch.manual_seed(0)
-    mix = torch.randn(2, 2, 5000)
-    torch.save({"mix": mix, "cases": HT_CASES, "weights": HT_BAG_WEIGHTS}, tmp_path / "in.pt")
-    oracle.run(f"""
-        import random, torch
-        from demucs.apply import apply_model, BagOfModels
-        from demucs.states import load_model
-        data = torch.load({str(tmp_path / "in.pt")!r})
-        paths = {[str(p) for p in ht_checkpoints]!r}
-        results = {{}}
-        for name, which, kwargs, seed in data["cases"]:
-            models = [load_model(p) for p in paths]
-            target = BagOfModels(models, data["weights"]) if which == "bag" else models[0]
-            random.seed(seed)
-            results[name] = apply_model(target, data["mix"], **kwargs)
-        torch.save(results, {str(tmp_path / "out.pt")!r})
-    """, cwd=tmp_path)
-    expected = oracle.load_result(tmp_path / "out.pt")
+def test_htdemucs_parity_with_upstream(ht_upstream, use_conv_stft):
+    paths, mix, expected = ht_upstream
     for name, which, kwargs, seed in HT_CASES:
-        models = [load_model(p, use_conv_stft=use_conv_stft) for p in ht_checkpoints]
+        models = [load_model(p, use_conv_stft=use_conv_stft) for p in paths]
         random.seed(seed)
         ours = apply_model(_ht_target(which, models), mix, **kwargs)
         assert ours.shape == expected[name].shape, name
         assert (ours - expected[name]).abs().max() < 1e-4, name
 
 
-def test_htdemucs_segment_limit(tmp_path, ht_checkpoints):
+def test_htdemucs_segment_limit(ht_upstream):
+    ht_checkpoints = ht_upstream[0]
     model = load_model(ht_checkpoints[0])
     assert max_allowed_segment(model) == 0.5
     bag = BagOfModels([model, load_model(ht_checkpoints[1])])
