@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -137,7 +137,9 @@ def create_2d_sin_embedding(
 
     def interleaved(length: int) -> torch.Tensor:
         """(C/2, length): rows [sin f0, cos f0, sin f1, cos f1, ...]."""
-        pos = torch.arange(0.0, length, device=device).unsqueeze(1)  # (length, 1)
+        # Integer arange + cast: a float arange with a symbolic end is mistyped (int64) by
+        # the dynamo ONNX exporter.
+        pos = torch.arange(length, device=device).to(torch.float32).unsqueeze(1)  # (length, 1)
         angles = pos * div_term  # (length, C/4)
         feats = torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1)
         return feats.reshape(length, half).transpose(0, 1)
@@ -175,7 +177,7 @@ def create_sin_embedding_cape(
         Tensor ``(T, B, C)`` (float32).
     """
     _check_even(dim)
-    pos = torch.arange(length, device=device, dtype=torch.float32).view(-1, 1, 1)
+    pos = torch.arange(length, device=device).to(torch.float32).view(-1, 1, 1)
     pos = pos.expand(length, batch_size, 1)
     if mean_normalize:
         pos = pos - pos.mean(dim=0, keepdim=True)
@@ -675,6 +677,7 @@ class CrossTransformerEncoder(nn.Module):
         _reject_sparse(sparse_self_attn)
         _reject_sparse(sparse_cross_attn)
 
+        self.dim = dim
         self.num_layers = num_layers
         self.classic_parity = 1 if cross_first else 0
         self.emb = emb
@@ -723,17 +726,17 @@ class CrossTransformerEncoder(nn.Module):
         self.layers_t = nn.ModuleList()  # temporal branch
         for idx in range(num_layers):
             for layers in (self.layers, self.layers_t):
+                layer: nn.Module
                 if self._is_self_attention(idx):
-                    layers.append(MyTransformerEncoderLayer(sparse=sparse_self_attn, **layer_kwargs))
+                    layer = MyTransformerEncoderLayer(sparse=sparse_self_attn, **layer_kwargs)
                 else:
-                    layers.append(
-                        CrossTransformerEncoderLayer(sparse=sparse_cross_attn, **layer_kwargs)
-                    )
+                    layer = CrossTransformerEncoderLayer(sparse=sparse_cross_attn, **layer_kwargs)
+                layers.append(layer)
 
     def _is_self_attention(self, idx: int) -> bool:
         return idx % 2 == self.classic_parity
 
-    def forward(self, x: torch.Tensor, xt: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+    def forward(self, x: torch.Tensor, xt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             x: spectral branch ``(B, C, Fr, T1)``.
@@ -742,8 +745,11 @@ class CrossTransformerEncoder(nn.Module):
         Returns:
             ``(x, xt)`` with the same shapes as the inputs.
         """
-        B, C, Fr, T1 = x.shape
+        B, _, Fr, T1 = x.shape
         T2 = xt.shape[2]
+        # Channels come from the config: a Python int even while tracing (where sizes read
+        # from tensors are traced values). Inputs with other channel counts fail to reshape.
+        C = self.dim
 
         # (B, C, Fr, T1) -> (B, T1 * Fr, C): tokens ordered time-major.
         pos_emb_2d = create_2d_sin_embedding(C, Fr, T1, x.device, self.max_period)
@@ -772,7 +778,9 @@ class CrossTransformerEncoder(nn.Module):
         """Positional embedding of the temporal branch, ``(T, B, C)`` or ``(T, 1, C)``."""
         if self.emb == "sin":
             shift = random.randrange(self.sin_random_shift + 1) if self.training else 0
-            return create_sin_embedding(T, C, shift=shift, device=device, max_period=self.max_period)
+            return create_sin_embedding(
+                T, C, shift=shift, device=device, max_period=self.max_period
+            )
         if self.emb == "cape":
             max_global_shift, max_local_shift, max_scale = self.cape_glob_loc_scale
             return create_sin_embedding_cape(
@@ -792,7 +800,10 @@ class CrossTransformerEncoder(nn.Module):
 
     def make_optim_group(self) -> Dict[str, Any]:
         """Optimizer parameter group with this module's weight decay and optional lr."""
-        group: Dict[str, Any] = {"params": list(self.parameters()), "weight_decay": self.weight_decay}
+        group: Dict[str, Any] = {
+            "params": list(self.parameters()),
+            "weight_decay": self.weight_decay,
+        }
         if self.lr is not None:
             group["lr"] = self.lr
         return group
