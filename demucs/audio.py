@@ -104,10 +104,20 @@ def _read_pyav(path: Path) -> tp.Tuple[np.ndarray, int]:
             chunks.append(out.to_ndarray())
         samplerate = stream.codec_context.sample_rate or stream.rate
         channels = stream.codec_context.channels
+        declared = _declared_length(stream, samplerate)
     if not chunks:
         return np.zeros((channels or 1, 0), dtype=np.float32), int(samplerate or 0)
     data = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
+    if declared and declared < data.shape[1]:
+        data = data[:, :declared]  # drop the codec's end padding (e.g. AAC in mp4)
     return data, int(samplerate)
+
+
+def _declared_length(stream: tp.Any, samplerate: int) -> tp.Optional[int]:
+    """Samples announced by the container for ``stream``, if it says (mp4 does)."""
+    if not stream.duration or stream.time_base is None or not samplerate:
+        return None
+    return int(round(float(stream.duration * stream.time_base) * samplerate))
 
 
 def read_audio(path: PathLike) -> tp.Tuple[torch.Tensor, int]:
