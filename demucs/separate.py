@@ -298,7 +298,8 @@ def main(opts: tp.Optional[tp.Sequence[str]] = None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         written.remove_all()
-        print(f"\n{PROG}: interrupted", file=sys.stderr, flush=True)
+        newline = "\n" if sys.stderr.isatty() else ""  # end a progress bar's line
+        print(f"{newline}{PROG}: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)
     sys.exit(status)
 
