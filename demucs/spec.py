@@ -115,6 +115,9 @@ def _build_bases(n_fft: int, n_bins: int, device: torch.device,
             between DC and Nyquist counted twice; the imaginary parts of DC and Nyquist
             ignored, as ``irfft`` does), times the window, scaled by ``1 / sqrt(n_fft)``.
     """
+    # Sizes derived from tensor shapes arrive as traced 0-dim tensors under jit tracing:
+    # make them Python ints so the bases have static shapes (Conv needs a known kernel).
+    n_fft, n_bins = int(n_fft), int(n_bins)
     # Work in float64 when building eagerly; exported graphs compute in float32 but with
     # the reduced angle above, which is exact to float32 rounding.
     work = dtype if _exporting() else torch.float64
@@ -146,6 +149,7 @@ def dft_bases(n_fft: int, n_bins: int, device: torch.device,
     Eagerly they are cached per (size, device, dtype). While exporting they are rebuilt
     from ``arange``/``cos``/``sin`` so the graph computes them instead of storing them.
     """
+    n_fft, n_bins = int(n_fft), int(n_bins)
     if _exporting():
         return _build_bases(n_fft, n_bins, device, dtype)
     return _cached_bases(n_fft, n_bins, torch.device(device), dtype)
@@ -215,6 +219,7 @@ def _window_envelope(n_fft: int, hop: int, n_frames: int, device: torch.device,
     windows, while the Hann window with ``hop <= n_fft / 2`` never has them apart
     from the outermost samples, which the centre trim removes.
     """
+    n_fft, hop, n_frames = int(n_fft), int(hop), int(n_frames)  # static under tracing
     window = _hann(n_fft, device, dtype)
     ones = torch.ones(1, 1, n_frames, device=device, dtype=dtype)
     env = F.conv_transpose1d(ones, (window * window)[None, None, :], stride=hop)[0, 0]
