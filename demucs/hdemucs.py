@@ -339,7 +339,8 @@ class MultiWrap(nn.Module):
         return self._decode(x, skip), None
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        freqs = x.shape[2]
+        # The number of bins is fixed by the STFT size: a constant even when exporting.
+        freqs = int(x.shape[2])
         ratios = list(self.split_ratios) + [1]
         start = 0
         outs = []
@@ -367,7 +368,7 @@ class MultiWrap(nn.Module):
         return torch.cat(outs, dim=2)
 
     def _decode(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        freqs = x.shape[2]
+        freqs = int(x.shape[2])  # constant, see `_encode`
         ratios = list(self.split_ratios) + [1]
         start = 0
         outs: tp.List[torch.Tensor] = []

@@ -29,32 +29,91 @@ CONFIGS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models run fastest on one thread (and do not fight over shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+_BATCH_SCRIPT = """
+import torch
+import importlib
+jobs = torch.load({inp!r})
+results = {{}}
+for name, (klass, kwargs, inputs, seed) in jobs.items():
+    module, cls = klass.rsplit(".", 1)
+    Klass = getattr(importlib.import_module("demucs." + module), cls)
+    torch.manual_seed(seed)
+    model = Klass(**kwargs).eval()
+    output = None
+    if inputs is not None:
+        with torch.no_grad():
+            output = model(inputs)
+    results[name] = {{"state": model.state_dict(), "output": output}}
+torch.save(results, {out!r})
+"""
+
+
+def _run_upstream_batch(work, jobs):
+    """Builds (and runs) several upstream models in a single oracle subprocess.
+
+    ``jobs``: ``{name: (klass, kwargs, inputs or None, seed)}``; returns
+    ``{name: {"state", "output"}}`` like ``oracle.make_model``.
+    """
+    from tests import oracle as _oracle
+    if not _oracle.available():
+        pytest.skip("upstream oracle not installed (make oracle)")
+    inp, out = work / "jobs.pt", work / "results.pt"
+    torch.save(jobs, inp)
+    _oracle.run(_BATCH_SCRIPT.format(inp=str(inp), out=str(out)), cwd=work)
+    return torch.load(out, weights_only=True)
+
+
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
     return (a - b).abs().max().item()
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_demucs_parity(oracle, tmp_path, name):
+def _inputs(name: str) -> torch.Tensor:
     kwargs, length = CONFIGS[name]
-    channels = kwargs.get("audio_channels", 2)
-    mix = torch.randn(2, channels, length)
-    ref = oracle.make_model("demucs.Demucs", kwargs, mix, tmp_path, seed=1)
+    gen = torch.Generator().manual_seed(len(name))
+    return torch.randn(2, kwargs.get("audio_channels", 2), length, generator=gen)
+
+
+INIT_KWARGS = dict(TINY, dconv_mode=3, lstm_layers=1)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    """All upstream models of this module, built in one oracle subprocess."""
+    jobs = {name: ("demucs.Demucs", kwargs, _inputs(name), 1)
+            for name, (kwargs, _) in CONFIGS.items()}
+    jobs["init"] = ("demucs.Demucs", INIT_KWARGS, None, 3)
+    return _run_upstream_batch(tmp_path_factory.mktemp("upstream"), jobs)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_demucs_parity(upstream, name):
+    kwargs, length = CONFIGS[name]
+    ref = upstream[name]
+    mix = _inputs(name)
     model = Demucs(**kwargs).eval()
     model.load_state_dict(ref["state"], strict=True)
     assert list(model.state_dict()) == list(ref["state"])
     with torch.no_grad():
         out = model(mix)
-    assert out.shape == (2, len(kwargs["sources"]), channels, length)
+    assert out.shape == (2, len(kwargs["sources"]), mix.shape[1], length)
     assert _max_diff(out, ref["output"]) < 1e-5
 
 
-def test_demucs_same_init_as_upstream(oracle, tmp_path):
+def test_demucs_same_init_as_upstream(upstream):
     """Same seed, same construction order: the random init itself matches upstream."""
-    kwargs = dict(TINY, dconv_mode=3, lstm_layers=1)
-    ref = oracle.make_model("demucs.Demucs", kwargs, None, tmp_path, seed=3)
+    ref = upstream["init"]
     torch.manual_seed(3)
-    state = Demucs(**kwargs).state_dict()
+    state = Demucs(**INIT_KWARGS).state_dict()
     assert list(state) == list(ref["state"])
     for key, value in ref["state"].items():
         assert _max_diff(state[key], value) < 1e-7, key
