@@ -417,8 +417,9 @@ class HDemucs(SpectralMixin, nn.Module):
         channels: hidden channels of the first layer.
         channels_time: hidden channels of the first time layer (default ``channels``).
         growth: channel multiplier from one layer to the next.
-        nfft: STFT size (hop ``nfft // 4``). A hybrid model needs compatible depth,
-            strides and kernel sizes (see the class documentation of upstream).
+        nfft: STFT size (hop ``nfft // 4``). In a hybrid model the time branch must
+            reach the hop length when the frequency axis is collapsed: with the default
+            kernel 8 and stride 4, ``nfft`` must be a power of 4 (256, 1024, 4096).
         wiener_iters: Wiener filtering iterations at evaluation (non-cac models);
             negative to use the mixture phase instead.
         end_iters: same during training; must equal ``wiener_iters`` for hybrid models.
