@@ -620,9 +620,11 @@ class CrossTransformerEncoder(nn.Module):
         lr: optional learning rate for :meth:`make_optim_group`.
         layer_scale: LayerScale (init 1e-4) on the residual branches.
         gelu: GELU activation (else ReLU).
-        sin_random_shift: in training, the ``"sin"`` embedding positions are shifted by
-            a random integer in ``[0, sin_random_shift]``. (Upstream also shifts in eval
-            mode; we keep eval deterministic, which is identical for the default 0.)
+        sin_random_shift: the ``"sin"`` embedding positions are shifted by a random
+            integer in ``[0, sin_random_shift]`` drawn from Python's ``random`` at every
+            forward pass, as upstream does (in eval mode too). The draw happens even for
+            the default 0, so the global random stream, from which ``apply_model`` draws
+            its shifts, advances exactly as upstream's.
         weight_pos_embed: multiplier of the positional embeddings.
         cape_mean_normalize: CAPE: center positions.
         cape_augment: CAPE: random augmentation in training mode.
@@ -777,7 +779,7 @@ class CrossTransformerEncoder(nn.Module):
     ) -> torch.Tensor:
         """Positional embedding of the temporal branch, ``(T, B, C)`` or ``(T, 1, C)``."""
         if self.emb == "sin":
-            shift = random.randrange(self.sin_random_shift + 1) if self.training else 0
+            shift = random.randrange(self.sin_random_shift + 1)
             return create_sin_embedding(
                 T, C, shift=shift, device=device, max_period=self.max_period
             )

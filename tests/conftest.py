@@ -9,7 +9,7 @@ from tests import oracle as _oracle
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def oracle():
     """The upstream 4.0.1 runner (tests/oracle.py). Skips locally if not installed;
     fails in CI (DEMUCS_REQUIRE_ORACLE=1)."""

@@ -102,5 +102,34 @@ def make_model(
     return torch.load(out, weights_only=True)
 
 
+def make_models(specs: list, workdir: Path) -> list:
+    """Several :func:`make_model` calls in ONE subprocess (saves the interpreter start).
+
+    ``specs``: dicts with keys ``klass``, ``kwargs``, ``inputs`` and optionally ``seed``
+    (default 0). Returns one ``{"state", "output"}`` dict per spec, in order.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    inp = workdir / "oracle_batch_in.pt"
+    out = workdir / "oracle_batch_out.pt"
+    torch.save([dict(seed=0, **spec) for spec in specs], inp)
+    run(f"""
+        import importlib
+        import torch
+        results = []
+        for spec in torch.load({str(inp)!r}):
+            module, name = spec["klass"].rsplit(".", 1)
+            Klass = getattr(importlib.import_module("demucs." + module), name)
+            torch.manual_seed(spec["seed"])
+            model = Klass(**spec["kwargs"]).eval()
+            output = None
+            if spec["inputs"] is not None:
+                with torch.no_grad():
+                    output = model(spec["inputs"])
+            results.append({{"state": model.state_dict(), "output": output}})
+        torch.save(results, {str(out)!r})
+    """, cwd=workdir)
+    return torch.load(out, weights_only=True)
+
+
 def load_result(path: Path) -> Any:
     return torch.load(path, weights_only=True)
