@@ -348,7 +348,7 @@ class SpectralMixin:
 
 
 def pad1d(x: Tensor, paddings: tp.Tuple[int, int], mode: str = "constant",
-           value: float = 0.0) -> Tensor:
+          value: float = 0.0) -> Tensor:
     """``F.pad`` on the last axis that also allows reflect padding wider than the input.
 
     Reflect padding needs ``pad < length``; for shorter inputs the signal is first
