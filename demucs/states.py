@@ -258,7 +258,12 @@ def load_package(path: PathLike, trust: tp.Optional[bool] = None) -> Package:
     if trust is None:
         trust = _trusted_by_env()
     if trust:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except ModuleNotFoundError as exc:
+            if exc.name and _is_diffq_global(exc.name):
+                raise MissingDiffQError(f"cannot load {path}: {_DIFFQ_HINT}") from exc
+            raise
 
     allowed = safe_globals()
     try:
