@@ -31,7 +31,7 @@ ClipMode = tp.Literal["rescale", "clamp", "tanh", "none"]
 __all__ = [
     "AudioFile", "LoadAudioError", "read_audio", "convert_audio", "convert_audio_channels",
     "i16_pcm", "f32_pcm", "as_dtype_pcm", "prevent_clip", "encode_mp3", "save_audio",
-    "atomic_write", "SAVE_FORMATS",
+    "atomic_write", "SAVE_FORMATS", "Mp3Writer",
 ]
 
 # Extensions that libsndfile cannot read: go straight to FFmpeg (PyAV).
@@ -323,46 +323,100 @@ def _parse_frame(data: bytes, offset: int) -> _Frame:
     return _Frame(header, version, bitrate_index, samplerate, ((header >> 6) & 3) == 3, size)
 
 
-def _crc16(data: bytes, crc: int = 0) -> int:
-    """CRC-16/ARC (polynomial 0x8005, reflected), as used by the LAME tag."""
-    for byte in data:
-        crc ^= byte
+def _crc16_table() -> tp.Tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
         for _ in range(8):
             crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC16_TABLE = _crc16_table()
+
+
+def _crc16(data: bytes, crc: int = 0) -> int:
+    """CRC-16/ARC (polynomial 0x8005, reflected), as used by the LAME tag.
+
+    ``crc`` continues a previous call, so long streams can be checksummed piece by piece.
+    """
+    table = _CRC16_TABLE
+    for byte in data:
+        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
     return crc
 
 
-def _lame_info_frame(audio: bytes, num_samples: int, bitrate: int) -> bytes:
-    """Builds a LAME "Info" frame describing the CBR stream ``audio``.
+class _Mp3Stats:
+    """Running description of a CBR mp3 stream fed piece by piece: frames, bytes, CRC.
+
+    Frame headers may straddle pieces; ``first`` is the first frame once it is known.
+    """
+
+    def __init__(self) -> None:
+        self.first: tp.Optional[_Frame] = None
+        self.frames = 0
+        self.size = 0
+        self.crc = 0
+        self._pending = bytearray()  # bytes from the next frame header on
+        self._skip = 0  # bytes of the current frame still to come
+
+    def feed(self, data: bytes) -> None:
+        self.size += len(data)
+        self.crc = _crc16(data, self.crc)
+        view = memoryview(data)
+        if self._skip:
+            taken = min(self._skip, len(view))
+            self._skip -= taken
+            view = view[taken:]
+        self._pending += view
+        while len(self._pending) >= 4:
+            frame = _parse_frame(bytes(self._pending[:4]), 0)
+            if self.first is None:
+                self.first = frame
+            self.frames += 1
+            if frame.size <= len(self._pending):
+                del self._pending[:frame.size]
+            else:
+                self._skip = frame.size - len(self._pending)
+                self._pending.clear()
+
+
+def _info_frame_size(first: _Frame) -> int:
+    """Size of the Info tag frame for a stream whose first frame is ``first``."""
+    return _frame_size(first.version, _info_bitrate_index(first), first.samplerate, 0)
+
+
+def _info_bitrate_index(first: _Frame) -> int:
+    index = first.bitrate_index
+    tag_start = 4 + first.side_info
+    while _frame_size(first.version, index, first.samplerate, 0) < tag_start + _INFO_TAG_SIZE:
+        index += 1
+    return index
+
+
+def _lame_info_frame_for(stats: _Mp3Stats, num_samples: int, bitrate: int) -> bytes:
+    """Builds a LAME "Info" frame describing the CBR stream summarised by ``stats``.
 
     It records the frame count, byte count, a linear seek table and, in the LAME extension,
     the encoder delay and end padding, which gapless decoders use to trim the output to
     exactly ``num_samples`` samples starting at the first input sample.
     """
-    frames = []
-    offset = 0
-    while offset < len(audio):
-        frame = _parse_frame(audio, offset)
-        frames.append(frame)
-        offset += frame.size
-    if not frames:
+    first = stats.first
+    if first is None:
         raise ValueError("encoder produced no mp3 frames")
-    first = frames[0]
-    padding = len(frames) * first.samples - _LAME_ENCODER_DELAY - num_samples
+    padding = stats.frames * first.samples - _LAME_ENCODER_DELAY - num_samples
     if not 0 <= padding < 4096:
         raise ValueError(f"unexpected mp3 end padding {padding}")
 
     # Tag frame: same stream parameters, no padding bit, CRC off, bitrate large enough.
-    tag_start = 4 + first.side_info
-    index = first.bitrate_index
-    while _frame_size(first.version, index, first.samplerate, 0) < tag_start + _INFO_TAG_SIZE:
-        index += 1
+    index = _info_bitrate_index(first)
     size = _frame_size(first.version, index, first.samplerate, 0)
     header = (first.header & ~(0xF << 12) & ~(1 << 9)) | (index << 12) | (1 << 16)
 
-    total_bytes = size + len(audio)
+    total_bytes = size + stats.size
     toc = bytes(min(255, i * 256 // 100) for i in range(100))
-    info = b"Info" + struct.pack(">III", 0xF, len(frames), total_bytes) + toc
+    info = b"Info" + struct.pack(">III", 0xF, stats.frames, total_bytes) + toc
     info += struct.pack(">I", 0)  # quality indicator
     lame = b"LAME3.100"
     lame += bytes([0x01, 0])  # tag revision 0 / CBR; lowpass unknown
@@ -370,10 +424,106 @@ def _lame_info_frame(audio: bytes, num_samples: int, bitrate: int) -> bytes:
     lame += bytes([0, min(bitrate, 255)])  # encoding flags / ATH; bitrate
     lame += ((_LAME_ENCODER_DELAY << 12) | padding).to_bytes(3, "big")
     lame += bytes([0, 0]) + struct.pack(">H", 0)  # misc, mp3 gain, preset/surround
-    lame += struct.pack(">IH", total_bytes, _crc16(audio))
+    lame += struct.pack(">IH", total_bytes, stats.crc)
     body = struct.pack(">I", header) + bytes(first.side_info) + info + lame
     body += struct.pack(">H", _crc16(body))
     return body + bytes(size - len(body))
+
+
+def _lame_info_frame(audio: bytes, num_samples: int, bitrate: int) -> bytes:
+    """The Info frame for the complete CBR stream ``audio`` (see :func:`_lame_info_frame_for`)."""
+    stats = _Mp3Stats()
+    stats.feed(audio)
+    return _lame_info_frame_for(stats, num_samples, bitrate)
+
+
+def _float_to_i16(pcm: np.ndarray) -> np.ndarray:
+    """Float ``[..]`` audio to int16 the way :func:`encode_mp3` does: clamp, scale, round."""
+    return np.rint(np.clip(pcm, -1, 1) * (2 ** 15 - 1)).astype(np.int16)
+
+
+class Mp3Writer:
+    """Incremental CBR mp3 encoder (``lameenc``) writing to ``path`` atomically.
+
+    ``write`` takes ``[channels, n]`` float (or int16) blocks; ``close`` flushes the encoder,
+    writes the LAME Info tag in front (space for it is reserved as soon as the first frame
+    is known) and renames the temporary file onto ``path``. ``abort`` (or any exception in
+    ``close``) removes the temporary file. Memory use does not depend on the length.
+    """
+
+    def __init__(self, path: PathLike, samplerate: int, channels: int, bitrate: int = 320,
+                 quality: int = 2, verbose: bool = False) -> None:
+        import lameenc
+
+        if channels not in (1, 2):
+            raise ValueError(f"mp3 supports 1 or 2 channels, got {channels}")
+        if samplerate not in MP3_SAMPLERATES:
+            raise ValueError(f"mp3 does not support a sample rate of {samplerate} Hz "
+                             f"(supported: {', '.join(map(str, MP3_SAMPLERATES))})")
+        self.path = Path(path)
+        self.channels = channels
+        self.bitrate = int(bitrate)
+        self.samples = 0
+        self._stats = _Mp3Stats()
+        self._head = bytearray()  # encoder output held back until the first frame is known
+        self._encoder = lameenc.Encoder()
+        self._encoder.set_bit_rate(self.bitrate)
+        self._encoder.set_in_sample_rate(int(samplerate))
+        self._encoder.set_out_sample_rate(int(samplerate))
+        self._encoder.set_channels(channels)
+        self._encoder.set_quality(int(quality))
+        if not verbose:
+            self._encoder.silence()
+        self._tmp = _temporary_path(self.path)
+        self._file: tp.Optional[tp.BinaryIO] = open(self._tmp, "wb")
+
+    def write(self, block: tp.Union[np.ndarray, torch.Tensor]) -> None:
+        """Encodes ``[channels, n]`` audio (float in [-1, 1], or int16)."""
+        if isinstance(block, torch.Tensor):
+            block = block.detach().cpu().numpy()
+        if block.ndim != 2 or block.shape[0] != self.channels:
+            raise ValueError(f"expected a [{self.channels}, n] block, got {block.shape}")
+        pcm = block if block.dtype == np.int16 else _float_to_i16(block)
+        self.samples += pcm.shape[1]
+        self._emit(bytes(self._encoder.encode(np.ascontiguousarray(pcm.T).astype("<i2").tobytes())))
+
+    def _emit(self, data: bytes) -> None:
+        assert self._file is not None
+        if not data:
+            return
+        self._stats.feed(data)
+        if self._head is not None:
+            self._head += data
+            if self._stats.first is None:
+                return
+            self._file.write(bytes(_info_frame_size(self._stats.first)))  # reserved
+            data, self._head = bytes(self._head), None  # type: ignore[assignment]
+        self._file.write(data)
+
+    def close(self) -> None:
+        """Finishes the file and renames it onto ``path``."""
+        if self._file is None:
+            return
+        try:
+            self._emit(bytes(self._encoder.flush()))
+            tag = _lame_info_frame_for(self._stats, self.samples, self.bitrate)
+            self._file.seek(0)
+            self._file.write(tag)
+            self._file.close()
+            self._file = None
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Drops the partial output (temporary file removed, ``path`` untouched)."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        with contextlib.suppress(OSError):
+            self._tmp.unlink()
 
 
 def encode_mp3(wav: torch.Tensor, path: tp.Union[PathLike, tp.BinaryIO], samplerate: int = 44100,
@@ -383,41 +533,41 @@ def encode_mp3(wav: torch.Tensor, path: tp.Union[PathLike, tp.BinaryIO], sampler
     ``quality`` is LAME's preset (2 = best, 7 = fastest). A LAME Info tag compensates the
     encoder delay, so decoded stems stay sample-aligned with the input.
     """
-    import lameenc
-
     if wav.dim() == 1:
         wav = wav[None]
-    channels, length = wav.shape
-    if channels not in (1, 2):
-        raise ValueError(f"mp3 supports 1 or 2 channels, got {channels}")
-    if samplerate not in MP3_SAMPLERATES:
-        raise ValueError(f"mp3 does not support a sample rate of {samplerate} Hz "
-                         f"(supported: {', '.join(map(str, MP3_SAMPLERATES))})")
     pcm = wav.detach().cpu()
     if pcm.dtype.is_floating_point:
         pcm = (pcm.clamp(-1, 1) * (2 ** 15 - 1)).round().short()
-    pcm = pcm.t().contiguous().numpy().astype("<i2", copy=False)
-
-    encoder = lameenc.Encoder()
-    encoder.set_bit_rate(int(bitrate))
-    encoder.set_in_sample_rate(int(samplerate))
-    encoder.set_out_sample_rate(int(samplerate))
-    encoder.set_channels(channels)
-    encoder.set_quality(int(quality))
-    if not verbose:
-        encoder.silence()
-    audio = bytes(encoder.encode(pcm.tobytes())) + bytes(encoder.flush())
-    data = _lame_info_frame(audio, length, int(bitrate)) + audio
     if hasattr(path, "write"):
-        path.write(data)  # type: ignore[union-attr]
+        with tempfile.TemporaryDirectory() as folder:
+            target = Path(folder) / "out.mp3"
+            _encode_mp3_file(pcm, target, samplerate, bitrate, quality, verbose)
+            path.write(target.read_bytes())  # type: ignore[union-attr]
     else:
-        with atomic_write(path) as tmp:
-            tmp.write_bytes(data)
+        _encode_mp3_file(pcm, Path(path), samplerate, bitrate, quality, verbose)
+
+
+def _encode_mp3_file(pcm: torch.Tensor, path: Path, samplerate: int, bitrate: int,
+                     quality: int, verbose: bool) -> None:
+    writer = Mp3Writer(path, samplerate, pcm.shape[0], bitrate, quality, verbose)
+    try:
+        writer.write(pcm.numpy())
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
 
 
 # --------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------
+
+def _temporary_path(path: Path) -> Path:
+    """Creates an empty hidden temporary file next to ``path`` (same file system)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
 
 @contextlib.contextmanager
 def atomic_write(path: PathLike) -> tp.Iterator[Path]:
@@ -427,9 +577,7 @@ def atomic_write(path: PathLike) -> tp.Iterator[Path]:
     ``path`` is left untouched.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _temporary_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
