@@ -36,6 +36,15 @@ CASES: tp.Dict[str, tp.Tuple[str, tp.Dict[str, tp.Any], tp.Dict[str, tp.Any], in
                         dict(diffq=0, qat=6, min_size=0.0, group_size=8), 2100),
 }
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models run fastest on one thread (the test machine's cores are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 _SCRIPT = """
 import importlib
 import types
