@@ -79,6 +79,7 @@ NO_DIFFQ = "diffq is not installed (pip install demucs[quantized])"
 SMALL_MDX = "mdx_small"
 SMALL_SEGMENT = 0.5
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
     """Tiny models run fastest on one thread (the test machine's cores are shared)."""

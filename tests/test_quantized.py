@@ -36,6 +36,7 @@ CASES: tp.Dict[str, tp.Tuple[str, tp.Dict[str, tp.Any], tp.Dict[str, tp.Any], in
                         dict(diffq=0, qat=6, min_size=0.0, group_size=8), 2100),
 }
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
     """Tiny models run fastest on one thread (the test machine's cores are shared)."""
