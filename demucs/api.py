@@ -18,12 +18,14 @@ from __future__ import annotations
 import typing as tp
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from .apply import BagOfModels, apply_model, max_allowed_segment
 from .audio import LoadAudioError, convert_audio, read_audio, save_audio
 from .pretrained import DEFAULT_MODEL, ModelLoadingError, _repos, get_model
+from .stream import Track, members_for, open_track, stream_separate
 
 __all__ = ["Separator", "list_models", "save_audio", "LoadAudioError", "ModelLoadingError"]
 
@@ -64,6 +66,15 @@ def normalize(wav: torch.Tensor) -> tp.Tuple[torch.Tensor, float, float]:
     return (wav - mean) / std, mean, std
 
 
+def _restore_forwards(saved: tp.List[tp.Tuple[nn.Module, tp.Any]]) -> None:
+    """Undoes :meth:`Separator._hooked_forwards`."""
+    for sub, previous in saved:
+        if previous is None:
+            del sub.forward
+        else:
+            sub.forward = previous
+
+
 class Separator:
     """Loads a model once and separates tensors or audio files with it.
 
@@ -83,6 +94,11 @@ class Separator:
             and after each model evaluation; raising from it (e.g. ``KeyboardInterrupt``)
             aborts the separation.
         callback_arg: extra entries for the callback's dict.
+
+    Attributes:
+        stream_batch: segments separated per forward pass by :meth:`stream_track` and
+            :meth:`separate_audio_file` (1 while a callback is set, so that it hears
+            about every segment).
 
     Raises:
         ModelLoadingError: the model cannot be found or loaded.
@@ -105,6 +121,7 @@ class Separator:
                                     repo=Path(repo) if repo is not None else None)
         self._model.cpu()
         self._model.eval()
+        self.stream_batch = 1
         self._device: tp.Union[str, torch.device] = "cpu"
         self._shifts, self._overlap, self._split = 1, 0.25, True
         self._segment: tp.Optional[float] = None
@@ -232,13 +249,51 @@ class Separator:
                               device=self._device, num_workers=self._jobs,
                               segment=self._segment)[0]
         finally:
-            for sub, previous in saved:
-                if previous is None:
-                    del sub.forward
-                else:
-                    sub.forward = previous
+            _restore_forwards(saved)
         out = out[..., :length] * std + mean
         return origin, dict(zip(self._model.sources, out))
+
+    # ------------------------------------------------------------------ streaming
+    def open_track(self, path: tp.Union[str, Path]) -> Track:
+        """Validates ``path`` and computes its normalisation statistics in one streaming
+        pass (at the model's rate and channel count). Raises :class:`LoadAudioError`."""
+        return open_track(path, self.samplerate, self.audio_channels)
+
+    def stream_track(self, track: Track) -> tp.Iterator[tp.Tuple[np.ndarray, np.ndarray]]:
+        """Separates ``track`` (from :meth:`open_track`) block by block.
+
+        Yields ``(origin (C, n), stems (S, C, n))`` numpy blocks in order; memory stays
+        bounded whatever the track's length. Needs ``split`` (the default). The result
+        equals :meth:`separate_tensor` on the whole track (same random draws for shifts).
+        """
+        if not self._split:
+            raise ValueError("streaming separation needs split=True")
+        batch = 1 if self._callback is not None else self.stream_batch
+        members = members_for(self._model, segment=self._segment, device=self._device,
+                              max_batch=batch)
+        progress = None
+        bar = None
+        if self._progress:
+            import tqdm
+            bar = tqdm.tqdm(total=1, ncols=120, unit="segments")
+
+            def progress(done: int, total: int) -> None:
+                assert bar is not None
+                bar.total = total
+                bar.update(done - bar.n)
+
+        saved = self._hooked_forwards(track.length) if self._callback is not None else []
+        try:
+            yield from stream_separate(
+                members, track.source.blocks(), track.length, sources=len(self.sources),
+                channels=self.audio_channels, samplerate=self.samplerate,
+                shifts=self._shifts, overlap=self._overlap, mean=track.stats.mean,
+                std=track.stats.std, min_length=minimum_length(self._model),
+                progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
+            _restore_forwards(saved)
 
     def load_audio(self, path: tp.Union[str, Path]) -> torch.Tensor:
         """Reads ``path`` at the model's rate and channel count (raises LoadAudioError)."""
@@ -250,8 +305,23 @@ class Separator:
 
     def separate_audio_file(self, path: tp.Union[str, Path]
                             ) -> tp.Tuple[torch.Tensor, tp.Dict[str, torch.Tensor]]:
-        """Reads and separates an audio (or video) file; see :meth:`separate_tensor`."""
-        return self.separate_tensor(self.load_audio(path), self.samplerate)
+        """Reads and separates an audio (or video) file; see :meth:`separate_tensor`.
+
+        With ``split`` (the default) the file is decoded and separated block by block
+        (:meth:`stream_track`): only the returned tensors grow with the track's length.
+        """
+        if not self._split:
+            return self.separate_tensor(self.load_audio(path), self.samplerate)
+        track = self.open_track(path)
+        origin = torch.empty(self.audio_channels, track.length)
+        stems = torch.empty(len(self.sources), self.audio_channels, track.length)
+        position = 0
+        for origin_block, stems_block in self.stream_track(track):
+            end = position + origin_block.shape[-1]
+            origin[:, position:end] = torch.from_numpy(origin_block)
+            stems[..., position:end] = torch.from_numpy(stems_block)
+            position = end
+        return origin, dict(zip(self.sources, stems))
 
     def __repr__(self) -> str:
         return (f"Separator(model={self._name!r}, samplerate={self.samplerate}, "

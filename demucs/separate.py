@@ -15,12 +15,14 @@ import sys
 import typing as tp
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .api import Separator, list_models
 from .apply import BagOfModels, max_allowed_segment
 from .audio import LoadAudioError, save_audio
 from .pretrained import ModelLoadingError, add_model_flags, get_model_from_args
+from .stream import StemWriter, open_stem_writer
 
 PROG = "demucs"
 TEMPLATE_KEYS = ("track", "trackext", "stem", "ext")
@@ -194,28 +196,94 @@ def _stems_to_save(stems: tp.Dict[str, torch.Tensor], origin: torch.Tensor,
     return result
 
 
-def separate_track(track: Path, separator: Separator, args: argparse.Namespace, out: Path,
-                   written: _Written) -> None:
-    """Separates one track and writes its stems; raises LoadAudioError / OSError."""
-    wav = separator.load_audio(track)
-    if not args.quiet:
-        print(f"Separating track {track}", flush=True)
-    origin, stems = separator.separate_tensor(wav, separator.samplerate)
-    ext = output_extension(args)
-    name, trackext = split_track_name(track)
-    options: tp.Dict[str, tp.Any] = {
-        "samplerate": separator.samplerate,
+def _save_options(args: argparse.Namespace, samplerate: int) -> tp.Dict[str, tp.Any]:
+    return {
+        "samplerate": samplerate,
         "bitrate": args.mp3_bitrate,
         "preset": args.mp3_preset,
         "clip": args.clip_mode,
         "as_float": args.float32,
         "bits_per_sample": 24 if args.int24 else 16,
     }
+
+
+def _output_path(track: Path, stem: str, args: argparse.Namespace, out: Path) -> Path:
+    name, trackext = split_track_name(track)
+    path = out / args.filename.format(track=name, trackext=trackext, stem=stem,
+                                      ext=output_extension(args))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _stem_names(sources: tp.Sequence[str], args: argparse.Namespace) -> tp.List[str]:
+    if args.stem is None:
+        return list(sources)
+    if args.other_method == "none":
+        return [args.stem]
+    return [args.stem, "no_" + args.stem]
+
+
+def _stem_blocks(stems: np.ndarray, origin: np.ndarray, sources: tp.Sequence[str],
+                 args: argparse.Namespace) -> tp.List[np.ndarray]:
+    """Blocks to write, in the order of :func:`_stem_names` (as :func:`_stems_to_save`)."""
+    if args.stem is None:
+        return list(stems)
+    index = list(sources).index(args.stem)
+    result = [stems[index]]
+    if args.other_method == "add":
+        result.append(np.delete(stems, index, axis=0).sum(0))
+    elif args.other_method == "minus":
+        result.append(origin - stems[index])
+    return result
+
+
+def separate_track(track: Path, separator: Separator, args: argparse.Namespace, out: Path,
+                   written: _Written) -> None:
+    """Separates one track and writes its stems; raises LoadAudioError / OSError."""
+    if args.split:
+        _separate_streaming(track, separator, args, out, written)
+        return
+    wav = separator.load_audio(track)
+    if not args.quiet:
+        print(f"Separating track {track}", flush=True)
+    origin, stems = separator.separate_tensor(wav, separator.samplerate)
+    options = _save_options(args, separator.samplerate)
     for stem, source in _stems_to_save(stems, origin, args):
-        path = out / args.filename.format(track=name, trackext=trackext, stem=stem, ext=ext)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = _output_path(track, stem, args, out)
         save_audio(source, path, **options)
         written.paths.append(path)
+
+
+def _separate_streaming(track: Path, separator: Separator, args: argparse.Namespace,
+                        out: Path, written: _Written) -> None:
+    """Decodes, separates and writes block by block: memory does not grow with length.
+
+    Every stem goes to a hidden temporary file renamed at the end; on any error (or
+    Ctrl-C) the temporaries are removed and the stems already renamed are listed in
+    ``written`` for the caller to remove.
+    """
+    opened = separator.open_track(track)
+    if not args.quiet:
+        print(f"Separating track {track}", flush=True)
+    options = _save_options(args, separator.samplerate)
+    writers: tp.List[StemWriter] = []
+    try:
+        for stem in _stem_names(separator.sources, args):
+            writers.append(open_stem_writer(_output_path(track, stem, args, out),
+                                            channels=separator.audio_channels, **options))
+        for origin, stems in separator.stream_track(opened):
+            for writer, block in zip(writers, _stem_blocks(stems, origin, separator.sources,
+                                                           args)):
+                writer.write(block)
+        while writers:
+            writer = writers[0]
+            writer.close()
+            writers.pop(0)
+            written.paths.append(writer.path)
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
 
 
 def _describe_write_error(err: OSError) -> str:

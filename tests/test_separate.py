@@ -313,23 +313,39 @@ def test_track_output_not_writable(tmp_path, tiny_repo, capsys):
     assert all((tmp_path / "out" / "tiny" / "b" / f"{s}.wav").is_file() for s in SOURCES)
 
 
-def test_ctrl_c_leaves_no_partial_files(tmp_path, tiny_repo, capsys, monkeypatch):
+@pytest.mark.parametrize("streaming", [True, False])
+def test_ctrl_c_leaves_no_partial_files(tmp_path, tiny_repo, capsys, monkeypatch, streaming):
     """Interrupted while writing the third stem: exit 130, the track's finished stems
-    are removed and no temporary file is left."""
+    are removed and no temporary file is left. The default (streaming) path writes
+    through ``soundfile.SoundFile.write``, ``--no-split`` through ``soundfile.write``."""
     write_mix(tmp_path / "a.wav")
     calls = {"n": 0}
-    real_write = sf.write
 
-    def flaky_write(file, data, *args, **kwargs):
+    def interrupt_third(file: tp.Any) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
             Path(file).write_bytes(b"RIFF partial")
             raise KeyboardInterrupt
-        return real_write(file, data, *args, **kwargs)
 
-    monkeypatch.setattr(sf, "write", flaky_write)
-    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "-q", "-o", tmp_path / "out",
-                             tmp_path / "a.wav"], capsys)
+    if streaming:
+        real_method = sf.SoundFile.write
+
+        def flaky_method(self, data, *args, **kwargs):
+            interrupt_third(self.name)
+            return real_method(self, data, *args, **kwargs)
+
+        monkeypatch.setattr(sf.SoundFile, "write", flaky_method)
+    else:
+        real_write = sf.write
+
+        def flaky_write(file, data, *args, **kwargs):
+            interrupt_third(file)
+            return real_write(file, data, *args, **kwargs)
+
+        monkeypatch.setattr(sf, "write", flaky_write)
+    extra = [] if streaming else ["--no-split"]
+    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "-q", *extra,
+                             "-o", tmp_path / "out", tmp_path / "a.wav"], capsys)
     assert code == 130 and "interrupted" in err and "Traceback" not in err
     track = tmp_path / "out" / "tiny" / "a"
     assert list(track.iterdir()) == []

@@ -1,0 +1,948 @@
+"""Streaming separation: tracks of any length in bounded memory.
+
+The whole pipeline works on blocks of samples, so peak memory is the model plus a few
+segments, whatever the track's length:
+
+1. **Decode** blockwise (:class:`SoundfileSource`, :class:`PyAVSource`), convert the
+   channels and resample blockwise (:class:`BlockResampler`, equal to whole-file
+   ``julius.resample_frac`` to float precision).
+2. **First pass** (:func:`open_track`): decode the whole track once to validate it and to
+   compute the mean and standard deviation of its mono mix (the normalisation of
+   ``demucs.separate``; unbiased std as ``torch.std``).
+3. **Second pass** (:func:`stream_separate`): overlapping segments are separated and
+   overlap-added with the triangular weights of :func:`demucs.apply.apply_model`; each
+   output block is final as soon as no later segment covers it.
+4. **Write** every stem incrementally (:func:`open_stem_writer`: wav/flac through
+   ``soundfile``, mp3 through :class:`demucs.audio.Mp3Writer`). Clip mode ``rescale``
+   needs the stem's global peak: the stem is first written as raw float32 to a hidden
+   temporary file, then converted in a second streaming pass. Outputs appear only when
+   complete (temporary file + rename); temporaries are removed on any error or Ctrl-C.
+
+Equality with the in-memory path. :func:`stream_separate` reproduces ``apply_model`` with
+``split=True``: per-segment context padding with the real neighbouring audio (zeros past
+the track's ends), the shift trick (offsets drawn with ``random.randint`` in the same
+order as ``apply_model``, including the draws that models make during their forward
+passes, which are replayed), bags of models with per-source weights. Python's ``random``
+state is left exactly as ``apply_model`` leaves it.
+
+The pluggable hook. The core only needs, per model of the bag, a :class:`StreamMember`:
+
+* ``run``: a callable ``(B, C, V) float32 ndarray -> (B, S, C, V) float32 ndarray`` that
+  separates a batch of padded segments (a torch model: :func:`torch_runner`; an ONNX
+  Runtime session: ``lambda x: session.run(None, {"mix": x})[0]``);
+* ``segment_length``: samples per segment; ``valid_length``: model input length for a
+  chunk of ``n`` samples (fixed for HTDemucs and exported graphs);
+* ``weights``: per-source weights in the bag; ``draws``: arguments of the
+  ``random.randrange`` calls one forward pass makes (HTDemucs: ``(sin_random_shift + 1,)``);
+  ``max_batch``: how many segments one call of ``run`` may take.
+
+The core itself (this module without :func:`torch_runner`, :class:`BlockResampler` and the
+:class:`Separator` glue) uses numpy only; torch is imported lazily where needed.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+
+from .audio import (_FFMPEG_FIRST, LoadAudioError, Mp3Writer, _declared_length, _one_line,
+                    _pcm_subtype, _quiet_native_stderr, _temporary_path)
+
+if tp.TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+__all__ = [
+    "BlockSource", "ArraySource", "SoundfileSource", "PyAVSource", "ConvertedSource",
+    "BlockResampler", "TrackStats", "Track", "open_track", "StreamMember", "stream_separate",
+    "torch_runner", "members_for", "open_stem_writer", "StemWriter",
+    "MAX_SHIFT_SECONDS", "DEFAULT_BLOCK",
+]
+
+#: Largest random shift of the shift trick, in seconds (as :mod:`demucs.apply`).
+MAX_SHIFT_SECONDS = 0.5
+#: Samples per decoded block.
+DEFAULT_BLOCK = 1 << 16
+
+Array = np.ndarray
+SegmentRunner = tp.Callable[[Array], Array]
+
+
+# ======================================================================================
+# Sources: re-iterable producers of (channels, n) float32 blocks
+# ======================================================================================
+
+class BlockSource(tp.Protocol):
+    """Audio as blocks. Each call of :meth:`blocks` starts again from the beginning."""
+
+    samplerate: int
+    channels: int
+
+    def blocks(self) -> tp.Iterator[Array]:
+        """Yields ``(channels, n)`` float32 blocks (``n > 0``) in order."""
+        ...  # pragma: no cover
+
+
+class ArraySource:
+    """An in-memory ``(channels, T)`` array (or tensor) served in blocks."""
+
+    def __init__(self, wav: tp.Any, samplerate: int, block: int = DEFAULT_BLOCK) -> None:
+        array = wav.detach().cpu().numpy() if hasattr(wav, "detach") else np.asarray(wav)
+        if array.ndim != 2:
+            raise ValueError(f"expected audio of shape (channels, time), got {array.shape}")
+        self.wav = np.ascontiguousarray(array, dtype=np.float32)
+        self.samplerate = int(samplerate)
+        self.channels = int(self.wav.shape[0])
+        self.block = block
+
+    def blocks(self) -> tp.Iterator[Array]:
+        for start in range(0, self.wav.shape[1], self.block):
+            yield self.wav[:, start:start + self.block]
+
+
+def _finite(block: Array) -> Array:
+    """Replaces NaN/inf like :func:`demucs.audio.read_audio` does."""
+    if np.isfinite(block).all():
+        return block
+    return np.nan_to_num(block, nan=0.0, posinf=1.0, neginf=-1.0)
+
+
+class SoundfileSource:
+    """A file read block by block with libsndfile (wav, flac, ogg, mp3...)."""
+
+    def __init__(self, path: Path, block: int = DEFAULT_BLOCK) -> None:
+        import soundfile as sf
+
+        self.path = path
+        self.block = block
+        with _quiet_native_stderr():
+            info = sf.info(str(path))
+        self.samplerate = int(info.samplerate)
+        self.channels = int(info.channels)
+
+    def blocks(self) -> tp.Iterator[Array]:
+        import soundfile as sf
+
+        with _quiet_native_stderr():
+            handle = sf.SoundFile(str(self.path))
+        with handle:
+            while True:
+                with _quiet_native_stderr():
+                    data = handle.read(self.block, dtype="float32", always_2d=True)
+                if data.shape[0] == 0:
+                    return
+                yield _finite(np.ascontiguousarray(data.T))
+
+
+class PyAVSource:
+    """A file decoded frame by frame with PyAV (FFmpeg): m4a/aac, video soundtracks...
+
+    Samples past the length the container declares (codec end padding) are dropped, as
+    :func:`demucs.audio.read_audio` does.
+    """
+
+    def __init__(self, path: Path, block: int = DEFAULT_BLOCK) -> None:
+        import av
+
+        self.path = path
+        self.block = block
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise ValueError("no audio stream")
+            stream = container.streams.audio[0]
+            self.samplerate = int(stream.codec_context.sample_rate or stream.rate or 0)
+            self.channels = int(stream.codec_context.channels or 0)
+            self.declared = _declared_length(stream, self.samplerate)
+
+    def _frames(self) -> tp.Iterator[Array]:
+        import av
+
+        with av.open(str(self.path), metadata_errors="ignore") as container:
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="fltp")
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    yield out.to_ndarray()
+            for out in resampler.resample(None):
+                yield out.to_ndarray()
+
+    def blocks(self) -> tp.Iterator[Array]:
+        remaining = self.declared if self.declared else None
+        pending: tp.List[Array] = []
+        size = 0
+        for frame in self._frames():
+            if remaining is not None:
+                frame = frame[:, :remaining]
+                remaining -= frame.shape[1]
+            if frame.shape[1]:
+                pending.append(frame.astype(np.float32, copy=False))
+                size += frame.shape[1]
+            if size >= self.block:
+                yield _finite(np.concatenate(pending, axis=1))
+                pending, size = [], 0
+        if size:
+            yield _finite(np.concatenate(pending, axis=1))
+
+
+def convert_channels(block: Array, channels: int) -> Array:
+    """Numpy twin of :func:`demucs.audio.convert_audio_channels` for ``(C, n)`` blocks."""
+    source = block.shape[0]
+    if source == channels:
+        return block
+    if channels == 1:
+        return block.mean(axis=0, keepdims=True, dtype=np.float32)
+    if source == 1:
+        return np.repeat(block, channels, axis=0)
+    if source > channels:
+        return block[:channels]
+    raise ValueError(f"cannot convert {source}-channel audio to {channels} channels "
+                     "(only mono can be upmixed)")
+
+
+class BlockResampler:
+    """``julius.resample_frac`` applied block by block, equal to the whole-signal result.
+
+    julius pads the signal by replicating its first and last samples and runs a strided
+    convolution: output frame ``f`` (``new_sr`` samples, rates divided by their gcd) reads
+    input samples ``[f * old_sr - width, f * old_sr + width + old_sr)``. Frames are computed
+    as soon as their input is there; the right edge is replicated at :meth:`finish`.
+    """
+
+    def __init__(self, old_sr: int, new_sr: int, channels: int) -> None:
+        import julius
+        import torch
+
+        self._torch = torch
+        self._module = julius.ResampleFrac(int(old_sr), int(new_sr))
+        self.old = self._module.old_sr
+        self.new = self._module.new_sr
+        self.channels = channels
+        self.identity = self.old == self.new
+        self.width: int = getattr(self._module, "_width", 0)
+        self._kernel_size = 2 * self.width + self.old
+        self._buffer: tp.Optional[Array] = None  # padded input from frame self._frame on
+        self._frame = 0
+        self._consumed = 0  # input samples seen
+        self._produced = 0  # output samples returned
+
+    def _frames(self, padded: Array) -> Array:
+        """Output samples ``(C, frames * new)`` of all complete frames in ``padded``."""
+        import torch.nn.functional as F
+
+        count = (padded.shape[1] - self._kernel_size) // self.old + 1
+        if count <= 0:
+            self._buffer = padded
+            return np.zeros((self.channels, 0), np.float32)
+        used = padded[:, :(count - 1) * self.old + self._kernel_size]
+        x = self._torch.from_numpy(np.ascontiguousarray(used))[:, None]
+        ys = F.conv1d(x, self._module.kernel, stride=self.old)  # (C, new, count)
+        self._frame += count
+        self._buffer = padded[:, count * self.old:]
+        return ys.transpose(1, 2).reshape(self.channels, -1).numpy()
+
+    def push(self, block: Array) -> Array:
+        """Feeds ``(C, n)`` samples; returns the output samples that are now final."""
+        if self.identity:
+            return block
+        self._consumed += block.shape[1]
+        if self._buffer is None:
+            head = np.repeat(block[:, :1], self.width, axis=1)
+            padded = np.concatenate([head, block], axis=1)
+        else:
+            padded = np.concatenate([self._buffer, block], axis=1)
+        out = self._frames(padded)
+        self._produced += out.shape[1]
+        return out
+
+    def finish(self) -> Array:
+        """Replicates the last sample and returns the remaining output samples."""
+        if self.identity or self._buffer is None:
+            return np.zeros((self.channels, 0), np.float32)
+        tail = np.repeat(self._buffer[:, -1:], self.width + self.old, axis=1)
+        out = self._frames(np.concatenate([self._buffer, tail], axis=1))
+        total = int(math.floor(self.new * self._consumed / self.old))
+        keep = max(0, total - self._produced)
+        return out[:, :keep]
+
+
+class ConvertedSource:
+    """``source`` converted to ``channels`` channels then resampled to ``samplerate``,
+    blockwise (same result as :func:`demucs.audio.convert_audio` on the whole track)."""
+
+    def __init__(self, source: BlockSource, samplerate: int, channels: int) -> None:
+        self.source = source
+        self.samplerate = int(samplerate)
+        self.channels = int(channels)
+
+    def blocks(self) -> tp.Iterator[Array]:
+        resampler = None
+        if self.source.samplerate != self.samplerate:
+            resampler = BlockResampler(self.source.samplerate, self.samplerate, self.channels)
+        for block in self.source.blocks():
+            block = convert_channels(block, self.channels)
+            if resampler is not None:
+                block = resampler.push(block)
+            if block.shape[1]:
+                yield np.ascontiguousarray(block, dtype=np.float32)
+        if resampler is not None:
+            tail = resampler.finish()
+            if tail.shape[1]:
+                yield np.ascontiguousarray(tail, dtype=np.float32)
+
+
+# ======================================================================================
+# First pass: validation and statistics
+# ======================================================================================
+
+@dataclasses.dataclass
+class TrackStats:
+    """Length and normalisation statistics of the mono mix of a (converted) track."""
+
+    length: int = 0
+    mean: float = 0.0
+    std: float = 1.0
+
+    @classmethod
+    def of_blocks(cls, blocks: tp.Iterable[Array]) -> "TrackStats":
+        """Mean and unbiased std of the channel average, merged block by block in float64
+        (Chan et al.), so they match ``wav.mean(0).mean()`` / ``.std()`` on the whole."""
+        count, mean, m2 = 0, 0.0, 0.0
+        for block in blocks:
+            mono = block.mean(axis=0, dtype=np.float32).astype(np.float64)
+            n = mono.shape[0]
+            if not n:
+                continue
+            block_mean = float(mono.mean())
+            block_m2 = float(((mono - block_mean) ** 2).sum())
+            total = count + n
+            delta = block_mean - mean
+            mean += delta * n / total
+            m2 += block_m2 + delta * delta * count * n / total
+            count = total
+        std = math.sqrt(m2 / (count - 1)) if count > 1 else 0.0
+        if not (std > 0 and math.isfinite(std)):  # silent/constant mix: as api.normalize
+            std = 1.0
+        return cls(length=count, mean=float(np.float32(mean)), std=float(np.float32(std)))
+
+
+@dataclasses.dataclass
+class Track:
+    """A validated, converted track ready for :func:`stream_separate`."""
+
+    path: Path
+    source: BlockSource  # converted to the model's rate and channels
+    stats: TrackStats
+
+    @property
+    def length(self) -> int:
+        return self.stats.length
+
+
+def _check_input(path: Path) -> None:
+    if not path.exists():
+        raise LoadAudioError(path, "file does not exist")
+    if path.is_dir():
+        raise LoadAudioError(path, "is a directory, not an audio file")
+    try:
+        if path.stat().st_size == 0:
+            raise LoadAudioError(path, "file is empty")
+    except OSError as err:
+        raise LoadAudioError(path, f"cannot access file ({_one_line(err)})") from None
+
+
+def open_track(path: tp.Union[str, os.PathLike], samplerate: int, channels: int,
+               block: int = DEFAULT_BLOCK) -> Track:
+    """Decodes ``path`` once (block by block) to validate it and compute its statistics.
+
+    Decoders are tried in the order of :func:`demucs.audio.read_audio` (libsndfile first,
+    FFmpeg first for video/aac containers); a decoder failing anywhere in the file hands
+    over to the next one. Raises :class:`LoadAudioError` with the same messages.
+    """
+    path = Path(path)
+    _check_input(path)
+    readers: tp.List[tp.Tuple[str, tp.Callable[[Path, int], BlockSource]]] = [
+        ("soundfile", SoundfileSource), ("ffmpeg", PyAVSource)]
+    if path.suffix.lower() in _FFMPEG_FIRST:
+        readers.reverse()
+    errors: tp.List[str] = []
+    for name, reader in readers:
+        try:
+            raw = reader(path, block)
+            if raw.samplerate <= 0:
+                raise LoadAudioError(path, "has an invalid sample rate")
+            converted = ConvertedSource(raw, samplerate, channels)
+            stats = TrackStats.of_blocks(converted.blocks())
+        except LoadAudioError:
+            raise
+        except PermissionError:
+            raise LoadAudioError(path, "permission denied") from None
+        except ValueError as err:
+            if "cannot convert" in str(err):
+                raise LoadAudioError(path, str(err)) from None
+            errors.append(f"{name}: {_one_line(err)}")
+            continue
+        except Exception as err:  # noqa: BLE001 - any decoder failure means "try the next"
+            errors.append(f"{name}: {_one_line(err)}")
+            continue
+        if stats.length == 0:
+            if errors:
+                errors.append(f"{name}: decoded no samples")
+                break
+            raise LoadAudioError(path, "contains no audio samples")
+        return Track(path=path, source=converted, stats=stats)
+    raise LoadAudioError(path, "cannot decode: not a supported audio format, or the file "
+                         "is corrupt or truncated", errors)
+
+
+# ======================================================================================
+# The streaming core (numpy only)
+# ======================================================================================
+
+@dataclasses.dataclass
+class StreamMember:
+    """One model of a bag, as the streaming core sees it (see the module docstring)."""
+
+    run: SegmentRunner
+    segment_length: int
+    valid_length: tp.Callable[[int], int]
+    weights: tp.Sequence[float]
+    draws: tp.Sequence[int] = ()
+    max_batch: int = 1
+
+
+def transition_weight(segment_length: int, transition_power: float) -> Array:
+    """Triangular window ``(segment_length,)`` peaking at 1, to a power (as apply_model)."""
+    half = segment_length // 2
+    weight = np.concatenate([np.arange(1, half + 1),
+                             np.arange(segment_length - half, 0, -1)]).astype(np.float32)
+    return (weight / weight.max()) ** np.float32(transition_power)
+
+
+class _Job(tp.NamedTuple):
+    lane: "_Lane"
+    index: int
+    start: int  # first mix sample the segment covers (may be < 0 with shifts)
+    length: int  # samples the segment covers
+    valid: int  # model input length
+    state: tp.Optional[tp.Any]  # random state to restore before the forward pass
+
+    @property
+    def window(self) -> int:
+        """First mix sample of the model input (context included)."""
+        return self.start - (self.valid - self.length) // 2
+
+
+class _Lane:
+    """One pass of one member over the track (one shift): segments and their overlap-add.
+
+    ``delay`` is the shift trick's delay ``d``: the lane separates the mix delayed by
+    ``d`` samples, so its segment ``k`` covers mix samples ``[k * stride - d, ...)``.
+    """
+
+    def __init__(self, member_index: int, member: StreamMember, delay: int, length: int,
+                 stride: int, weight: Array, sources: int, channels: int) -> None:
+        self.member_index = member_index
+        self.member = member
+        self.delay = delay
+        self.length = length  # padded mix length (not including the delay)
+        self.offsets = range(0, length + delay, stride)  # in delayed coordinates
+        self.weight = weight
+        self.jobs: tp.List[_Job] = []
+        self.next = 0
+        self.base = -delay  # mix sample of acc[..., 0]
+        self.acc = np.zeros((sources, channels, 0), np.float32)
+        self.wsum = np.zeros(0, np.float32)
+
+    def make_job(self, index: int, state: tp.Optional[tp.Any]) -> _Job:
+        offset = self.offsets[index]
+        length = min(self.member.segment_length, self.length + self.delay - offset)
+        return _Job(self, index, offset - self.delay, length, self.member.valid_length(length),
+                    state)
+
+    @property
+    def final(self) -> int:
+        """Mix samples before this one are final in this lane."""
+        if self.next < len(self.jobs):
+            return self.jobs[self.next].start
+        return self.length
+
+    def add(self, job: _Job, out: Array) -> None:
+        """Overlap-adds the separated ``(S, C, job.length)`` segment."""
+        begin = job.start - self.base
+        end = begin + job.length
+        if end > self.acc.shape[-1]:
+            grow = end - self.acc.shape[-1]
+            self.acc = np.concatenate(
+                [self.acc, np.zeros(self.acc.shape[:-1] + (grow,), np.float32)], axis=-1)
+            self.wsum = np.concatenate([self.wsum, np.zeros(grow, np.float32)])
+        weight = self.weight[:job.length]
+        self.acc[..., begin:end] += weight * out
+        self.wsum[begin:end] += weight
+
+    def take(self, upto: int) -> Array:
+        """Final samples ``[base, upto)`` (mix coordinates), removed from the lane."""
+        count = upto - self.base
+        if self.wsum[:count].min(initial=1.0) <= 0:
+            raise RuntimeError("some samples were not covered by any segment")
+        out = self.acc[..., :count] / self.wsum[:count]
+        self.acc = self.acc[..., count:]
+        self.wsum = self.wsum[count:]
+        self.base = upto
+        return out
+
+
+class _InputBuffer:
+    """Raw samples of the track from ``start`` on, read from ``blocks`` on demand."""
+
+    def __init__(self, blocks: tp.Iterator[Array], channels: int, length: int) -> None:
+        self._blocks = blocks
+        self.channels = channels
+        self.length = length  # real samples in the track
+        self.start = 0
+        self._parts: tp.List[Array] = []
+        self._size = 0
+
+    @property
+    def end(self) -> int:
+        return self.start + self._size
+
+    def ensure(self, upto: int) -> None:
+        upto = min(upto, self.length)
+        while self.end < upto:
+            block = next(self._blocks, None)
+            if block is None:
+                raise RuntimeError(f"the track ended after {self.end} samples, "
+                                   f"expected {self.length}: was it modified meanwhile?")
+            block = block[:, :self.length - self.end]
+            self._parts.append(block)
+            self._size += block.shape[1]
+
+    def _data(self) -> Array:
+        if len(self._parts) != 1:
+            self._parts = [np.concatenate(self._parts, axis=1) if self._parts
+                           else np.zeros((self.channels, 0), np.float32)]
+        return self._parts[0]
+
+    def raw(self, begin: int, end: int) -> Array:
+        """Real samples ``[begin, end)`` (within the track and the buffer)."""
+        self.ensure(end)
+        return self._data()[:, begin - self.start:end - self.start]
+
+    def window(self, begin: int, size: int, mean: float, std: float) -> Array:
+        """Normalised samples ``[begin, begin + size)``, zeros outside the track."""
+        out = np.zeros((self.channels, size), np.float32)
+        inner_begin, inner_end = max(begin, 0), min(begin + size, self.length)
+        if inner_end > inner_begin:
+            raw = self.raw(inner_begin, inner_end)
+            out[:, inner_begin - begin:inner_end - begin] = (raw - np.float32(mean)) / np.float32(std)
+        return out
+
+    def drop(self, before: int) -> None:
+        """Forgets the samples before ``before``."""
+        count = min(before, self.end) - self.start
+        if count > 0:
+            data = self._data()[:, count:]
+            self._parts = [data]
+            self._size = data.shape[1]
+            self.start += count
+
+
+def _plan(members: tp.Sequence[StreamMember], length: int, shifts: int, overlap: float,
+          transition_power: float, samplerate: int, sources: int, channels: int
+          ) -> tp.List[_Lane]:
+    """Lanes and jobs in ``apply_model``'s order, drawing from ``random`` as it would.
+
+    The offsets of the shift trick are drawn with ``random.randint`` member by member and
+    shift by shift; between two draws, the forward passes of the previous shift would
+    draw too (``member.draws``), so those draws are made here as well. When a forward
+    pass draws values that matter (``randrange(n)`` with ``n > 1``), the state before it
+    is kept and restored when the segment is actually run.
+    """
+    max_shift = int(MAX_SHIFT_SECONDS * samplerate)
+    lanes = []
+    for index, member in enumerate(members):
+        segment_length = member.segment_length
+        stride = int((1 - overlap) * segment_length)
+        if segment_length <= 0 or stride <= 0:
+            raise ValueError(f"invalid segment ({segment_length} samples) or overlap "
+                             f"({overlap})")
+        weight = transition_weight(segment_length, transition_power)
+        keep_states = any(n > 1 for n in member.draws)
+        delays = [0] if shifts == 0 else []
+        for shift in range(max(shifts, 1)):
+            if shifts:
+                delays.append(max_shift - random.randint(0, max_shift))
+            lane = _Lane(index, member, delays[-1], length, stride, weight, sources, channels)
+            for job_index in range(len(lane.offsets)):
+                state = random.getstate() if keep_states else None
+                for n in member.draws:
+                    random.randrange(n)
+                lane.jobs.append(lane.make_job(job_index, state))
+            lanes.append(lane)
+    return lanes
+
+
+def _next_batch(lanes: tp.Sequence[_Lane]) -> tp.List[_Job]:
+    """Jobs to run now: the lane that holds the output back goes first; followed by the
+    next jobs in the same order while they share the member and the input length."""
+    pointers = {id(lane): lane.next for lane in lanes}
+
+    def position(lane: _Lane) -> int:
+        k = pointers[id(lane)]
+        return lane.jobs[k].start if k < len(lane.jobs) else lane.length + 1
+
+    batch: tp.List[_Job] = []
+    while True:
+        active = [lane for lane in lanes if pointers[id(lane)] < len(lane.jobs)]
+        if not active:
+            break
+        lane = min(active, key=position)
+        job = lane.jobs[pointers[id(lane)]]
+        if batch:
+            first = batch[0]
+            if (job.lane.member_index != first.lane.member_index or job.valid != first.valid
+                    or len(batch) >= first.lane.member.max_batch
+                    or job.state is not None or first.state is not None):
+                break
+        batch.append(job)
+        pointers[id(lane)] += 1
+    return batch
+
+
+def stream_separate(members: tp.Sequence[StreamMember], source: tp.Iterable[Array], length: int,
+                    *, sources: int, channels: int, samplerate: int, shifts: int = 1,
+                    overlap: float = 0.25, transition_power: float = 1.0,
+                    mean: float = 0.0, std: float = 1.0, min_length: int = 1,
+                    progress: tp.Optional[tp.Callable[[int, int], None]] = None
+                    ) -> tp.Iterator[tp.Tuple[Array, Array]]:
+    """Separates a track given as blocks, yielding ``(origin, stems)`` blocks in order.
+
+    Same result as ``apply_model(bag, (wav - mean) / std, shifts, split=True, overlap,
+    transition_power) * std + mean`` (with the mix zero-padded to ``min_length`` first,
+    then the output trimmed back, as :class:`demucs.api.Separator` does).
+
+    Args:
+        members: the models (see :class:`StreamMember`), one for a single model.
+        source: ``(channels, n)`` float32 blocks of the raw (un-normalised) track.
+        length: samples in the track (the blocks must hold exactly that many).
+        sources, channels, samplerate: the models' output sources, channels and rate.
+        shifts, overlap, transition_power: as :func:`demucs.apply.apply_model`.
+        mean, std: normalisation of the track (see :class:`TrackStats`).
+        min_length: shortest input the models take (shorter tracks are zero-padded).
+        progress: called with ``(segments done, total segments)`` after each batch.
+
+    Yields:
+        ``(origin (C, n), stems (S, C, n))``: the input samples and their separation.
+        The blocks cover ``[0, length)`` exactly once, in order.
+
+    Python's ``random`` state ends as ``apply_model`` would leave it.
+    """
+    if length <= 0:
+        raise ValueError("cannot separate audio with no samples")
+    if shifts < 0:
+        raise ValueError(f"shifts must be >= 0, got {shifts}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if transition_power < 1:
+        raise ValueError(f"transition_power must be >= 1, got {transition_power}")
+    padded_length = max(length, min_length)
+    lanes = _plan(members, padded_length, shifts, overlap, transition_power, samplerate,
+                  sources, channels)
+    final_state = random.getstate()
+    try:
+        yield from _run_lanes(lanes, members, iter(source), length, padded_length, shifts,
+                              channels, sources, mean, std, progress)
+    finally:
+        random.setstate(final_state)
+
+
+def _source_coefficients(members: tp.Sequence[StreamMember], sources: int,
+                         shifts: int) -> tp.List[Array]:
+    """Per member, the factor of each source: its weight / total weight / shifts."""
+    totals = np.zeros(sources, np.float64)
+    for member in members:
+        if len(member.weights) != sources:
+            raise ValueError(f"{len(member.weights)} weights for {sources} sources")
+        totals += np.asarray(member.weights, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return [(np.asarray(m.weights, np.float64) / totals / max(shifts, 1))
+                .astype(np.float32)[:, None, None] for m in members]
+
+
+def _run_lanes(lanes: tp.List[_Lane], members: tp.Sequence[StreamMember],
+               blocks: tp.Iterator[Array], length: int, padded_length: int, shifts: int,
+               channels: int, sources: int, mean: float, std: float,
+               progress: tp.Optional[tp.Callable[[int, int], None]]
+               ) -> tp.Iterator[tp.Tuple[Array, Array]]:
+    coefficients = _source_coefficients(members, sources, shifts)
+    buffer = _InputBuffer(blocks, channels, length)
+    total = sum(len(lane.jobs) for lane in lanes)
+    done = 0
+    emitted = 0
+    for lane in lanes:  # drop the part of the delayed lanes before the track
+        lane.base = -lane.delay
+    while emitted < padded_length:
+        batch = _next_batch(lanes)
+        if batch:
+            member = batch[0].lane.member
+            valid = batch[0].valid
+            inputs = np.stack([buffer.window(job.window, valid, mean, std) for job in batch])
+            if batch[0].state is not None:
+                random.setstate(batch[0].state)
+            outputs = member.run(inputs)
+            if outputs.shape[:1] != (len(batch),) or outputs.shape[-1] != valid:
+                raise RuntimeError(f"segment runner returned shape {outputs.shape} for input "
+                                   f"{inputs.shape}")
+            for job, out in zip(batch, outputs):
+                trim = (valid - job.length) // 2
+                job.lane.add(job, out[..., trim:trim + job.length])
+                job.lane.next += 1
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+        ready = min(lane.final for lane in lanes)
+        if ready > emitted:
+            stems = np.zeros((sources, channels, ready - emitted), np.float32)
+            for lane in lanes:
+                if lane.base < emitted:
+                    lane.take(emitted)  # samples before the track (shift delay)
+                stems += coefficients[lane.member_index] * lane.take(ready)
+            end = min(ready, length)
+            if end > emitted:
+                origin = buffer.raw(emitted, end)
+                yield origin.copy(), stems[..., :end - emitted] * np.float32(std) + np.float32(mean)
+            emitted = ready
+        elif not batch:
+            raise RuntimeError("streaming separation made no progress")
+        keep = [emitted] + [lane.jobs[lane.next].window for lane in lanes
+                            if lane.next < len(lane.jobs)]
+        buffer.drop(min(keep))
+
+
+# ======================================================================================
+# Torch glue
+# ======================================================================================
+
+def _forward_draws(model: "nn.Module") -> tp.Tuple[int, ...]:
+    """Arguments of the ``random.randrange`` calls that one forward pass of ``model``
+    makes: HTDemucs's sin positional embedding draws its shift at every call."""
+    transformer = getattr(model, "crosstransformer", None)
+    if transformer is not None and getattr(transformer, "emb", None) == "sin":
+        return (int(transformer.sin_random_shift) + 1,)
+    return ()
+
+
+def torch_runner(model: "nn.Module", device: tp.Any = "cpu") -> SegmentRunner:
+    """Runs ``model`` on numpy batches ``(B, C, V)`` under ``torch.inference_mode``."""
+    import torch
+
+    def run(batch: Array) -> Array:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(batch).to(device))
+        return out.detach().to("cpu", torch.float32).numpy()
+
+    return run
+
+
+def members_for(model: "nn.Module", *, segment: tp.Optional[float] = None,
+                device: tp.Any = "cpu", max_batch: int = 1,
+                runner: tp.Optional[tp.Callable[["nn.Module"], SegmentRunner]] = None
+                ) -> tp.List[StreamMember]:
+    """:class:`StreamMember` list for a torch model or :class:`demucs.apply.BagOfModels`.
+
+    The models are put on ``device`` in eval mode. ``runner`` builds the segment runner
+    of each model (default :func:`torch_runner`).
+    """
+    from .apply import BagOfModels, _valid_length
+
+    if isinstance(model, BagOfModels):
+        models, weights = list(model.models), model.weights
+    else:
+        models, weights = [model], [[1.0] * len(model.sources)]
+    members = []
+    for sub, sub_weights in zip(models, weights):
+        sub.to(device)
+        sub.eval()
+        seconds = sub.segment if segment is None else segment
+        if seconds is None or seconds <= 0:
+            raise ValueError(f"cannot split: the model has no valid segment ({seconds!r})")
+        members.append(StreamMember(
+            run=runner(sub) if runner is not None else torch_runner(sub, device),
+            segment_length=int(sub.samplerate * seconds),
+            valid_length=lambda n, _sub=sub: _valid_length(_sub, n, segment),
+            weights=list(sub_weights),
+            draws=_forward_draws(sub),
+            max_batch=max_batch,
+        ))
+    return members
+
+
+# ======================================================================================
+# Incremental stem writers
+# ======================================================================================
+
+class StemWriter(tp.Protocol):
+    """Writes one stem block by block; the file appears at ``close`` only."""
+
+    path: Path
+
+    def write(self, block: Array) -> None: ...  # pragma: no cover
+
+    def close(self) -> None: ...  # pragma: no cover
+
+    def abort(self) -> None: ...  # pragma: no cover
+
+
+class _SoundfileWriter:
+    """wav/flac through ``soundfile``, to a hidden temporary file renamed at ``close``."""
+
+    def __init__(self, path: Path, samplerate: int, channels: int, subtype: str) -> None:
+        import soundfile as sf
+
+        self.path = path
+        self.pcm = subtype != "FLOAT"
+        self._tmp = _temporary_path(path)
+        try:
+            self._file: tp.Any = sf.SoundFile(
+                str(self._tmp), "w", samplerate=int(samplerate), channels=channels,
+                subtype=subtype, format="FLAC" if path.suffix.lower() == ".flac" else "WAV")
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+
+    def write(self, block: Array) -> None:
+        if self.pcm:  # libsndfile would wrap around out-of-range samples
+            block = np.clip(block, -1, 1)
+        self._file.write(np.ascontiguousarray(block.T, dtype=np.float32))
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.close()
+            self._file = None
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+        with contextlib.suppress(OSError):
+            self._tmp.unlink()
+
+
+def _clip_block(block: Array, clip: tp.Optional[str]) -> Array:
+    """Pointwise clip modes of :func:`demucs.audio.prevent_clip`."""
+    if clip is None or clip == "none":
+        return block
+    if clip == "clamp":
+        return np.clip(block, -0.99, 0.99)
+    if clip == "tanh":
+        return np.tanh(block)
+    raise ValueError(f"invalid clip mode {clip!r}: use rescale, clamp, tanh or none")
+
+
+class _ClippingWriter:
+    """Applies a pointwise clip mode before handing blocks to ``inner``."""
+
+    def __init__(self, inner: StemWriter, clip: tp.Optional[str]) -> None:
+        self.inner = inner
+        self.clip = clip
+        self.path = inner.path
+
+    def write(self, block: Array) -> None:
+        self.inner.write(_clip_block(block, self.clip))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+
+class _RescalingWriter:
+    """Clip mode ``rescale``: raw float32 to a temporary file while tracking the peak,
+    then, at ``close``, a second pass divides by ``max(1.01 * peak, 1)`` into ``final``."""
+
+    def __init__(self, path: Path, channels: int, make_final: tp.Callable[[], StemWriter],
+                 block: int = DEFAULT_BLOCK) -> None:
+        self.path = path
+        self.channels = channels
+        self.block = block
+        self._make_final = make_final
+        self._final: tp.Optional[StemWriter] = None
+        self.peak = 0.0
+        self._tmp = _temporary_path(path)
+        self._file: tp.Optional[tp.BinaryIO] = open(self._tmp, "wb")
+
+    def write(self, block: Array) -> None:
+        assert self._file is not None
+        block = np.ascontiguousarray(block.T, dtype=np.float32)  # interleaved
+        if block.size:
+            self.peak = max(self.peak, float(np.abs(block).max()))
+        self._file.write(block.tobytes())
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.close()
+            self._file = None
+            scale = max(1.01 * self.peak, 1)
+            self._final = self._make_final()
+            frame_bytes = 4 * self.channels
+            with open(self._tmp, "rb") as raw:
+                while True:
+                    data = raw.read(self.block * frame_bytes)
+                    if not data:
+                        break
+                    block = np.frombuffer(data, np.float32).reshape(-1, self.channels).T
+                    self._final.write(block / np.float32(scale))
+            self._final.close()
+            self._tmp.unlink()
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        if self._final is not None:
+            self._final.abort()
+        with contextlib.suppress(OSError):
+            self._tmp.unlink()
+
+
+def open_stem_writer(path: tp.Union[str, os.PathLike], samplerate: int, channels: int, *,
+                     bitrate: int = 320, preset: int = 2, clip: str = "rescale",
+                     bits_per_sample: int = 16, as_float: bool = False) -> StemWriter:
+    """A block-by-block writer with the options (and results) of
+    :func:`demucs.audio.save_audio`; the format comes from the extension."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".wav", ".flac", ".mp3"):
+        raise ValueError(f"cannot save {path}: unknown extension {suffix!r} "
+                         "(use .wav, .flac or .mp3)")
+    subtype = "" if suffix == ".mp3" else _pcm_subtype(suffix, bits_per_sample, as_float)
+    _clip_block(np.zeros((1, 1), np.float32), None if clip == "rescale" else clip)
+
+    def make_final() -> StemWriter:
+        if suffix == ".mp3":
+            return Mp3Writer(path, samplerate, channels, bitrate, preset)
+        return _SoundfileWriter(path, samplerate, channels, subtype)
+
+    if clip == "rescale":
+        return _RescalingWriter(path, channels, make_final)
+    return _ClippingWriter(make_final(), clip)
