@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import typing as tp
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,44 @@ def test_mixed_bag_matches_upstream_apply_model(repo, upstream):
     assert _max_diff(bag_segment, upstream["bag_segment"]) < 1e-4
     # The small bag segment is what --segment 0.5 would do.
     assert _max_diff(bag_segment, split) < 1e-6
+
+
+def _export_and_run(model: torch.nn.Module, mix: torch.Tensor, path: Path) -> torch.Tensor:
+    ort = pytest.importorskip("onnxruntime")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (mix,), str(path), input_names=["mix"],
+                          output_names=["sources"], opset_version=17, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"mix": mix.numpy()})[0])
+
+
+#: Catalog stand-ins whose export is not already covered by test_hdemucs / test_demucs:
+#: HDemucs with the default complex-as-channels output (hdemucs_mmi), and a model
+#: dequantized from a diffq checkpoint (mdx_extra_q).
+EXPORTED = {"hdemucs_mmi": "75fc33f5", "mdx_extra_q": "83fc094f"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPORTED))
+def test_catalog_member_exports_to_onnx(repo, tmp_path, name):
+    _skip_if_quantized(name)
+    model = get_model(EXPORTED[name], repo=repo, use_conv_stft=True)
+    mix = 0.3 * torch.randn(1, 2, 3001, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(mix)
+    out = _export_and_run(model, mix, tmp_path / f"{name}.onnx")
+    assert _max_diff(out, expected) < 1e-4
+
+
+@pytest.mark.slow
+def test_masked_hdemucs_with_wiener_init_exports_to_onnx(tmp_path):
+    """Masks with ``wiener_iters=0`` (the default of cac=False models): conv STFT exports."""
+    from demucs.hdemucs import HDemucs
+    torch.manual_seed(0)
+    model = HDemucs(**dict(HD, cac=False), use_conv_stft=True).eval()
+    mix = 0.3 * torch.randn(1, 2, 3001, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(mix)
+    out = _export_and_run(model, mix, tmp_path / "masked.onnx")
+    assert _max_diff(out, expected) < 1e-4 * max(1.0, expected.abs().max().item())
