@@ -111,7 +111,7 @@ def make_models(specs: list, workdir: Path) -> list:
     workdir.mkdir(parents=True, exist_ok=True)
     inp = workdir / "oracle_batch_in.pt"
     out = workdir / "oracle_batch_out.pt"
-    torch.save([dict(seed=0, **spec) for spec in specs], inp)
+    torch.save([{"seed": 0, **spec} for spec in specs], inp)
     run(f"""
         import importlib
         import torch
@@ -129,6 +129,14 @@ def make_models(specs: list, workdir: Path) -> list:
         torch.save(results, {str(out)!r})
     """, cwd=workdir)
     return torch.load(out, weights_only=True)
+
+
+def make_model_dict(jobs: dict, workdir: Path) -> dict:
+    """:func:`make_models` keyed by name: ``{name: (klass, kwargs, inputs, seed)}`` ->
+    ``{name: {"state", "output"}}``."""
+    specs = [dict(klass=klass, kwargs=kwargs, inputs=inputs, seed=seed)
+             for klass, kwargs, inputs, seed in jobs.values()]
+    return dict(zip(jobs, make_models(specs, workdir)))
 
 
 def load_result(path: Path) -> Any:

@@ -29,47 +29,7 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread (and do not fight over shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-_BATCH_SCRIPT = """
-import torch
-import importlib
-jobs = torch.load({inp!r})
-results = {{}}
-for name, (klass, kwargs, inputs, seed) in jobs.items():
-    module, cls = klass.rsplit(".", 1)
-    Klass = getattr(importlib.import_module("demucs." + module), cls)
-    torch.manual_seed(seed)
-    model = Klass(**kwargs).eval()
-    output = None
-    if inputs is not None:
-        with torch.no_grad():
-            output = model(inputs)
-    results[name] = {{"state": model.state_dict(), "output": output}}
-torch.save(results, {out!r})
-"""
-
-
-def _run_upstream_batch(work, jobs):
-    """Builds (and runs) several upstream models in a single oracle subprocess.
-
-    ``jobs``: ``{name: (klass, kwargs, inputs or None, seed)}``; returns
-    ``{name: {"state", "output"}}`` like ``oracle.make_model``.
-    """
-    from tests import oracle as _oracle
-    if not _oracle.available():
-        pytest.skip("upstream oracle not installed (make oracle)")
-    inp, out = work / "jobs.pt", work / "results.pt"
-    torch.save(jobs, inp)
-    _oracle.run(_BATCH_SCRIPT.format(inp=str(inp), out=str(out)), cwd=work)
-    return torch.load(out, weights_only=True)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -87,12 +47,12 @@ INIT_KWARGS = dict(TINY, dconv_mode=3, lstm_layers=1)
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
+def upstream(oracle, tmp_path_factory):
     """All upstream models of this module, built in one oracle subprocess."""
     jobs = {name: ("demucs.Demucs", kwargs, _inputs(name), 1)
             for name, (kwargs, _) in CONFIGS.items()}
     jobs["init"] = ("demucs.Demucs", INIT_KWARGS, None, 3)
-    return _run_upstream_batch(tmp_path_factory.mktemp("upstream"), jobs)
+    return oracle.make_model_dict(jobs, tmp_path_factory.mktemp("upstream"))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

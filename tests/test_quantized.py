@@ -37,13 +37,7 @@ CASES: tp.Dict[str, tp.Tuple[str, tp.Dict[str, tp.Any], tp.Dict[str, tp.Any], in
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread (the test machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 _SCRIPT = """
