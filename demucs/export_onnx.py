@@ -854,6 +854,21 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
     return path
 
 
+def convert_file(source: tp.Union[str, Path], target: tp.Union[str, Path],
+                 precision: str) -> Path:
+    """Converts an exported float32 file to ``fp16`` or ``int8`` (metadata kept)."""
+    import onnx
+
+    if precision not in ("fp16", "int8"):
+        raise ExportError(f"can only convert to fp16 or int8, not {precision!r}")
+    model = onnx.load(str(source))
+    model = to_fp16(model) if precision == "fp16" else to_int8(model)
+    _set_metadata(model, {"precision": precision})
+    target = Path(target)
+    onnx.save_model(model, str(target), save_as_external_data=False)
+    return target
+
+
 def reference_output(model: nn.Module, mix: torch.Tensor, *,
                      segment: tp.Optional[float] = None,
                      model_index: tp.Optional[int] = None,

@@ -1,0 +1,193 @@
+"""Benchmark: PyTorch eager vs ONNX Runtime on one htdemucs segment (random weights).
+
+Same run, same random-weight HTDEMUCS config (release architecture), same random audio
+(one 7.8 s stereo segment at 44.1 kHz). Each backend runs in its own subprocess so that
+its peak RSS (``VmHWM``, else ``ru_maxrss``) is its own:
+
+* ``torch``: PyTorch eager, ``torch.stft`` backend (the reference);
+* ``conv``: PyTorch eager, conv STFT backend (what gets exported);
+* ``ort-fp32``, ``ort-fp16``, ``ort-int8``: the exported file in ONNX Runtime (CPU,
+  :class:`demucs.onnx_runtime.OnnxSeparator` defaults: all graph optimisations, arena);
+* ``ort-fp32-basic``: fp32 with basic graph optimisations and no memory arena.
+
+Per-segment time is the median of ``--reps`` runs after one warm-up; init time is model
+construction + weight loading (PyTorch) or session creation (ORT). Prints a markdown
+table with ratios against PyTorch eager (torch backend)::
+
+    python bench/bench_onnx.py [--reps 3] [--threads 2] [--workdir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import typing as tp
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BACKENDS = ["torch", "conv", "ort-fp32", "ort-fp32-basic", "ort-fp16", "ort-int8"]
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB.
+
+    ``VmHWM`` from /proc when available: ``ru_maxrss`` of a freshly exec'd child also
+    counts the pages of the parent it was forked from (here: the exporter, ~2 GB).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _build_model() -> tp.Any:
+    import torch
+
+    from demucs.htdemucs import HTDemucs
+    from tests.configs import HTDEMUCS
+
+    torch.manual_seed(0)
+    return HTDemucs(**HTDEMUCS).eval()
+
+
+def _mix(samples: int) -> tp.Any:
+    import numpy as np
+
+    return (0.3 * np.random.default_rng(0).standard_normal((1, 2, samples))).astype(np.float32)
+
+
+def worker(backend: str, workdir: Path, reps: int, threads: int) -> tp.Dict[str, float]:
+    """Runs one backend; returns timings and peak RSS, saves its output."""
+    import numpy as np
+
+    begin = time.perf_counter()
+    if backend in ("torch", "conv"):
+        import torch
+
+        torch.set_num_threads(threads)
+        from demucs.htdemucs import HTDemucs
+        from tests.configs import HTDEMUCS
+
+        model = HTDemucs(**HTDEMUCS, use_conv_stft=backend == "conv").eval()
+        model.load_state_dict(torch.load(workdir / "state.th", weights_only=True))
+        samples = int(model.segment * model.samplerate)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model(torch.from_numpy(x)).numpy()
+    else:
+        from demucs.onnx_runtime import OnnxSeparator
+
+        _, precision, *variant = backend.split("-")
+        basic = variant == ["basic"]
+        separator = OnnxSeparator(workdir / f"{precision}.onnx", threads=threads,
+                                  optimization="basic" if basic else "all",
+                                  memory_arena=not basic)
+        samples = separator.spec.input_samples
+        run = separator.run_segment
+    init = time.perf_counter() - begin
+    mix = _mix(samples)
+    out = run(mix)  # warm-up
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        out = run(mix)
+        times.append(time.perf_counter() - start)
+    np.save(workdir / f"out-{backend}.npy", out)
+    return {"init_s": init, "segment_s": statistics.median(times),
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def prepare(workdir: Path) -> tp.Dict[str, int]:
+    """Saves the random weights and exports fp32/fp16/int8; returns file sizes."""
+    import torch
+
+    from demucs import export_onnx
+
+    model = _build_model()
+    torch.save(model.state_dict(), workdir / "state.th")
+    sizes = {"params": export_onnx.parameter_bytes(model)}
+    fp32 = workdir / "fp32.onnx"
+    if not fp32.exists():
+        start = time.perf_counter()
+        export_onnx.export_model(model, fp32, name="htdemucs (random weights)")
+        print(f"exported fp32 in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    for precision in ("fp16", "int8"):
+        target = workdir / f"{precision}.onnx"
+        if not target.exists():
+            export_onnx.convert_file(fp32, target, precision)
+    for precision in ("fp32", "fp16", "int8"):
+        sizes[precision] = (workdir / f"{precision}.onnx").stat().st_size
+    return sizes
+
+
+def _snr(reference: tp.Any, estimate: tp.Any) -> float:
+    from demucs.export_onnx import snr_db
+
+    return snr_db(reference, estimate)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the exported files there (reused if present)")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.workdir, args.reps, args.threads)))
+        return
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        sizes = prepare(workdir)
+        results = {}
+        for backend in args.backends.split(","):
+            command = [sys.executable, __file__, "--worker", backend, "--workdir",
+                       str(workdir), "--reps", str(args.reps), "--threads", str(args.threads)]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                print(f"{backend} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+                continue
+            results[backend] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{backend}: {results[backend]}", file=sys.stderr)
+
+        reference = np.load(workdir / "out-torch.npy") if "torch" in results else None
+        base = results.get("torch")
+        print(f"\nhtdemucs architecture, random weights, one segment of 7.8 s stereo; "
+              f"{args.threads} threads, median of {args.reps} runs. Parameters: "
+              f"{sizes['params'] / 1e6:.1f} MB (float32).\n")
+        print("| backend | file MB | init s | segment s | speed vs torch | "
+              "peak RSS MB | RSS vs torch | SNR vs torch dB |")
+        print("|---|---|---|---|---|---|---|---|")
+        for backend, row in results.items():
+            precision = backend.split("-")[1] if backend.startswith("ort") else None
+            size = f"{sizes[precision] / 1e6:.1f}" if precision else "-"
+            speed = f"{base['segment_s'] / row['segment_s']:.2f}x" if base else "-"
+            rss = f"{row['peak_rss_mb'] / base['peak_rss_mb']:.2f}x" if base else "-"
+            snr = "ref"
+            if reference is not None and backend != "torch":
+                snr = f"{_snr(reference, np.load(workdir / f'out-{backend}.npy')):.1f}"
+            print(f"| {backend} | {size} | {row['init_s']:.2f} | {row['segment_s']:.2f} | "
+                  f"{speed} | {row['peak_rss_mb']:.0f} | {rss} | {snr} |")
+
+
+if __name__ == "__main__":
+    main()
