@@ -22,7 +22,7 @@ from .api import Separator, list_models
 from .apply import BagOfModels, max_allowed_segment
 from .audio import LoadAudioError, save_audio
 from .pretrained import ModelLoadingError, add_model_flags, get_model_from_args
-from .stream import StemWriter, open_stem_writer
+from .stream import StemWriter, open_stem_writer, tune_allocator
 
 PROG = "demucs"
 TEMPLATE_KEYS = ("track", "trackext", "stem", "ext")
@@ -310,6 +310,8 @@ def _run(args: argparse.Namespace, written: _Written) -> int:
         print(f"Selected model is a bag of {len(model.models)} models. "
               "You will see that many progress bars per track.")
 
+    if torch.device(args.device).type == "cpu":
+        tune_allocator()  # fewer page faults per forward pass (see its docstring)
     progress = not args.quiet and sys.stdout.isatty() and sys.stderr.isatty()
     try:
         separator = Separator(model, device=args.device, shifts=args.shifts,
