@@ -87,7 +87,8 @@ class Separator:
         overlap: overlap between consecutive segments, in [0, 1).
         split: separate the audio segment by segment (less memory).
         segment: segment length in seconds (at most the training segment for HTDemucs).
-        jobs: worker threads on CPU (0: none).
+        jobs: worker threads on CPU for :meth:`separate_tensor` (0: none); the streaming
+            path (:meth:`separate_audio_file`, :meth:`stream_track`) runs segments in order.
         progress: show a tqdm progress bar.
         callback: called with a dict (``state`` "start"/"end", ``model_idx_in_bag``,
             ``models``, ``segment_idx``, ``audio_length`` and ``callback_arg``'s entries) before
@@ -98,7 +99,8 @@ class Separator:
     Attributes:
         stream_batch: segments separated per forward pass by :meth:`stream_track` and
             :meth:`separate_audio_file` (1 while a callback is set, so that it hears
-            about every segment).
+            about every segment). On CPU, 2 was measured about 14 % faster per segment
+            for HTDemucs, at about 400 MB more peak memory; the default is 1.
 
     Raises:
         ModelLoadingError: the model cannot be found or loaded.
