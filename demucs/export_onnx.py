@@ -30,11 +30,11 @@ Design choices (see also ``examples/README.md``):
   Softmax, reductions, elementwise and shape operators.
 * **One file.** External data written by the exporter is folded back into the model
   (the protobuf limit of 2 GB leaves room for bags of four htdemucs models).
-* **Precisions.** ``fp32``; ``fp16``: weights *and* compute in float16 (for GPU / CoreML /
-  NNAPI / WebGPU execution providers), inputs and outputs stay float32, the spectrogram
-  transform, normalisations and reductions stay in float32; ``int8``: dynamic
-  quantization of the MatMul/Conv weights (int8, activations quantized at run time),
-  remaining large weights (ConvTranspose) stored as int8 with a ``DequantizeLinear``.
+* **Precisions.** ``fp32``; ``fp16``: weights stored in float16 (half the file), cast
+  to float32 when the session starts, float32 compute (see :func:`to_fp16`); ``int8``:
+  dynamic quantization of the MatMul/Conv weights (int8, activations quantized at run
+  time; the STFT convolutions stay float32), remaining large weights (ConvTranspose)
+  stored as int8 with a ``DequantizeLinear``.
 * **Bags** (e.g. htdemucs_ft) become one graph running every member and mixing their
   outputs with the bag's per-source weights (as ``apply_model`` does), or one member with
   ``--model-index``.
@@ -711,13 +711,33 @@ FP16_KEEP_FLOAT = [
 ]
 
 
-def to_fp16(model: "onnx.ModelProto") -> "onnx.ModelProto":
-    """Float16 weights and compute; float32 inputs/outputs, STFT and statistics."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+def to_fp16(model: "onnx.ModelProto", min_elements: int = 1024) -> "onnx.ModelProto":
+    """Float16 storage of the weights, float32 compute.
 
-    return convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=FP16_KEEP_FLOAT,
-        node_block_list=_stft_nodes(model), disable_shape_infer=False)
+    Every float32 initializer of at least ``min_elements`` values is stored as float16
+    and cast back by a ``Cast`` node, which ONNX Runtime folds when the session starts.
+    The file is half the size and runs on every execution provider with float32
+    accuracy apart from the weight rounding. (Full float16 compute, e.g.
+    ``onnxruntime.transformers.float16.convert_float_to_float16`` with
+    :data:`FP16_KEEP_FLOAT` kept in float32, gave NaN on the full-size random-weight
+    htdemucs on the CPU provider: activations overflow the float16 range.)
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    casts = []
+    for init in list(model.graph.initializer):
+        if init.data_type != TensorProto.FLOAT or tensor_elements(init) < min_elements:
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16),
+                                       init.name + "_fp16")
+        model.graph.initializer.remove(init)
+        model.graph.initializer.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name],
+                                      name=init.name + "_to_float", to=TensorProto.FLOAT))
+    for node in reversed(casts):
+        model.graph.node.insert(0, node)
+    return model
 
 
 def to_int8(model: "onnx.ModelProto") -> "onnx.ModelProto":
@@ -725,11 +745,17 @@ def to_int8(model: "onnx.ModelProto") -> "onnx.ModelProto":
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{index}"
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(model, str(source))
+        # The STFT convolutions (computed kernels) stay in float32: 8-bit spectra would
+        # cost far more accuracy than the few operations they save.
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+                         nodes_to_exclude=_stft_nodes(model),
                          extra_options={"MatMulConstBOnly": True})
         quantized = onnx.load(str(target), load_external_data=True)
     return _int8_weight_storage(quantized)
