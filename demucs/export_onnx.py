@@ -14,16 +14,22 @@ Design choices (see also ``examples/README.md``):
 
 * **STFT inside, no stored DFT basis.** The model runs with ``use_conv_stft=True``: the
   STFT is a ``Conv`` and the inverse a ``ConvTranspose`` over windowed DFT bases. While
-  exporting, :func:`demucs.spec.dft_bases` builds those bases from ``Range``/``Cos``/
-  ``Sin`` so the file stores a few scalars instead of 2 x 64 MB of float32 (for
-  nfft=4096). Constant folding would turn that subgraph back into a giant initializer,
-  so the TorchScript exporter runs with ``do_constant_folding=False`` and the dynamo
-  exporter's optimizer keeps its default size limit (it never folds tensors above
-  512 x 512 elements). :func:`non_weight_initializers` checks the result. ONNX Runtime
-  folds the basis subgraph once, when the session is created (about 0.1 s), so there is
-  no per-run cost. ONNX's ``DFT``/``STFT`` operators were not used: the inverse STFT
-  would still need an overlap-add (``Col2Im``, opset 18) and their coverage in reduced
-  mobile builds and onnxruntime-web is less certain than ``Conv``/``ConvTranspose``.
+  exporting, :func:`demucs.spec.dft_bases` builds them from ``arange``/``cos``/``sin``.
+  The TorchScript exporter always propagates constants (whatever
+  ``do_constant_folding`` says) and stores them anyway, so
+  :func:`restore_computed_bases` replaces every stored tensor equal to a basis or
+  window envelope by ~40 Range/Mod/Cos/Sin/ConvTranspose nodes; the dynamo exporter's
+  optimizer runs with a 4096-element folding limit. :func:`non_weight_initializers`
+  checks the result (the export fails otherwise). ONNX Runtime folds the basis subgraph
+  once when the session is created: no per-run cost, 2 x 64 MB of memory (nfft 4096).
+  ONNX's ``DFT``/``STFT`` operators are not used yet: they are not reachable from the
+  TorchScript exporter, and the inverse needs a hand-built overlap-add; but they would
+  remove most of the STFT cost (see the ONNX Runtime profile in the project notes: the
+  iSTFT ``ConvTranspose`` is ~23% of a segment).
+* **Precise reductions.** ONNX Runtime's CPU ``InstanceNormalization`` (from
+  ``GroupNorm``) and ``ReduceMean`` accumulate rows of ~10^6 values with a ~1e-5
+  relative error, which capped htdemucs at 92-95 dB against PyTorch;
+  :func:`precise_reductions` rewrites them as sums of 1024-value block sums: 119-122 dB.
 * **Opset 17** by default: the lowest opset for which both exporters produce a graph
   here, and one that every ONNX Runtime >= 1.13 (mobile and web builds included) runs.
   Nothing newer is needed: the graph only uses Conv, ConvTranspose, MatMul, Gemm,
