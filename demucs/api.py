@@ -9,12 +9,19 @@ Example::
     for name, wav in stems.items():
         save_audio(wav, f"{name}.wav", samplerate=separator.samplerate)
 
+    # the same with a graph exported by demucs.export_onnx, run by ONNX Runtime
+    separator = Separator(onnx="htdemucs.onnx")
+
 The numerics are those of the ``demucs`` command: the mix is normalised by the mean and
 standard deviation of its mono downmix, separated with :func:`demucs.apply.apply_model`,
-then the normalisation is undone.
+then the normalisation is undone. With ``onnx=FILE`` the segments go through an exported
+graph in ONNX Runtime (:class:`demucs.onnx_runtime.OnnxSeparator`) instead, with the
+same segmentation, shifts, overlap and normalisation.
 """
 from __future__ import annotations
 
+import os
+import random
 import typing as tp
 from pathlib import Path
 
@@ -25,7 +32,10 @@ from torch import nn
 from .apply import BagOfModels, apply_model, max_allowed_segment
 from .audio import LoadAudioError, convert_audio, read_audio, save_audio
 from .pretrained import DEFAULT_MODEL, ModelLoadingError, _repos, get_model
-from .stream import Track, members_for, open_track, stream_separate
+from .stream import Track, members_for, onnx_members, open_track, stream_separate
+
+if tp.TYPE_CHECKING:  # pragma: no cover
+    from .onnx_runtime import OnnxSeparator
 
 __all__ = ["Separator", "list_models", "save_audio", "LoadAudioError", "ModelLoadingError"]
 
@@ -66,13 +76,70 @@ def normalize(wav: torch.Tensor) -> tp.Tuple[torch.Tensor, float, float]:
     return (wav - mean) / std, mean, std
 
 
-def _restore_forwards(saved: tp.List[tp.Tuple[nn.Module, tp.Any]]) -> None:
+#: ``(object, attribute, previous instance attribute or None)`` of a hooked method.
+_Hooked = tp.Tuple[tp.Any, str, tp.Any]
+
+
+def _restore_forwards(saved: tp.List[_Hooked]) -> None:
     """Undoes :meth:`Separator._hooked_forwards`."""
-    for sub, previous in saved:
+    for owner, attribute, previous in saved:
         if previous is None:
-            del sub.forward
+            delattr(owner, attribute)
         else:
-            sub.forward = previous
+            setattr(owner, attribute, previous)
+
+
+def onnx_providers(device: tp.Union[str, torch.device]) -> tp.List[tp.Any]:
+    """ONNX Runtime execution providers for ``device`` (``cpu``, ``cuda``, ``cuda:N``).
+
+    Raises ValueError for other devices, or for CUDA when this ONNX Runtime has no
+    ``CUDAExecutionProvider`` (install ``onnxruntime-gpu``).
+    """
+    import onnxruntime as ort
+
+    parsed = torch.device(device)
+    if parsed.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if parsed.type != "cuda":
+        raise ValueError(f"device {str(device)!r} is not supported with an ONNX model "
+                         "(use cpu or cuda)")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ValueError(f"device {str(device)!r} needs onnxruntime-gpu: this ONNX Runtime "
+                         "has no CUDAExecutionProvider")
+    options = {"device_id": parsed.index or 0}
+    return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+
+
+def _default_onnx_device() -> str:
+    """cuda when ONNX Runtime can use it, else cpu."""
+    import onnxruntime as ort
+
+    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+
+
+def onnx_model_name(stored: str, path: Path) -> str:
+    """The graph's ``model_name`` metadata, or the file's stem when it is missing or not
+    usable as a folder name (it names the ``demucs`` command's output folder)."""
+    name = stored.strip()
+    if not name or name in ("?", ".", "..") or any(c in name for c in "/\\\0"):
+        return path.stem
+    return name
+
+
+def load_onnx(path: tp.Union[str, Path], providers: tp.Sequence[tp.Any],
+              threads: tp.Optional[int] = None) -> "OnnxSeparator":
+    """Opens an exported graph; any problem is a one-line :class:`ModelLoadingError`."""
+    from .onnx_runtime import OnnxSeparator
+
+    path = Path(path)
+    if not path.is_file():
+        reason = "is a directory" if path.is_dir() else "no such file"
+        raise ModelLoadingError(f"cannot load ONNX model {path}: {reason}")
+    try:
+        return OnnxSeparator(path, threads=threads, providers=providers)
+    except Exception as err:  # noqa: BLE001 - ORT's errors only derive from Exception
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ModelLoadingError(f"cannot load ONNX model {path}: {reason}") from None
 
 
 class Separator:
@@ -95,12 +162,21 @@ class Separator:
             and after each model evaluation; raising from it (e.g. ``KeyboardInterrupt``)
             aborts the separation.
         callback_arg: extra entries for the callback's dict.
+        onnx: instead of ``model``/``repo``, a graph exported by :mod:`demucs.export_onnx`,
+            run by ONNX Runtime (numpy in and out, no PyTorch model). Its segment is fixed
+            in the file (``segment`` must stay None); ``device`` is ``cpu`` or ``cuda``
+            (needs onnxruntime-gpu; default cuda when available); ``jobs`` is ignored.
+            The graph draws nothing from ``random``, so with ``shifts >= 2`` the offsets
+            after the first differ from those of an HTDemucs in PyTorch (whose forward
+            passes draw). :attr:`runtime` is the :class:`~demucs.onnx_runtime.OnnxSeparator`.
+        onnx_threads: ONNX Runtime intra-op threads (default: one per physical core).
 
     Attributes:
         stream_batch: segments separated per forward pass by :meth:`stream_track` and
             :meth:`separate_audio_file` (1 while a callback is set, so that it hears
             about every segment). On CPU, 2 was measured about 14 % faster per segment
-            for HTDemucs, at about 400 MB more peak memory; the default is 1.
+            for HTDemucs, at about 400 MB more peak memory; the default is 1. An ONNX
+            graph exported with a fixed batch of 1 always takes one segment per call.
 
     Raises:
         ModelLoadingError: the model cannot be found or loaded.
@@ -109,20 +185,32 @@ class Separator:
 
     def __init__(self, model: tp.Union[str, nn.Module] = DEFAULT_MODEL,
                  repo: tp.Optional[tp.Union[str, Path]] = None,
-                 device: tp.Union[str, torch.device] = _default_device(),
+                 device: tp.Optional[tp.Union[str, torch.device]] = None,
                  shifts: int = 1, overlap: float = 0.25, split: bool = True,
                  segment: tp.Optional[float] = None, jobs: int = 0, progress: bool = False,
                  callback: tp.Optional[Callback] = None,
-                 callback_arg: tp.Optional[tp.Dict[str, tp.Any]] = None):
-        if isinstance(model, nn.Module):
+                 callback_arg: tp.Optional[tp.Dict[str, tp.Any]] = None,
+                 onnx: tp.Optional[tp.Union[str, os.PathLike]] = None,
+                 onnx_threads: tp.Optional[int] = None):
+        self._model: tp.Optional[nn.Module] = None
+        self._runtime: tp.Optional["OnnxSeparator"] = None
+        self._onnx_path = Path(onnx) if onnx is not None else None
+        self._onnx_threads = onnx_threads
+        self._providers: tp.Optional[tp.List[tp.Any]] = None
+        if self._onnx_path is not None:
+            if isinstance(model, nn.Module) or model != DEFAULT_MODEL or repo is not None:
+                raise ValueError("give either model/repo or onnx, not both")
+            self._name = self._onnx_path.stem
+        elif isinstance(model, nn.Module):
             self._model = model
             self._name = type(model).__name__
         else:
             self._name = str(model)
             self._model = get_model(name=self._name,
                                     repo=Path(repo) if repo is not None else None)
-        self._model.cpu()
-        self._model.eval()
+        if self._model is not None:
+            self._model.cpu()
+            self._model.eval()
         self.stream_batch = 1
         self._device: tp.Union[str, torch.device] = "cpu"
         self._shifts, self._overlap, self._split = 1, 0.25, True
@@ -133,6 +221,23 @@ class Separator:
         self.update_parameter(device=device, shifts=shifts, overlap=overlap, split=split,
                               segment=segment, jobs=jobs, progress=progress,
                               callback=callback, callback_arg=callback_arg)
+        if self._runtime is not None and self._onnx_path is not None:
+            self._name = onnx_model_name(self._runtime.spec.model_name, self._onnx_path)
+
+    def _set_device(self, device: tp.Optional[tp.Union[str, torch.device]]) -> None:
+        """Validates ``device`` (None: the default); an ONNX session is (re)created when
+        the device needs other execution providers."""
+        if self._onnx_path is None:
+            device = _default_device() if device is None else device
+            torch.device(device)  # raises on a malformed device string
+            self._device = device
+            return
+        device = _default_onnx_device() if device is None else device
+        providers = onnx_providers(device)
+        if self._runtime is None or providers != self._providers:
+            self._runtime = load_onnx(self._onnx_path, providers, self._onnx_threads)
+            self._providers = providers
+        self._device = device
 
     # ------------------------------------------------------------------ parameters
     def update_parameter(self, device: tp.Any = _UNCHANGED, shifts: tp.Any = _UNCHANGED,
@@ -142,8 +247,7 @@ class Separator:
                          callback_arg: tp.Any = _UNCHANGED) -> None:
         """Changes any of the separation parameters; the others keep their values."""
         if device is not _UNCHANGED:
-            torch.device(device)  # raises on a malformed device string
-            self._device = device
+            self._set_device(device)
         if shifts is not _UNCHANGED:
             if int(shifts) < 0:
                 raise ValueError(f"shifts must be >= 0, got {shifts}")
@@ -155,8 +259,12 @@ class Separator:
         if split is not _UNCHANGED:
             self._split = bool(split)
         if segment is not _UNCHANGED:
+            if segment is not None and self._runtime is not None:
+                seconds = self._runtime.spec.segment_samples / self.samplerate
+                raise ValueError(f"the segment is fixed in the ONNX file ({seconds:g} s): "
+                                 "export again with another --segment to change it")
             if segment is not None:
-                limit = max_allowed_segment(self._model)
+                limit = max_allowed_segment(self.model)
                 if not 0 < segment <= limit:
                     raise ValueError(f"segment must be in (0, {limit}] seconds for this "
                                      f"model, got {segment}")
@@ -174,35 +282,64 @@ class Separator:
 
     @property
     def samplerate(self) -> int:
-        return int(self._model.samplerate)
+        if self._runtime is not None:
+            return self._runtime.sample_rate
+        return int(self.model.samplerate)
 
     @property
     def audio_channels(self) -> int:
-        return int(self._model.audio_channels)
+        if self._runtime is not None:
+            return self._runtime.audio_channels
+        return int(self.model.audio_channels)
 
     @property
     def model(self) -> nn.Module:
+        """The PyTorch model (RuntimeError for an ONNX separator: see :attr:`runtime`)."""
+        if self._model is None:
+            raise RuntimeError("this Separator runs an ONNX graph: it has no PyTorch model "
+                               "(see .runtime)")
         return self._model
 
     @property
+    def runtime(self) -> tp.Optional["OnnxSeparator"]:
+        """The ONNX Runtime session wrapper with ``onnx=``, else None."""
+        return self._runtime
+
+    @property
+    def name(self) -> str:
+        """The model's name: as given, the class name, or the ONNX file's ``model_name``."""
+        return self._name
+
+    @property
     def sources(self) -> tp.List[str]:
-        return list(self._model.sources)
+        if self._runtime is not None:
+            return self._runtime.sources
+        return list(self.model.sources)
+
+    def _min_length(self) -> int:
+        """Shortest input: one FFT frame for PyTorch; any for a graph (fixed input)."""
+        return 1 if self._runtime is not None else minimum_length(self.model)
 
     # ------------------------------------------------------------------ separation
-    def _hooked_forwards(self, length: int) -> tp.List[tp.Tuple[nn.Module, tp.Any]]:
-        """Wraps each model's forward so the callback hears about every evaluation."""
+    def _hooked_forwards(self, length: int) -> tp.List[_Hooked]:
+        """Wraps each model's forward (an ONNX graph's ``run_segment``) so the callback
+        hears about every evaluation."""
         callback = self._callback
         assert callback is not None
-        models = _models_of(self._model)
+        if self._runtime is not None:
+            owners: tp.List[tp.Any] = [self._runtime]
+            attribute = "run_segment"
+        else:
+            owners, attribute = _models_of(self.model), "forward"
         saved = []
-        for index, sub in enumerate(models):
-            original = sub.forward
+        for index, sub in enumerate(owners):
+            original = getattr(sub, attribute)
             counter = {"segment_idx": 0}
 
             def forward(*args: tp.Any, _orig: tp.Any = original, _index: int = index,
                         _counter: tp.Dict[str, int] = counter, **kwargs: tp.Any) -> tp.Any:
                 info = {**self._callback_arg, "model_idx_in_bag": _index,
-                        "models": len(models), "audio_length": length,
+                        "models": len(owners), "audio_length": length,
                         "segment_idx": _counter["segment_idx"]}
                 callback({**info, "state": "start"})
                 result = _orig(*args, **kwargs)
@@ -210,8 +347,8 @@ class Separator:
                 _counter["segment_idx"] += 1
                 return result
 
-            saved.append((sub, sub.__dict__.get("forward")))
-            sub.forward = forward  # type: ignore[method-assign]
+            saved.append((sub, attribute, sub.__dict__.get(attribute)))
+            setattr(sub, attribute, forward)
         return saved
 
     def separate_tensor(self, wav: torch.Tensor, sr: tp.Optional[int] = None
@@ -240,20 +377,55 @@ class Separator:
         origin = wav.clone()
         length = wav.shape[-1]
         mix, mean, std = normalize(wav)
-        short = minimum_length(self._model) - length
+        short = self._min_length() - length
         if short > 0:  # shorter than one FFT frame: pad with silence, trimmed below
             mix = torch.nn.functional.pad(mix, (0, short))
 
         saved = self._hooked_forwards(length) if self._callback is not None else []
         try:
-            out = apply_model(self._model, mix[None], shifts=self._shifts, split=self._split,
-                              overlap=self._overlap, progress=self._progress,
-                              device=self._device, num_workers=self._jobs,
-                              segment=self._segment)[0]
+            if self._runtime is not None:
+                out = self._separate_onnx(mix).to(wav.device)
+            else:
+                out = apply_model(self.model, mix[None], shifts=self._shifts,
+                                  split=self._split, overlap=self._overlap,
+                                  progress=self._progress, device=self._device,
+                                  num_workers=self._jobs, segment=self._segment)[0]
         finally:
             _restore_forwards(saved)
         out = out[..., :length] * std + mean
-        return origin, dict(zip(self._model.sources, out))
+        return origin, dict(zip(self.sources, out))
+
+    def _separate_onnx(self, mix: torch.Tensor) -> torch.Tensor:
+        """``apply_model`` with the graph: normalised ``(C, T)`` in, ``(S, C, T)`` out."""
+        assert self._runtime is not None
+        with self._progress_bar() as progress:
+            out = self._runtime.separate(
+                mix.detach().cpu().numpy(), shifts=self._shifts, split=self._split,
+                overlap=self._overlap, normalize=False, rng=random, progress=progress)
+        return torch.from_numpy(out)
+
+    def _progress_bar(self) -> tp.ContextManager[tp.Optional[tp.Callable[[int, int], None]]]:
+        """A ``progress(done, total)`` callback drawing a tqdm bar (None without progress)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def bar_context() -> tp.Iterator[tp.Optional[tp.Callable[[int, int], None]]]:
+            if not self._progress:
+                yield None
+                return
+            import tqdm
+            bar = tqdm.tqdm(total=1, ncols=120, unit="segments")
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            try:
+                yield progress
+            finally:
+                bar.close()
+
+        return bar_context()
 
     # ------------------------------------------------------------------ streaming
     def open_track(self, path: tp.Union[str, Path]) -> Track:
@@ -271,30 +443,20 @@ class Separator:
         if not self._split:
             raise ValueError("streaming separation needs split=True")
         batch = 1 if self._callback is not None else self.stream_batch
-        members = members_for(self._model, segment=self._segment, device=self._device,
-                              max_batch=batch)
-        progress = None
-        bar = None
-        if self._progress:
-            import tqdm
-            bar = tqdm.tqdm(total=1, ncols=120, unit="segments")
-
-            def progress(done: int, total: int) -> None:
-                assert bar is not None
-                bar.total = total
-                bar.update(done - bar.n)
-
+        if self._runtime is not None:
+            members = onnx_members(self._runtime, max_batch=batch)
+        else:
+            members = members_for(self.model, segment=self._segment, device=self._device,
+                                  max_batch=batch)
         saved = self._hooked_forwards(track.length) if self._callback is not None else []
         try:
-            yield from stream_separate(
-                members, track.source.blocks(), track.length, sources=len(self.sources),
-                channels=self.audio_channels, samplerate=self.samplerate,
-                shifts=self._shifts, overlap=self._overlap, mean=track.stats.mean,
-                std=track.stats.std, min_length=minimum_length(self._model),
-                progress=progress)
+            with self._progress_bar() as progress:
+                yield from stream_separate(
+                    members, track.source.blocks(), track.length, sources=len(self.sources),
+                    channels=self.audio_channels, samplerate=self.samplerate,
+                    shifts=self._shifts, overlap=self._overlap, mean=track.stats.mean,
+                    std=track.stats.std, min_length=self._min_length(), progress=progress)
         finally:
-            if bar is not None:
-                bar.close()
             _restore_forwards(saved)
 
     def load_audio(self, path: tp.Union[str, Path]) -> torch.Tensor:
@@ -326,7 +488,8 @@ class Separator:
         return origin, dict(zip(self.sources, stems))
 
     def __repr__(self) -> str:
-        return (f"Separator(model={self._name!r}, samplerate={self.samplerate}, "
+        kind = "onnx" if self._runtime is not None else "model"
+        return (f"Separator({kind}={self._name!r}, samplerate={self.samplerate}, "
                 f"sources={self.sources}, device={str(self._device)!r})")
 
 

@@ -1,7 +1,10 @@
 """The ``demucs`` command: separate the sources of audio (or video) files.
 
 Same flags, defaults and output layout as upstream Demucs 4.0.1
-(``OUT/MODEL/TRACK/STEM.EXT``), plus ``--list-models``, ``--other-method`` and ``-q``.
+(``OUT/MODEL/TRACK/STEM.EXT``), plus ``--list-models``, ``--other-method``, ``-q`` and
+``--onnx FILE``: separate with a graph exported by :mod:`demucs.export_onnx`, run by ONNX
+Runtime (same output, normalisation, shifts, overlap, streaming; the folder MODEL is the
+graph's ``model_name`` metadata, else the file's stem).
 Problems with one track (unreadable file, unwritable output...) are reported on one line
 of stderr and the other tracks are still processed; the exit status is then 1. Problems
 with the model or the options stop at once with status 1; Ctrl-C exits with 130 and
@@ -21,7 +24,7 @@ import torch
 from .api import Separator, list_models
 from .apply import BagOfModels, max_allowed_segment
 from .audio import LoadAudioError, save_audio
-from .pretrained import ModelLoadingError, add_model_flags, get_model_from_args
+from .pretrained import DEFAULT_MODEL, ModelLoadingError, add_model_flags, get_model_from_args
 from .stream import StemWriter, open_stem_writer, tune_allocator
 
 PROG = "demucs"
@@ -37,6 +40,11 @@ def get_parser() -> argparse.ArgumentParser:
         PROG, description="Separate the sources for the given tracks")
     parser.add_argument("tracks", nargs="*", type=Path, default=[], help="Path to tracks")
     add_model_flags(parser)
+    parser.set_defaults(name=None)  # DEFAULT_MODEL, unless --onnx (see _model_flags_given)
+    parser.add_argument("--onnx", type=Path, default=None, metavar="FILE",
+                        help="Separate with this ONNX graph (python -m demucs.export_onnx) "
+                        "through ONNX Runtime instead of a PyTorch model; replaces "
+                        "-n/-s/--repo. The segment is the one fixed in the file.")
     parser.add_argument("--list-models", action="store_true",
                         help="List the models of --repo (or the remote catalog) and exit.")
     verbosity = parser.add_mutually_exclusive_group()
@@ -51,9 +59,9 @@ def get_parser() -> argparse.ArgumentParser:
                         '"{stem}", "{ext}" to use variables of track name without extension, '
                         "track extension, stem name and default output file extension. "
                         'Default is "{track}/{stem}.{ext}".')
-    parser.add_argument("-d", "--device",
-                        default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="Device to use, default is cuda if available else cpu")
+    parser.add_argument("-d", "--device", default=None,
+                        help="Device to use, default is cuda if available else cpu "
+                        "(with --onnx: cuda needs onnxruntime-gpu)")
     parser.add_argument("--shifts", default=1, type=int,
                         help="Number of random shifts for equivariant stabilization. "
                         "Increase separation time but improves quality for Demucs. "
@@ -151,12 +159,58 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
     except ModelLoadingError as err:
         raise CommandError(f"cannot load model: {_one_line(err)}") from None
     except (OSError, RuntimeError, ValueError, ImportError) as err:
-        name = getattr(args, "sig", None) or args.name
-        raise CommandError(f"cannot load model {name}: {_one_line(err)}") from None
+        raise CommandError(f"cannot load model {_model_name(args)}: "
+                           f"{_one_line(err)}") from None
 
 
 def _model_name(args: argparse.Namespace) -> str:
-    return str(getattr(args, "sig", None) or args.name)
+    return str(getattr(args, "sig", None) or args.name or DEFAULT_MODEL)
+
+
+def _check_onnx_flags(args: argparse.Namespace) -> None:
+    """Raises CommandError for the flags that do not apply to ``--onnx``."""
+    given = [flag for flag, value in (("-n/--name", args.name), ("-s/--sig", args.sig),
+                                      ("--repo", args.repo)) if value is not None]
+    if given:
+        raise CommandError(f"--onnx replaces {', '.join(given)}: the graph is the model; "
+                           "give one or the other")
+    if args.segment is not None:
+        raise CommandError("--segment cannot be used with --onnx: the segment is fixed in "
+                           "the ONNX file (export again with python -m demucs.export_onnx "
+                           "--segment SECONDS)")
+    if not args.split:
+        raise CommandError("--no-split cannot be used with --onnx: the graph separates "
+                           "segments of a fixed length")
+
+
+def _onnx_separator(args: argparse.Namespace, progress: bool) -> Separator:
+    _check_onnx_flags(args)
+    try:
+        return Separator(onnx=args.onnx, device=args.device, shifts=args.shifts,
+                         overlap=args.overlap, progress=progress)
+    except (ModelLoadingError, ValueError) as err:
+        raise CommandError(_one_line(err)) from None
+
+
+def _torch_separator(args: argparse.Namespace, progress: bool) -> Separator:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    _check_device(device)
+    model = _load_model(args)
+    limit = max_allowed_segment(model)
+    if args.segment is not None and not 0 < args.segment <= limit:
+        raise CommandError("Cannot use a Transformer model with a longer segment than it was "
+                           f"trained for. Maximum segment is: {limit}")
+    if not args.quiet and isinstance(model, BagOfModels):
+        print(f"Selected model is a bag of {len(model.models)} models. "
+              "You will see that many progress bars per track.")
+    if torch.device(device).type == "cpu":
+        tune_allocator()  # fewer page faults per forward pass (see its docstring)
+    try:
+        return Separator(model, device=device, shifts=args.shifts, overlap=args.overlap,
+                         split=args.split, segment=args.segment, jobs=args.jobs,
+                         progress=progress)
+    except ValueError as err:
+        raise CommandError(_one_line(err)) from None
 
 
 def _print_models(repo: tp.Optional[Path]) -> None:
@@ -294,33 +348,21 @@ def _describe_write_error(err: OSError) -> str:
 
 def _run(args: argparse.Namespace, written: _Written) -> int:
     check_template(args.filename)
-    _check_device(args.device)
     if args.mp3 and not 8 <= args.mp3_bitrate <= 320:
         raise CommandError(f"--mp3-bitrate must be between 8 and 320, got {args.mp3_bitrate}")
 
-    model = _load_model(args)
-    limit = max_allowed_segment(model)
-    if args.segment is not None and not 0 < args.segment <= limit:
-        raise CommandError("Cannot use a Transformer model with a longer segment than it was "
-                           f"trained for. Maximum segment is: {limit}")
-    if args.stem is not None and args.stem not in model.sources:
-        raise CommandError(f'stem "{args.stem}" is not in selected model. '
-                           f"STEM must be one of {', '.join(model.sources)}.")
-    if not args.quiet and isinstance(model, BagOfModels):
-        print(f"Selected model is a bag of {len(model.models)} models. "
-              "You will see that many progress bars per track.")
-
-    if torch.device(args.device).type == "cpu":
-        tune_allocator()  # fewer page faults per forward pass (see its docstring)
     progress = not args.quiet and sys.stdout.isatty() and sys.stderr.isatty()
-    try:
-        separator = Separator(model, device=args.device, shifts=args.shifts,
-                              overlap=args.overlap, split=args.split, segment=args.segment,
-                              jobs=args.jobs, progress=progress)
-    except ValueError as err:
-        raise CommandError(_one_line(err)) from None
+    if args.onnx is not None:
+        separator = _onnx_separator(args, progress)
+        name = separator.name
+    else:
+        separator = _torch_separator(args, progress)
+        name = _model_name(args)
+    if args.stem is not None and args.stem not in separator.sources:
+        raise CommandError(f'stem "{args.stem}" is not in selected model. '
+                           f"STEM must be one of {', '.join(separator.sources)}.")
 
-    out = args.out / _model_name(args)
+    out = args.out / name
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -358,6 +400,9 @@ def main(opts: tp.Optional[tp.Sequence[str]] = None) -> None:
     written = _Written()
     try:
         if args.list_models:
+            if args.onnx is not None:
+                raise CommandError("--list-models lists the models of --repo; it does not "
+                                   "take --onnx")
             _print_models(args.repo)
             sys.exit(0)
         if not args.tracks:

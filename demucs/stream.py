@@ -28,8 +28,8 @@ state is left exactly as ``apply_model`` leaves it.
 The pluggable hook. The core only needs, per model of the bag, a :class:`StreamMember`:
 
 * ``run``: a callable ``(B, C, V) float32 ndarray -> (B, S, C, V) float32 ndarray`` that
-  separates a batch of padded segments (a torch model: :func:`torch_runner`; an ONNX
-  Runtime session: ``lambda x: session.run(None, {"mix": x})[0]``);
+  separates a batch of padded segments (a torch model: :func:`torch_runner`; an exported
+  graph in ONNX Runtime: :func:`onnx_members`);
 * ``segment_length``: samples per segment; ``valid_length``: model input length for a
   chunk of ``n`` samples (fixed for HTDemucs and exported graphs);
 * ``weights``: per-source weights in the bag; ``draws``: arguments of the
@@ -61,7 +61,7 @@ if tp.TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "BlockSource", "ArraySource", "SoundfileSource", "PyAVSource", "ConvertedSource",
     "BlockResampler", "TrackStats", "Track", "open_track", "StreamMember", "stream_separate",
-    "torch_runner", "members_for", "open_stem_writer", "StemWriter",
+    "torch_runner", "members_for", "onnx_members", "open_stem_writer", "StemWriter",
     "MAX_SHIFT_SECONDS", "DEFAULT_BLOCK", "tune_allocator",
 ]
 
@@ -781,6 +781,58 @@ def members_for(model: "nn.Module", *, segment: tp.Optional[float] = None,
             max_batch=max_batch,
         ))
     return members
+
+
+class OnnxRuntimeLike(tp.Protocol):
+    """What :func:`onnx_members` needs of :class:`demucs.onnx_runtime.OnnxSeparator`."""
+
+    spec: tp.Any  # SegmentSpec: segment_samples, input_samples, sources, dynamic_batch
+
+    def run_segment(self, mix: Array) -> Array: ...  # pragma: no cover
+
+
+def _is_onnxruntime_error(error: BaseException) -> bool:
+    """ONNX Runtime's own exceptions (``Fail``, ``InvalidArgument``...) only derive from
+    ``Exception``; they are turned into ``RuntimeError`` for the callers."""
+    return type(error).__module__.startswith("onnxruntime")
+
+
+def onnx_members(runtime: OnnxRuntimeLike, max_batch: int = 1) -> tp.List[StreamMember]:
+    """The :class:`StreamMember` of an exported graph (one member: a bag exported as one
+    graph applies its weights inside).
+
+    The graph takes exactly ``spec.input_samples`` samples, so every segment
+    (``spec.segment_samples``, shorter at the end of the track) is padded to that length
+    with its real neighbouring samples (zeros past the track's ends) and the output is
+    centre-trimmed, as ``apply_model`` does with ``TensorChunk.padded``. A graph with a
+    fixed batch of 1 gets one segment per call; a dynamic batch up to ``max_batch``.
+    The graph draws nothing from ``random`` (``draws=()``), like
+    :meth:`demucs.onnx_runtime.OnnxSeparator.separate`. ``runtime.run_segment`` is
+    looked up at every call, so wrapping it later (e.g. for callbacks) takes effect.
+    """
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    spec = runtime.spec
+    input_samples = int(spec.input_samples)
+
+    def run(batch: Array) -> Array:
+        try:
+            out = runtime.run_segment(batch)
+        except Exception as err:
+            if _is_onnxruntime_error(err):
+                raise RuntimeError(f"ONNX Runtime: {_one_line(err)}") from err
+            raise
+        return np.asarray(out, dtype=np.float32)
+
+    def valid_length(length: int) -> int:
+        if length > input_samples:
+            raise ValueError(f"a segment of {length} samples does not fit in the graph's "
+                             f"{input_samples} input samples")
+        return input_samples
+
+    return [StreamMember(run=run, segment_length=int(spec.segment_samples),
+                         valid_length=valid_length, weights=[1.0] * len(spec.sources),
+                         draws=(), max_batch=max_batch if spec.dynamic_batch else 1)]
 
 
 #: glibc ``mallopt`` parameters (see ``man mallopt``).
