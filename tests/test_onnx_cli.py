@@ -222,6 +222,32 @@ def test_onnx_members_batch(onnx_file):
         onnx_members(runtime, max_batch=0)
 
 
+def test_dynamic_batch_graph(tmp_path, model, onnx_file, song):
+    """A graph with a dynamic batch runs several segments per call (stream_batch), with
+    the result of one segment per call."""
+    dynamic = E.export_model(model, tmp_path / "dynamic.onnx", name=NAME, dynamic_batch=True)
+    separators = [Separator(onnx=path, device="cpu", shifts=1, onnx_threads=1)
+                  for path in (onnx_file, dynamic)]
+    batches: tp.List[int] = []
+    runtime = separators[1].runtime
+    assert runtime is not None and runtime.spec.dynamic_batch
+    original = runtime.run_segment
+
+    def counting(mix: np.ndarray) -> np.ndarray:
+        batches.append(mix.shape[0])
+        return original(mix)
+
+    runtime.run_segment = counting  # type: ignore[method-assign]
+    separators[1].stream_batch = 3
+    results = []
+    for separator in separators:
+        random.seed(5)
+        results.append(separator.separate_audio_file(song)[1])
+    assert max(batches) == 3
+    for stem in SOURCES:
+        assert E.snr_db(results[0][stem].numpy(), results[1][stem].numpy()) >= 100
+
+
 def test_runtime_errors_become_runtime_error():
     """ONNX Runtime's exceptions only derive from Exception: the CLI would not catch them."""
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail
