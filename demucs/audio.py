@@ -442,7 +442,47 @@ def _float_to_i16(pcm: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(pcm, -1, 1) * (2 ** 15 - 1)).astype(np.int16)
 
 
-class Mp3Writer:
+class TempFileWriter:
+    """Base of the incremental writers: output goes to a hidden temporary file beside
+    ``path`` (:func:`_temporary_path`); :meth:`close` finishes it (:meth:`_finish`) and
+    renames it onto ``path``; :meth:`abort`, or any exception while closing, removes it
+    and leaves ``path`` untouched. Subclasses open ``self._file`` on ``self._tmp``."""
+
+    path: Path
+    _tmp: Path
+    _file: tp.Any = None
+
+    def _finish(self) -> None:
+        """Completes and closes ``self._file`` (default: just closes it)."""
+        self._file.close()
+
+    def _publish(self) -> None:
+        """Puts the finished temporary file in place (default: rename onto ``path``)."""
+        os.replace(self._tmp, self.path)
+
+    def close(self) -> None:
+        """Finishes the file and puts it in place; idempotent."""
+        if self._file is None:
+            return
+        try:
+            self._finish()
+            self._file = None
+            self._publish()
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Drops the partial output (temporary file removed, ``path`` untouched)."""
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+        with contextlib.suppress(OSError):
+            self._tmp.unlink()
+
+
+class Mp3Writer(TempFileWriter):
     """Incremental CBR mp3 encoder (``lameenc``) writing to ``path`` atomically.
 
     ``write`` takes ``[channels, n]`` float (or int16) blocks; ``close`` flushes the encoder,
@@ -500,30 +540,13 @@ class Mp3Writer:
             data, self._head = bytes(self._head), None  # type: ignore[assignment]
         self._file.write(data)
 
-    def close(self) -> None:
-        """Finishes the file and renames it onto ``path``."""
-        if self._file is None:
-            return
-        try:
-            self._emit(bytes(self._encoder.flush()))
-            tag = _lame_info_frame_for(self._stats, self.samples, self.bitrate)
-            self._file.seek(0)
-            self._file.write(tag)
-            self._file.close()
-            self._file = None
-            os.replace(self._tmp, self.path)
-        except BaseException:
-            self.abort()
-            raise
-
-    def abort(self) -> None:
-        """Drops the partial output (temporary file removed, ``path`` untouched)."""
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
-        with contextlib.suppress(OSError):
-            self._tmp.unlink()
+    def _finish(self) -> None:
+        """Flushes the encoder and writes the LAME Info tag into the reserved space."""
+        self._emit(bytes(self._encoder.flush()))
+        tag = _lame_info_frame_for(self._stats, self.samples, self.bitrate)
+        self._file.seek(0)
+        self._file.write(tag)
+        self._file.close()
 
 
 def encode_mp3(wav: torch.Tensor, path: tp.Union[PathLike, tp.BinaryIO], samplerate: int = 44100,

@@ -41,7 +41,6 @@ The core itself (this module without :func:`torch_runner`, :class:`BlockResample
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -52,10 +51,10 @@ from pathlib import Path
 import numpy as np
 
 from .audio import (_FFMPEG_FIRST, LoadAudioError, Mp3Writer, _declared_length, _one_line,
-                    _pcm_subtype, _quiet_native_stderr, _temporary_path)
+                    _pcm_subtype, _quiet_native_stderr, _temporary_path,
+                    TempFileWriter)
 
 if tp.TYPE_CHECKING:  # pragma: no cover
-    import torch
     from torch import nn
 
 __all__ = [
@@ -540,7 +539,8 @@ class _InputBuffer:
         inner_begin, inner_end = max(begin, 0), min(begin + size, self.length)
         if inner_end > inner_begin:
             raw = self.raw(inner_begin, inner_end)
-            out[:, inner_begin - begin:inner_end - begin] = (raw - np.float32(mean)) / np.float32(std)
+            out[:, inner_begin - begin:inner_end - begin] = ((raw - np.float32(mean))
+                                                             / np.float32(std))
         return out
 
     def drop(self, before: int) -> None:
@@ -885,7 +885,7 @@ class StemWriter(tp.Protocol):
     def abort(self) -> None: ...  # pragma: no cover
 
 
-class _SoundfileWriter:
+class _SoundfileWriter(TempFileWriter):
     """wav/flac through ``soundfile``, to a hidden temporary file renamed at ``close``."""
 
     def __init__(self, path: Path, samplerate: int, channels: int, subtype: str) -> None:
@@ -906,25 +906,6 @@ class _SoundfileWriter:
         if self.pcm:  # libsndfile would wrap around out-of-range samples
             block = np.clip(block, -1, 1)
         self._file.write(np.ascontiguousarray(block.T, dtype=np.float32))
-
-    def close(self) -> None:
-        if self._file is None:
-            return
-        try:
-            self._file.close()
-            self._file = None
-            os.replace(self._tmp, self.path)
-        except BaseException:
-            self.abort()
-            raise
-
-    def abort(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(Exception):
-                self._file.close()
-            self._file = None
-        with contextlib.suppress(OSError):
-            self._tmp.unlink()
 
 
 def _clip_block(block: Array, clip: tp.Optional[str]) -> Array:
@@ -956,7 +937,7 @@ class _ClippingWriter:
         self.inner.abort()
 
 
-class _RescalingWriter:
+class _RescalingWriter(TempFileWriter):
     """Clip mode ``rescale``: raw float32 to a temporary file while tracking the peak,
     then, at ``close``, a second pass divides by ``max(1.01 * peak, 1)`` into ``final``."""
 
@@ -978,37 +959,25 @@ class _RescalingWriter:
             self.peak = max(self.peak, float(np.abs(block).max()))
         self._file.write(block.tobytes())
 
-    def close(self) -> None:
-        if self._file is None:
-            return
-        try:
-            self._file.close()
-            self._file = None
-            scale = max(1.01 * self.peak, 1)
-            self._final = self._make_final()
-            frame_bytes = 4 * self.channels
-            with open(self._tmp, "rb") as raw:
-                while True:
-                    data = raw.read(self.block * frame_bytes)
-                    if not data:
-                        break
-                    block = np.frombuffer(data, np.float32).reshape(-1, self.channels).T
-                    self._final.write(block / np.float32(scale))
-            self._final.close()
-            self._tmp.unlink()
-        except BaseException:
-            self.abort()
-            raise
+    def _publish(self) -> None:
+        """Second pass: the raw float32 file, rescaled, into the final writer."""
+        scale = np.float32(max(1.01 * self.peak, 1))
+        self._final = self._make_final()
+        frame_bytes = 4 * self.channels
+        with open(self._tmp, "rb") as raw:
+            while True:
+                data = raw.read(self.block * frame_bytes)
+                if not data:
+                    break
+                self._final.write(np.frombuffer(data, np.float32).reshape(-1, self.channels).T
+                                  / scale)
+        self._final.close()
+        self._tmp.unlink()
 
     def abort(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
         if self._final is not None:
             self._final.abort()
-        with contextlib.suppress(OSError):
-            self._tmp.unlink()
+        super().abort()
 
 
 def open_stem_writer(path: tp.Union[str, os.PathLike], samplerate: int, channels: int, *,
