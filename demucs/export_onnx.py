@@ -12,20 +12,25 @@ tracks are cut into overlapping segments by :mod:`demucs.onnx_runtime`, exactly 
 
 Design choices (see also ``examples/README.md``):
 
-* **STFT inside, no stored DFT basis.** The model runs with ``use_conv_stft=True``: the
-  STFT is a ``Conv`` and the inverse a ``ConvTranspose`` over windowed DFT bases. While
-  exporting, :func:`demucs.spec.dft_bases` builds them from ``arange``/``cos``/``sin``.
-  The TorchScript exporter always propagates constants (whatever
-  ``do_constant_folding`` says) and stores them anyway, so
-  :func:`restore_computed_bases` replaces every stored tensor equal to a basis or
-  window envelope by ~40 Range/Mod/Cos/Sin/ConvTranspose nodes; the dynamo exporter's
-  optimizer runs with a 4096-element folding limit. :func:`non_weight_initializers`
-  checks the result (the export fails otherwise). ONNX Runtime folds the basis subgraph
-  once when the session is created: no per-run cost, 2 x 64 MB of memory (nfft 4096).
-  ONNX's ``DFT``/``STFT`` operators are not used yet: they are not reachable from the
-  TorchScript exporter, and the inverse needs a hand-built overlap-add; but they would
-  remove most of the STFT cost (see the ONNX Runtime profile in the project notes: the
-  iSTFT ``ConvTranspose`` is ~23% of a segment).
+* **STFT inside, no stored DFT basis.** The model runs with ``use_conv_stft=True`` and
+  the ``factored`` implementation (:data:`demucs.spec.DEFAULT_STFT_IMPL`, option
+  ``stft_impl`` / ``--stft``): frames are cut from hop-blocks of the signal (Slice,
+  Transpose, Concat) and the DFT is one level of Cooley-Tukey, ``n_fft = n1 * n2``
+  (64 x 64 for htdemucs): a ``MatMul`` by a ``(2 n1, n1)`` matrix, an elementwise
+  twiddle product, a ``MatMul`` by a ``(2 k2, 2 n2)`` matrix; the inverse mirrors it
+  and overlap-adds with Pad + Add. Frames stay on the last axis, so neither direction
+  transposes a spectrogram. The constants are small (~50 K floats per direction: the
+  two matrices, the twiddles, the window, and 7 hop-blocks of the inverse window
+  envelope), ~16x fewer operations than a direct DFT, and only MatMul, Mul, Add, Sub,
+  Pad, Slice, Concat, Reshape, Transpose are used: operators every execution provider
+  has. (ONNX's ``DFT`` operator is not used: the TorchScript exporter cannot emit it,
+  the inverse needs a hand-built overlap-add anyway, and mobile/web providers lack it.)
+  ``stft_impl="conv"`` exports the former ``Conv`` / ``ConvTranspose`` over the windowed
+  ``n_fft``-wide DFT bases; those would be stored (the TorchScript exporter always
+  propagates constants), so :func:`restore_computed_bases` replaces them by
+  Range/Mod/Cos/Sin subgraphs that ONNX Runtime folds when the session starts (2 x 64
+  MB for nfft 4096). Either way :func:`non_weight_initializers` checks that no large
+  non-weight tensor is stored (the export fails otherwise).
 * **Precise reductions.** ONNX Runtime's CPU ``InstanceNormalization`` (from
   ``GroupNorm``) and ``ReduceMean`` accumulate rows of ~10^6 values with a ~1e-5
   relative error, which capped htdemucs at 92-95 dB against PyTorch;
@@ -54,7 +59,7 @@ Command line::
 Metadata (``metadata_props``, all strings): ``model_name``, ``sample_rate``,
 ``audio_channels``, ``sources`` (comma separated), ``segment_samples`` (length of the
 segments a track is cut into), ``input_samples`` (graph input length),
-``segment_seconds``, ``precision``, ``opset``, ``exporter``, ``batch`` (``1`` or
+``segment_seconds``, ``precision``, ``opset``, ``exporter``, ``stft``, ``batch`` (``1`` or
 ``dynamic``), ``layout``.
 """
 from __future__ import annotations
@@ -72,6 +77,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .spec import DEFAULT_STFT_IMPL, STFT_IMPLS
 from .states import set_stft_backend
 
 if tp.TYPE_CHECKING:  # pragma: no cover
@@ -185,7 +191,8 @@ class ExportWrapper(nn.Module):
 
 def prepare_model(model: nn.Module, *, segment: tp.Optional[float] = None,
                   model_index: tp.Optional[int] = None,
-                  use_conv_stft: bool = True) -> tp.Tuple[ExportWrapper, int, int]:
+                  use_conv_stft: bool = True,
+                  stft_impl: str = DEFAULT_STFT_IMPL) -> tp.Tuple[ExportWrapper, int, int]:
     """A copy of ``model`` ready to trace, and its segment and input lengths in samples.
 
     Args:
@@ -195,6 +202,8 @@ def prepare_model(model: nn.Module, *, segment: tp.Optional[float] = None,
         model_index: for a bag, export only this member.
         use_conv_stft: STFT backend of the copy (True for export; False gives the
             PyTorch reference with the ``torch`` backend).
+        stft_impl: implementation of the conv backend, ``factored`` or ``conv`` (see
+            :data:`demucs.spec.STFT_IMPLS`).
     Returns:
         ``(wrapper, segment_samples, input_samples)``.
     """
@@ -212,6 +221,7 @@ def prepare_model(model: nn.Module, *, segment: tp.Optional[float] = None,
     for member in members:
         check_exportable(member)
         set_stft_backend(member, use_conv_stft)
+        _set_stft_impl(member, stft_impl)
 
     segments = {_segment_of(m) for m in members}
     if len(segments) != 1:
@@ -240,6 +250,16 @@ def prepare_model(model: nn.Module, *, segment: tp.Optional[float] = None,
     return ExportWrapper(members, weights).eval(), segment_samples, input_samples
 
 
+def _set_stft_impl(model: nn.Module, stft_impl: str) -> None:
+    """Sets ``stft_impl`` on every spectral (sub)module of ``model``."""
+    if stft_impl not in STFT_IMPLS:
+        raise ExportError(f"unknown STFT implementation {stft_impl!r}, "
+                          f"expected one of {STFT_IMPLS}")
+    for module in model.modules():
+        if hasattr(module, "use_conv_stft"):
+            module.stft_impl = stft_impl
+
+
 # ---------------------------------------------------------------------------
 # Tracing
 # ---------------------------------------------------------------------------
@@ -250,8 +270,8 @@ def _trace_torchscript(module: nn.Module, example: torch.Tensor, path: Path, ops
     torch.onnx.export(
         module, (example,), str(path), dynamo=False, opset_version=opset,
         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
-        # The bases get folded anyway (TorchScript constant propagation);
-        # restore_computed_bases() puts their computation back.
+        # With stft_impl="conv" the bases get folded anyway (TorchScript constant
+        # propagation); restore_computed_bases() puts their computation back.
         do_constant_folding=True)
 
 
@@ -267,16 +287,17 @@ def _trace_dynamo(module: nn.Module, example: torch.Tensor, path: Path, opset: i
     assert program is not None
     from onnxscript import optimizer
 
-    # The default limit (512 x 512 elements) would fold part of the DFT bases of small
-    # FFTs into stored tensors: never fold anything bigger than a small constant.
+    # The default limit (512 x 512 elements) would fold part of the conv DFT bases of
+    # small FFTs into stored tensors: never fold anything bigger than a small constant.
     optimizer.optimize_ir(program.model, output_size_limit=DYNAMO_FOLD_LIMIT)
     program.save(str(path), external_data=True)
 
 
 def _export_raw(module: nn.Module, example: torch.Tensor, exporter: str, opset: int,
                 dynamic_batch: bool) -> "onnx.ModelProto":
-    """Traces ``module``; returns the ONNX model with all weights loaded in memory and
-    the DFT bases computed in the graph (see :func:`restore_computed_bases`)."""
+    """Traces ``module``; returns the ONNX model with all weights loaded in memory and,
+    for ``stft_impl="conv"``, the DFT bases computed in the graph (see
+    :func:`restore_computed_bases`)."""
     import onnx
 
     if exporter not in EXPORTERS:
@@ -287,7 +308,10 @@ def _export_raw(module: nn.Module, example: torch.Tensor, exporter: str, opset: 
         with torch.no_grad():
             trace(module, example, raw, opset, dynamic_batch)
         model = onnx.load(str(raw), load_external_data=True)
-    restore_computed_bases(model, _spectral_sizes(module))
+    conv_sizes = {int(m.nfft) for m in module.modules()
+                  if hasattr(m, "nfft") and getattr(m, "stft_impl", None) == "conv"}
+    if conv_sizes:
+        restore_computed_bases(model, conv_sizes)
     precise_reductions(model)
     _remove_unused_initializers(model)
     _strip_debug_info(model)
@@ -681,11 +705,6 @@ def _instance_norm_nodes(build: "_Builder", node: tp.Any, opset: int) -> None:
     build.op("Add", build.op("Mul", normed, gain), shift, output=node.output[0])
 
 
-def _spectral_sizes(module: nn.Module) -> tp.Set[int]:
-    """FFT sizes used by the spectrogram branches of ``module``."""
-    return {int(m.nfft) for m in module.modules() if hasattr(m, "nfft")}
-
-
 def _opset_of(model: "onnx.ModelProto") -> int:
     """The default-domain opset of ``model``."""
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
@@ -817,7 +836,7 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
                  segment: tp.Optional[float] = None, opset: tp.Optional[int] = None,
                  precision: str = "fp32", dynamic_batch: bool = False,
                  exporter: str = DEFAULT_EXPORTER, model_index: tp.Optional[int] = None,
-                 name: tp.Optional[str] = None) -> Path:
+                 name: tp.Optional[str] = None, stft_impl: str = DEFAULT_STFT_IMPL) -> Path:
     """Exports ``model`` (single model or ``BagOfModels``) to a single ONNX file.
 
     Args:
@@ -830,6 +849,7 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
         exporter: ``torchscript`` or ``dynamo``.
         model_index: for a bag, export this member only.
         name: model name stored in the metadata (default: the class name).
+        stft_impl: ``factored`` (default) or ``conv``, see the module docstring.
     Returns:
         ``path``, as a :class:`~pathlib.Path`.
     Raises:
@@ -848,7 +868,7 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
                           f"got --opset {opset}: use --exporter torchscript for opset {opset}")
     path = Path(path)
     wrapper, segment_samples, input_samples = prepare_model(
-        model, segment=segment, model_index=model_index)
+        model, segment=segment, model_index=model_index, stft_impl=stft_impl)
     first = wrapper.models[0]
     example = torch.randn(1, first.audio_channels, input_samples)
     onnx_model = _export_raw(wrapper, example, exporter, opset, dynamic_batch)
@@ -875,6 +895,7 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
         "precision": precision,
         "opset": _opset_of(onnx_model),
         "exporter": exporter,
+        "stft": stft_impl,
         "batch": "dynamic" if dynamic_batch else "1",
         "members": len(wrapper.models),
         "layout": f"{INPUT_NAME}: (batch, channels, samples) float32 -> "
@@ -990,6 +1011,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dynamic-batch", action="store_true",
                         help="dynamic batch axis (default: batch of 1)")
     parser.add_argument("--exporter", choices=EXPORTERS, default=DEFAULT_EXPORTER)
+    parser.add_argument("--stft", choices=STFT_IMPLS, default=DEFAULT_STFT_IMPL,
+                        help="STFT in the graph: factored DFT as MatMuls (default) or "
+                             "Conv/ConvTranspose over the full DFT basis")
     parser.add_argument("--model-index", type=int, default=None,
                         help="for a bag of models, export only this member")
     parser.add_argument("--check", action="store_true",
@@ -1008,7 +1032,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
         path = export_model(model, args.out, segment=args.segment, opset=args.opset,
                             precision=args.precision, dynamic_batch=args.dynamic_batch,
                             exporter=args.exporter, model_index=args.model_index,
-                            name=args.name)
+                            name=args.name, stft_impl=args.stft)
         size = path.stat().st_size
         params = parameter_bytes(model, args.model_index)
         print(f"wrote {path}: {size / 1e6:.1f} MB ({size / params:.3f} x the "
