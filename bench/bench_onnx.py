@@ -5,12 +5,15 @@ Same run, same random-weight HTDEMUCS config (release architecture), same random
 its peak RSS (``VmHWM``, else ``ru_maxrss``) is its own:
 
 * ``torch``: PyTorch eager, ``torch.stft`` backend (the reference);
-* ``conv``: PyTorch eager, conv STFT backend (what gets exported);
+* ``conv``: PyTorch eager, conv STFT backend with its default (factored) implementation,
+  i.e. what gets exported;
 * ``ort-fp32``, ``ort-fp16``, ``ort-int8``: the exported file in ONNX Runtime (CPU,
   :class:`demucs.onnx_runtime.OnnxSeparator` defaults: extended graph optimisations,
   no memory arena);
 * ``ort-fp32-ortdefaults``: fp32 with ONNX Runtime's own defaults (all optimisations,
-  including the NCHWc layout transformation, and the CPU memory arena).
+  including the NCHWc layout transformation, and the CPU memory arena);
+* ``ort-fp32convstft`` (not run by default): fp32 exported with ``stft_impl="conv"``
+  (Conv / ConvTranspose over the full DFT basis), the former graph, for comparison.
 
 Per-segment time is the median of ``--reps`` runs after one warm-up; init time is model
 construction + weight loading (PyTorch) or session creation (ORT). Prints a markdown
@@ -91,7 +94,7 @@ def worker(backend: str, workdir: Path, reps: int, threads: int) -> tp.Dict[str,
     else:
         from demucs.onnx_runtime import OnnxSeparator
 
-        _, precision, *variant = backend.split("-")
+        _, precision, *variant = backend.split("-")  # e.g. ort, fp32, ortdefaults
         if variant == ["ortdefaults"]:  # ONNX Runtime's defaults, for comparison
             separator = OnnxSeparator(workdir / f"{precision}.onnx", threads=threads,
                                       optimization="all", memory_arena=True)
@@ -112,8 +115,9 @@ def worker(backend: str, workdir: Path, reps: int, threads: int) -> tp.Dict[str,
             "peak_rss_mb": _peak_rss_mb()}
 
 
-def prepare(workdir: Path) -> tp.Dict[str, int]:
-    """Saves the random weights and exports fp32/fp16/int8; returns file sizes."""
+def prepare(workdir: Path, backends: tp.Sequence[str]) -> tp.Dict[str, int]:
+    """Saves the random weights and exports fp32/fp16/int8 (and the conv-STFT fp32 if
+    asked); returns file sizes."""
     import torch
 
     from demucs import export_onnx
@@ -130,8 +134,14 @@ def prepare(workdir: Path) -> tp.Dict[str, int]:
         target = workdir / f"{precision}.onnx"
         if not target.exists():
             export_onnx.convert_file(fp32, target, precision)
-    for precision in ("fp32", "fp16", "int8"):
-        sizes[precision] = (workdir / f"{precision}.onnx").stat().st_size
+    conv = workdir / "fp32convstft.onnx"
+    if "ort-fp32convstft" in backends and not conv.exists():
+        export_onnx.export_model(model, conv, name="htdemucs (random weights)",
+                                 stft_impl="conv")
+    for precision in ("fp32", "fp16", "int8", "fp32convstft"):
+        path = workdir / f"{precision}.onnx"
+        if path.exists():
+            sizes[precision] = path.stat().st_size
     return sizes
 
 
@@ -160,9 +170,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        sizes = prepare(workdir)
+        backends = args.backends.split(",")
+        sizes = prepare(workdir, backends)
         results = {}
-        for backend in args.backends.split(","):
+        for backend in backends:
             command = [sys.executable, __file__, "--worker", backend, "--workdir",
                        str(workdir), "--reps", str(args.reps), "--threads", str(args.threads)]
             done = subprocess.run(command, capture_output=True, text=True, check=False)

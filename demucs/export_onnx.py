@@ -573,26 +573,52 @@ def _reduce_sum(build: "_Builder", value: str, axis: int, keep: int, opset: int)
     return build.op("ReduceSum", value, axes=[axis], keepdims=keep)
 
 
-def _blocked_sum(build: "_Builder", value: str, kept: int, opset: int,
-                 block: int = NORM_BLOCK) -> tp.Tuple[str, str]:
-    """Sum of ``value`` over all axes after the first ``kept``, as a sum of block sums.
+def _static_block(length: tp.Optional[int], block: int) -> tp.Optional[int]:
+    """A divisor of a static row ``length`` in ``[block / 4, 4 block]`` (closest to
+    ``block``), so the row splits into blocks without padding; None if there is none."""
+    if not length:
+        return None
+    candidates = [d for d in range(max(1, block // 4), 4 * block + 1) if length % d == 0]
+    return min(candidates, key=lambda d: abs(d - block)) if candidates else None
 
+
+def _blocked_sum(build: "_Builder", value: str, kept: int, opset: int,
+                 block: int = NORM_BLOCK, length: tp.Optional[int] = None,
+                 square: bool = False) -> tp.Tuple[str, str]:
+    """Sum of ``value`` (of its squares if ``square``) over all axes after the first
+    ``kept``, as a sum of block sums.
+
+    ``length``: the number of values summed per output when statically known; if it has
+    a divisor near ``block`` the rows are split without the zero padding (a copy).
     Returns ``(total, length)``: ``total`` has shape ``dims[:kept] + [1]`` and
     ``length`` (int64, shape ``[1]``) is the number of values summed per output.
     """
     shape = build.op("Shape", value)
     lead = build.op("Slice", shape, build.const([0], "int64"), build.const([kept], "int64"))
-    flat_shape = build.op("Concat", lead, build.const([-1], "int64"), axis=0)
-    flat = build.op("Reshape", value, flat_shape)
-    length = build.op("Slice", build.op("Shape", flat), build.const([kept], "int64"),
-                      build.const([kept + 1], "int64"))
-    size = build.const([block], "int64")
-    missing = build.op("Mod", build.op("Sub", size, build.op("Mod", length, size)), size)
-    pads = build.op("Concat", build.const([0] * (2 * kept + 1), "int64"), missing, axis=0)
-    blocks = build.op("Reshape", build.op("Pad", flat, pads),
-                      build.op("Concat", lead, build.const([-1, block], "int64"), axis=0))
-    total = _reduce_sum(build, _reduce_sum(build, blocks, kept + 1, 0, opset), kept, 1, opset)
-    return total, length
+    static = _static_block(length, block)
+    if static is not None:
+        blocks = build.op("Reshape", value, build.op(
+            "Concat", lead, build.const([-1, static], "int64"), axis=0))
+        count = build.const([length], "int64")
+    else:
+        flat_shape = build.op("Concat", lead, build.const([-1], "int64"), axis=0)
+        flat = build.op("Reshape", value, flat_shape)
+        count = build.op("Slice", build.op("Shape", flat), build.const([kept], "int64"),
+                         build.const([kept + 1], "int64"))
+        size = build.const([block], "int64")
+        missing = build.op("Mod", build.op("Sub", size, build.op("Mod", count, size)), size)
+        pads = build.op("Concat", build.const([0] * (2 * kept + 1), "int64"), missing, axis=0)
+        blocks = build.op("Reshape", build.op("Pad", flat, pads),
+                          build.op("Concat", lead, build.const([-1, block], "int64"), axis=0))
+    if square:
+        if opset >= 18:
+            partial = build.op("ReduceSumSquare", blocks, build.const([kept + 1], "int64"),
+                               keepdims=0)
+        else:
+            partial = build.op("ReduceSumSquare", blocks, axes=[kept + 1], keepdims=0)
+    else:
+        partial = _reduce_sum(build, blocks, kept + 1, 0, opset)
+    return _reduce_sum(build, partial, kept, 1, opset), count
 
 
 def _constant_ints(model: "onnx.ModelProto", name: str) -> tp.Optional[tp.List[int]]:
@@ -609,15 +635,24 @@ def _constant_ints(model: "onnx.ModelProto", name: str) -> tp.Optional[tp.List[i
     return None
 
 
-def _rank_of(model: "onnx.ModelProto") -> tp.Dict[str, int]:
+def _shapes_of(model: "onnx.ModelProto") -> tp.Dict[str, tp.List[tp.Optional[int]]]:
+    """Inferred shapes by value name (None for a dimension that is not static)."""
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
-    ranks = {}
+    shapes = {}
     for info in list(inferred.graph.value_info) + list(inferred.graph.input):
         if info.type.tensor_type.HasField("shape"):
-            ranks[info.name] = len(info.type.tensor_type.shape.dim)
-    return ranks
+            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None
+                                 for d in info.type.tensor_type.shape.dim]
+    return shapes
+
+
+def _trailing_length(shape: tp.Optional[tp.List[tp.Optional[int]]], kept: int) -> tp.Optional[int]:
+    """Product of the dimensions after the first ``kept`` if all are static."""
+    if shape is None or any(d is None or d <= 0 for d in shape[kept:]):
+        return None
+    return int(math.prod(shape[kept:]))
 
 
 def precise_reductions(model: "onnx.ModelProto", block: int = NORM_BLOCK) -> int:
@@ -635,15 +670,17 @@ def precise_reductions(model: "onnx.ModelProto", block: int = NORM_BLOCK) -> int
     """
     opset = _opset_of(model)
     graph = model.graph
-    ranks = _rank_of(model)
+    shapes = _shapes_of(model)
     rewritten = 0
     for index in reversed(range(len(graph.node))):
         node = graph.node[index]
         build = _Builder(f"precise_{index}")
         if node.op_type == "InstanceNormalization":
-            _instance_norm_nodes(build, node, opset)
+            _instance_norm_nodes(build, node, opset,
+                                 _trailing_length(shapes.get(node.input[0]), 2))
         elif node.op_type in ("ReduceMean", "ReduceSum"):
-            rank = ranks.get(node.input[0])
+            shape = shapes.get(node.input[0])
+            rank = None if shape is None else len(shape)
             attrs = {a.name: a for a in node.attribute}
             keep = attrs["keepdims"].i if "keepdims" in attrs else 1
             if "axes" in attrs:
@@ -658,7 +695,8 @@ def precise_reductions(model: "onnx.ModelProto", block: int = NORM_BLOCK) -> int
             if axes != list(range(rank - len(axes), rank)):
                 continue  # not the trailing axes
             kept = rank - len(axes)
-            total, length = _blocked_sum(build, node.input[0], kept, opset, block)
+            total, length = _blocked_sum(build, node.input[0], kept, opset, block,
+                                         _trailing_length(shape, kept))
             result = total
             if node.op_type == "ReduceMean":
                 from onnx import TensorProto
@@ -679,30 +717,33 @@ def precise_reductions(model: "onnx.ModelProto", block: int = NORM_BLOCK) -> int
     return rewritten
 
 
-def _instance_norm_nodes(build: "_Builder", node: tp.Any, opset: int) -> None:
-    """``InstanceNormalization`` as two-pass blocked means, writing ``node.output[0]``."""
+def _instance_norm_nodes(build: "_Builder", node: tp.Any, opset: int,
+                         length: tp.Optional[int] = None) -> None:
+    """``InstanceNormalization`` as two-pass blocked sums, writing ``node.output[0]``.
+
+    ``mean`` from block sums of ``x``, ``var`` from block sums of squares of
+    ``x - mean``; the output is ``(x - mean) * (scale / std) + bias`` (the per-channel
+    factor is computed on the small statistics). ``length``: static values per channel.
+    """
     from onnx import TensorProto
 
     epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
     x, scale, bias = node.input
     flat = build.op("Reshape", x, build.const([0, 0, -1], "int64"))  # (N, C, L)
 
-    def mean(value: str) -> str:
-        total, length = _blocked_sum(build, value, 2, opset)
+    def mean(value: str, square: bool = False) -> str:
+        total, count = _blocked_sum(build, value, 2, opset, length=length, square=square)
         return build.op("Mul", total, build.op("Reciprocal", build.op(
-            "Cast", length, to=TensorProto.FLOAT)))
+            "Cast", count, to=TensorProto.FLOAT)))
 
     centered = build.op("Sub", flat, mean(flat))
-    variance = mean(build.op("Mul", centered, centered))
-    std = build.op("Sqrt", build.op("Add", variance, build.const(epsilon)))
-    normed = build.op("Reshape", build.op("Div", centered, std), build.op("Shape", x))
-    # scale and bias (C,) broadcast as (C, 1, ..., 1) against (N, C, *spatial).
-    ones = build.op("Sub", build.op("Size", build.op("Shape", x)), build.const([2], "int64"))
-    trailing = build.op("Expand", build.const([1], "int64"), ones)
-    channel_shape = build.op("Concat", build.const([-1], "int64"), trailing, axis=0)
-    gain = build.op("Reshape", scale, channel_shape)
-    shift = build.op("Reshape", bias, channel_shape)
-    build.op("Add", build.op("Mul", normed, gain), shift, output=node.output[0])
+    std = build.op("Sqrt", build.op("Add", mean(centered, square=True),
+                                    build.const(epsilon)))
+    # scale and bias (C,) as (C, 1) against the (N, C, L) / (N, C, 1) statistics.
+    gain = build.op("Div", build.op("Reshape", scale, build.const([-1, 1], "int64")), std)
+    shift = build.op("Reshape", bias, build.const([-1, 1], "int64"))
+    normed = build.op("Add", build.op("Mul", centered, gain), shift)
+    build.op("Reshape", normed, build.op("Shape", x), output=node.output[0])
 
 
 def _opset_of(model: "onnx.ModelProto") -> int:
