@@ -79,6 +79,7 @@ from torch import nn
 
 from .spec import DEFAULT_STFT_IMPL, STFT_IMPLS
 from .states import set_stft_backend
+from .transformer import chunked_attention_for_export
 
 if tp.TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -97,6 +98,8 @@ OUTPUT_NAME = "stems"
 SMALL_TENSOR = 1 << 16
 #: Largest tensor (elements) the dynamo exporter's optimizer may create by folding.
 DYNAMO_FOLD_LIMIT = 1 << 12
+#: Queries per attention block in exported graphs (see chunked_attention_for_export).
+ATTENTION_QUERY_CHUNK = 512
 
 #: Release architectures, for ``--random-weights`` (benchmarks, trying the pipeline
 #: without the checkpoints). Same values as ``tests/configs.py``.
@@ -305,7 +308,9 @@ def _export_raw(module: nn.Module, example: torch.Tensor, exporter: str, opset: 
     trace = _trace_torchscript if exporter == "torchscript" else _trace_dynamo
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "model.onnx"
-        with torch.no_grad():
+        # The segment is fixed in the graph, so attention can be laid out in blocks of
+        # queries: the full (B, heads, T, S) score matrix never exists at run time.
+        with torch.no_grad(), chunked_attention_for_export(ATTENTION_QUERY_CHUNK):
             trace(module, example, raw, opset, dynamic_batch)
         model = onnx.load(str(raw), load_external_data=True)
     conv_sizes = {int(m.nfft) for m in module.modules()

@@ -25,6 +25,8 @@ import typing as tp
 import torch
 from torch.nn import functional as F
 
+from .utils import is_exporting
+
 Tensor = torch.Tensor
 
 
@@ -84,17 +86,6 @@ STFT_IMPLS = ("factored", "conv")
 DEFAULT_STFT_IMPL = "factored"
 
 
-def _exporting() -> bool:
-    """True while an exporter traces the model: bases must then be built in the graph."""
-    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
-        return True
-    for probe in ("is_exporting", "is_compiling"):
-        check = getattr(torch.compiler, probe, None)
-        if check is not None and check():
-            return True
-    return False
-
-
 def _phase_index(n_fft: int, n_bins: int, device: torch.device) -> Tensor:
     """``(k * n) mod n_fft`` for bins ``k < n_bins`` and samples ``n < n_fft``, int64.
 
@@ -129,7 +120,7 @@ def _build_bases(n_fft: int, n_bins: int, device: torch.device,
     n_fft, n_bins = int(n_fft), int(n_bins)
     # Work in float64 when building eagerly; exported graphs compute in float32 but with
     # the reduced angle above, which is exact to float32 rounding.
-    work = dtype if _exporting() else torch.float64
+    work = dtype if is_exporting() else torch.float64
     angle = _phase_index(n_fft, n_bins, device).to(work) * (2 * math.pi / n_fft)
     cos, sin = torch.cos(angle), torch.sin(angle)
     window = _hann(n_fft, device, work)
@@ -159,7 +150,7 @@ def dft_bases(n_fft: int, n_bins: int, device: torch.device,
     from ``arange``/``cos``/``sin`` so the graph computes them instead of storing them.
     """
     n_fft, n_bins = int(n_fft), int(n_bins)
-    if _exporting():
+    if is_exporting():
         return _build_bases(n_fft, n_bins, device, dtype)
     return _cached_bases(n_fft, n_bins, torch.device(device), dtype)
 

@@ -28,13 +28,16 @@ Not supported
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .utils import is_exporting
 
 Activation = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -298,7 +301,16 @@ def multihead_attention(
 
     Returns:
         Tensor ``(B, T, C)``.
+
+    Inside :func:`chunked_attention_for_export` (used by :mod:`demucs.export_onnx`,
+    whose graphs have a fixed length), plain attention is written out by
+    :func:`_query_chunked_attention` instead, so the exported graph never holds the
+    whole ``(B, heads, T, S)`` score matrix (231 MB per layer for htdemucs).
     """
+    plain = (attn_mask is None and key_padding_mask is None and attn.bias_k is None
+             and not attn.add_zero_attn and attn._qkv_same_embed_dim)
+    if _EXPORT_QUERY_CHUNK and plain and not attn.training and is_exporting():
+        return _query_chunked_attention(attn, query, key, value, _EXPORT_QUERY_CHUNK)
     separate = not attn._qkv_same_embed_dim
     out, _ = F.multi_head_attention_forward(
         query.transpose(0, 1),
@@ -324,6 +336,54 @@ def multihead_attention(
         v_proj_weight=attn.v_proj_weight if separate else None,
     )
     return out.transpose(0, 1)
+
+
+#: Queries per block of exported attention, 0 for off (see chunked_attention_for_export).
+_EXPORT_QUERY_CHUNK = 0
+
+
+@contextlib.contextmanager
+def chunked_attention_for_export(chunk: int = 512) -> Iterator[None]:
+    """While exporting in this context, attention is computed ``chunk`` queries at a
+    time: ``(B, heads, chunk, S)`` scores live at once instead of ``(B, heads, T, S)``.
+
+    Only for graphs with a fixed sequence length: the blocks are laid out for the
+    length seen while tracing.
+    """
+    global _EXPORT_QUERY_CHUNK
+    previous, _EXPORT_QUERY_CHUNK = _EXPORT_QUERY_CHUNK, int(chunk)
+    try:
+        yield
+    finally:
+        _EXPORT_QUERY_CHUNK = previous
+
+
+def _query_chunked_attention(attn: nn.MultiheadAttention, query: torch.Tensor,
+                             key: torch.Tensor, value: torch.Tensor,
+                             chunk: int) -> torch.Tensor:
+    """Multi-head attention (eval, no mask) computed ``chunk`` queries at a time.
+
+    Same result as ``F.multi_head_attention_forward`` up to float rounding. Shapes:
+    query ``(B, T, C)``, key/value ``(B, S, C)`` -> ``(B, T, C)``; static ``T`` (the
+    exported segment is fixed).
+    """
+    batch, length, dim = query.shape
+    heads = attn.num_heads
+    head_dim = dim // heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = (attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None
+                     else (None, None, None))
+
+    def split_heads(x: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, heads, L, D)
+        return x.reshape(batch, -1, heads, head_dim).transpose(1, 2)
+
+    q = split_heads(F.linear(query, w_q, b_q)) * (head_dim ** -0.5)
+    k_t = split_heads(F.linear(key, w_k, b_k)).transpose(2, 3)
+    v = split_heads(F.linear(value, w_v, b_v))
+    blocks = [torch.matmul(torch.matmul(q[:, :, start:start + chunk], k_t).softmax(-1), v)
+              for start in range(0, int(length), chunk)]
+    out = torch.cat(blocks, dim=2).transpose(1, 2).reshape(batch, length, dim)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
 def _resolve_activation(activation: Activation) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 __all__ = [
     "ceil_div",
+    "is_exporting",
     "center_trim",
     "unfold",
     "DummyPoolExecutor",
@@ -23,6 +24,19 @@ __all__ = [
 ]
 
 T = tp.TypeVar("T")
+
+
+def is_exporting() -> bool:
+    """True while an exporter traces the model (TorchScript/ONNX tracing, torch.export,
+    dynamo). Code that should leave computations in the graph, or pick an export-friendly
+    formulation, checks this."""
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        return True
+    for probe in ("is_exporting", "is_compiling"):
+        check = getattr(torch.compiler, probe, None)
+        if check is not None and check():
+            return True
+    return False
 
 
 def ceil_div(numerator: int, denominator: int) -> int:

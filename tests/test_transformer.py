@@ -269,3 +269,35 @@ def test_onnx_export_dynamo(emb: str) -> None:
         oy, oyt = _onnx_run(onnx_bytes, x, xt)
         assert abs(torch.from_numpy(oy) - y).max() < 1e-4
         assert abs(torch.from_numpy(oyt) - yt).max() < 1e-4
+
+
+def test_query_chunked_attention_matches_fused() -> None:
+    from torch import nn
+
+    from demucs.transformer import _query_chunked_attention, multihead_attention
+
+    mha = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    query, key = torch.randn(2, 300, 32), torch.randn(2, 170, 32)
+    with torch.no_grad():
+        ref = multihead_attention(mha, query, key, key)
+        out = _query_chunked_attention(mha, query, key, key, chunk=128)  # 3 uneven blocks
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+
+
+def test_chunked_attention_only_inside_its_context(monkeypatch) -> None:
+    from torch import nn
+
+    import demucs.transformer as module
+
+    calls = []
+    monkeypatch.setattr(module, "_query_chunked_attention",
+                        lambda *args: calls.append(args[-1]) or args[1])
+    monkeypatch.setattr(module, "is_exporting", lambda: True)
+    mha = nn.MultiheadAttention(16, 2, batch_first=True).eval()
+    x = torch.randn(1, 10, 16)
+    module.multihead_attention(mha, x, x, x)
+    assert calls == []
+    with module.chunked_attention_for_export(64):
+        module.multihead_attention(mha, x, x, x)
+    assert calls == [64]
+    assert module._EXPORT_QUERY_CHUNK == 0
