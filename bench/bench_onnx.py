@@ -76,6 +76,10 @@ def worker(backend: str, workdir: Path, reps: int, threads: int) -> tp.Dict[str,
     """Runs one backend; returns timings and peak RSS, saves its output."""
     import numpy as np
 
+    from demucs.allocator import bound_allocator, tune_allocator
+
+    # The allocator settings the `demucs` command uses for each runtime.
+    (tune_allocator if backend in ("torch", "conv") else bound_allocator)()
     begin = time.perf_counter()
     if backend in ("torch", "conv"):
         import torch

@@ -26,7 +26,6 @@ Prints a markdown table with real-time factors and ratios vs upstream.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -113,26 +112,13 @@ print("SEPARATE", time.perf_counter() - start)
 
 ONNX_CODE = """
 import sys, time
-import numpy as np
-from demucs.onnx_runtime import OnnxSeparator
-from demucs.stream import StreamMember, open_track, stream_separate, open_stem_writer
-separator = OnnxSeparator({onnx!r}, threads={threads})
-spec = separator.spec
-member = StreamMember(run=separator.run_segment, segment_length=spec.segment_samples,
-                      valid_length=lambda n: spec.input_samples,
-                      weights=[1.0] * len(spec.sources))
+from demucs import separate
 start = time.perf_counter()
-track = open_track({track!r}, spec.sample_rate, spec.audio_channels)
-writers = [open_stem_writer({out!r} + f"/{{name}}.wav", spec.sample_rate, spec.audio_channels)
-           for name in spec.sources]
-for _, stems in stream_separate([member], track.source.blocks(), track.length,
-                                sources=len(spec.sources), channels=spec.audio_channels,
-                                samplerate=spec.sample_rate, mean=track.stats.mean,
-                                std=track.stats.std, min_length=4096):
-    for writer, block in zip(writers, stems):
-        writer.write(block)
-for writer in writers:
-    writer.close()
+try:
+    separate.main(["--onnx", {onnx!r}, "-q", "-o", {out!r}, {track!r}])
+except SystemExit as exit:
+    if exit.code:
+        raise
 print("SEPARATE", time.perf_counter() - start)
 """
 
@@ -272,7 +258,8 @@ def print_table(results: tp.Dict[tp.Tuple[str, float], tp.Dict[str, float]],
             a, b = results.get((variant, first)), results.get((variant, last))
             if a and b:
                 print(f"- {variant}: peak RSS {a['rss_mb']:.0f} MB -> {b['rss_mb']:.0f} MB "
-                      f"from {first:g} s to {last:g} s ({100 * (b['rss_mb'] / a['rss_mb'] - 1):+.0f}%)")
+                      f"from {first:g} s to {last:g} s "
+                      f"({100 * (b['rss_mb'] / a['rss_mb'] - 1):+.0f}%)")
     for note in notes:
         print(f"- note: {note}")
 

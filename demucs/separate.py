@@ -25,7 +25,8 @@ from .api import Separator, list_models
 from .apply import BagOfModels, max_allowed_segment
 from .audio import LoadAudioError, save_audio
 from .pretrained import DEFAULT_MODEL, ModelLoadingError, add_model_flags, get_model_from_args
-from .stream import StemWriter, open_stem_writer, tune_allocator
+from .allocator import bound_allocator, tune_allocator
+from .stream import StemWriter, open_stem_writer
 
 PROG = "demucs"
 TEMPLATE_KEYS = ("track", "trackext", "stem", "ext")
@@ -185,6 +186,7 @@ def _check_onnx_flags(args: argparse.Namespace) -> None:
 
 def _onnx_separator(args: argparse.Namespace, progress: bool) -> Separator:
     _check_onnx_flags(args)
+    bound_allocator()  # steady peak RSS across segments (see demucs.allocator)
     try:
         return Separator(onnx=args.onnx, device=args.device, shifts=args.shifts,
                          overlap=args.overlap, progress=progress)

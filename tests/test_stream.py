@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 import tracemalloc
 import typing as tp
-from fractions import Fraction
 from pathlib import Path
 
 import julius
