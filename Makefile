@@ -1,7 +1,7 @@
 PYTHON ?= python
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast lint bench oracle
+.PHONY: test test-fast lint bench parity oracle
 
 # The whole offline suite, parity tests against upstream 4.0.1 included.
 test:
@@ -20,3 +20,7 @@ oracle:
 bench:
 	$(PYTHON) bench/bench_onnx.py
 	$(PYTHON) bench/bench_speed.py
+
+# Max abs difference vs upstream 4.0.1 and conv-vs-torch STFT SNR (needs `make oracle`).
+parity:
+	$(PYTHON) bench/parity.py

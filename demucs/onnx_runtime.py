@@ -107,11 +107,12 @@ def make_session_options(threads: tp.Optional[int] = None, *, optimization: str 
         threads: intra-op threads; ``None`` lets ONNX Runtime use one per physical core
             (best on a dedicated device), ``0`` is the same.
         optimization: ``extended`` (default: fusions), ``all`` (adds the NCHWc layout
-            transformation: 30% *slower* on htdemucs with 2 x86 threads, measured),
-            ``basic`` or ``disable``.
+            transformation: no faster on htdemucs with 2 x86 threads, 4.6-4.9 s against
+            4.7-5.0 s per segment, and 80 MB more), ``basic`` or ``disable``.
         memory_arena: CPU memory arena. Off by default: with it the peak RSS of an
-            htdemucs session is 2.8 GB instead of 1.75 GB, for no measurable speed-up
-            (bench/bench_onnx.py, 2 threads: 10.6 s per segment without, 11.3 s with).
+            htdemucs session is 2.1 GB instead of 1.16 GB (bench/bench_onnx.py, 2
+            threads; with a fixed glibc mmap threshold, see demucs.allocator), for a
+            run-to-run difference in speed within this machine's noise.
         memory_pattern: pre-plan buffers for the fixed input shape.
         optimized_model_path: save the optimised graph there; loading it later skips
             the optimisation (shorter start-up). Not portable across ORT versions or
