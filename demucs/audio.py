@@ -120,14 +120,8 @@ def _declared_length(stream: tp.Any, samplerate: int) -> tp.Optional[int]:
     return int(round(float(stream.duration * stream.time_base) * samplerate))
 
 
-def read_audio(path: PathLike) -> tp.Tuple[torch.Tensor, int]:
-    """Reads a whole audio file (or a video's first audio track).
-
-    Returns ``(wav, samplerate)`` with ``wav`` a float32 tensor of shape ``[channels, time]``
-    in [-1, 1]. Raises :class:`LoadAudioError` (one-line message naming the file) when the
-    file is missing, is a folder, is empty, cannot be decoded or holds no samples.
-    """
-    path = Path(path)
+def check_input(path: Path) -> None:
+    """Raises :class:`LoadAudioError` if ``path`` is missing, a folder or empty."""
     if not path.exists():
         raise LoadAudioError(path, "file does not exist")
     if path.is_dir():
@@ -138,6 +132,16 @@ def read_audio(path: PathLike) -> tp.Tuple[torch.Tensor, int]:
     except OSError as err:
         raise LoadAudioError(path, f"cannot access file ({_one_line(err)})") from None
 
+
+def read_audio(path: PathLike) -> tp.Tuple[torch.Tensor, int]:
+    """Reads a whole audio file (or a video's first audio track).
+
+    Returns ``(wav, samplerate)`` with ``wav`` a float32 tensor of shape ``[channels, time]``
+    in [-1, 1]. Raises :class:`LoadAudioError` (one-line message naming the file) when the
+    file is missing, is a folder, is empty, cannot be decoded or holds no samples.
+    """
+    path = Path(path)
+    check_input(path)
     readers: tp.List[tp.Tuple[str, tp.Callable[[Path], tp.Tuple[np.ndarray, int]]]] = [
         ("soundfile", _read_soundfile), ("ffmpeg", _read_pyav)]
     if path.suffix.lower() in _FFMPEG_FIRST:

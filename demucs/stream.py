@@ -52,6 +52,7 @@ import numpy as np
 
 from .allocator import tune_allocator  # noqa: F401 (re-exported)
 from .audio import (_FFMPEG_FIRST, LoadAudioError, Mp3Writer, _declared_length, _one_line,
+                    check_input,
                     _pcm_subtype, _quiet_native_stderr, _temporary_path,
                     TempFileWriter)
 
@@ -344,18 +345,6 @@ class Track:
         return self.stats.length
 
 
-def _check_input(path: Path) -> None:
-    if not path.exists():
-        raise LoadAudioError(path, "file does not exist")
-    if path.is_dir():
-        raise LoadAudioError(path, "is a directory, not an audio file")
-    try:
-        if path.stat().st_size == 0:
-            raise LoadAudioError(path, "file is empty")
-    except OSError as err:
-        raise LoadAudioError(path, f"cannot access file ({_one_line(err)})") from None
-
-
 def open_track(path: tp.Union[str, os.PathLike], samplerate: int, channels: int,
                block: int = DEFAULT_BLOCK) -> Track:
     """Decodes ``path`` once (block by block) to validate it and compute its statistics.
@@ -365,7 +354,7 @@ def open_track(path: tp.Union[str, os.PathLike], samplerate: int, channels: int,
     over to the next one. Raises :class:`LoadAudioError` with the same messages.
     """
     path = Path(path)
-    _check_input(path)
+    check_input(path)
     readers: tp.List[tp.Tuple[str, tp.Callable[[Path, int], BlockSource]]] = [
         ("soundfile", SoundfileSource), ("ffmpeg", PyAVSource)]
     if path.suffix.lower() in _FFMPEG_FIRST:
