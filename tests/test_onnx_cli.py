@@ -9,7 +9,6 @@ import os
 import random
 import subprocess
 import sys
-import tracemalloc
 import typing as tp
 from pathlib import Path
 
@@ -26,10 +25,11 @@ from demucs.api import Separator  # noqa: E402
 from demucs.htdemucs import HTDemucs  # noqa: E402
 from demucs.onnx_runtime import OnnxSeparator, SegmentSpec  # noqa: E402
 from demucs.states import save_model  # noqa: E402
-from demucs.stream import (ArraySource, TrackStats, onnx_members, open_track,  # noqa: E402
+from demucs.stream import (ArraySource, TrackStats, onnx_members,  # noqa: E402
                            stream_separate)
 from tests.configs import TINY_HTDEMUCS  # noqa: E402
 from tests.test_separate import run_main, write_mix  # noqa: E402
+from tests.test_stream import traced_stream_peak  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = int(TINY_HTDEMUCS["samplerate"])
@@ -316,12 +316,5 @@ def test_memory_is_flat(tmp_path, onnx_file):
     for seconds in (4, 16):
         path = tmp_path / f"{seconds}.wav"
         write_mix(path, seconds=seconds, samplerate=RATE)
-        tracemalloc.start()
-        try:
-            track = open_track(path, RATE, 2, block=4096)
-            for _ in separator.stream_track(track):
-                pass
-            peaks.append(tracemalloc.get_traced_memory()[1])
-        finally:
-            tracemalloc.stop()
+        peaks.append(traced_stream_peak(separator, path, RATE))
     assert peaks[1] < 1.25 * peaks[0], peaks

@@ -299,6 +299,17 @@ def test_memory_does_not_grow_with_length(tmp_path):
     assert sf.info(str(tmp_path / "240_0.wav")).frames == 240 * 8000
 
 
+def traced_stream_peak(separator: Separator, path: Path, rate: int) -> int:
+    """Peak of Python-traced memory while ``separator`` streams the stereo file ``path``."""
+    tracemalloc.start()
+    try:
+        for _ in separator.stream_track(open_track(path, rate, 2, block=4096)):
+            pass
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_torch_model_memory_is_flat(tmp_path):
     """The same with the tiny HTDemucs on a real file (decode, statistics, separate):
     the traced peak for 16 s is that for 4 s (torch's own buffers are not traced, but
@@ -312,12 +323,5 @@ def test_torch_model_memory_is_flat(tmp_path):
         with sf.SoundFile(str(path), "w", RATE, 2, subtype="PCM_16") as handle:
             for block in GeneratedSource(seconds, RATE).blocks():
                 handle.write(block.T)
-        tracemalloc.start()
-        try:
-            track = open_track(path, RATE, 2, block=4096)
-            for _ in separator.stream_track(track):
-                pass
-            peaks.append(tracemalloc.get_traced_memory()[1])
-        finally:
-            tracemalloc.stop()
+        peaks.append(traced_stream_peak(separator, path, RATE))
     assert peaks[1] < 1.25 * peaks[0], peaks
