@@ -296,7 +296,8 @@ def _stem_blocks(stems: np.ndarray, origin: np.ndarray, sources: tp.Sequence[str
 def separate_track(track: Path, separator: Separator, args: argparse.Namespace, out: Path,
                    written: _Written) -> None:
     """Separates one track and writes its stems; raises LoadAudioError / OSError."""
-    if args.split:
+    parallel = args.jobs and not args.onnx  # -j N: upstream's parallel segments, in memory
+    if args.split and not parallel:
         _separate_streaming(track, separator, args, out, written)
         return
     wav = separator.load_audio(track)
