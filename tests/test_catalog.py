@@ -34,6 +34,7 @@ from demucs.pretrained import get_model, list_models
 from demucs.repo import read_bag
 from tests import oracle as _oracle
 from tests.test_separate import run_main, write_mix
+from tests.compare import max_diff
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 8000
@@ -242,11 +243,6 @@ def test_cli_quantized_without_diffq_says_how_to_install(repo, tmp_path, capsys,
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.wav"))
 
 
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item()
-
-
 def test_mixed_bag_matches_upstream_apply_model(repo, upstream):
     mdx = get_model("mdx", repo=repo)
     assert {type(m).__name__ for m in mdx.models} == {"Demucs", "HDemucs"}
@@ -258,12 +254,12 @@ def test_mixed_bag_matches_upstream_apply_model(repo, upstream):
     whole = apply_model(mdx, mix, shifts=0, split=False)
     random.seed(0)
     bag_segment = apply_model(get_model(SMALL_MDX, repo=repo), mix, shifts=0)
-    assert _max_diff(split, upstream["split"]) < 1e-4
-    assert _max_diff(shifted, upstream["shifts"]) < 1e-4
-    assert _max_diff(whole, upstream["whole"]) < 1e-4
-    assert _max_diff(bag_segment, upstream["bag_segment"]) < 1e-4
+    assert max_diff(split, upstream["split"]) < 1e-4
+    assert max_diff(shifted, upstream["shifts"]) < 1e-4
+    assert max_diff(whole, upstream["whole"]) < 1e-4
+    assert max_diff(bag_segment, upstream["bag_segment"]) < 1e-4
     # The small bag segment is what --segment 0.5 would do.
-    assert _max_diff(bag_segment, split) < 1e-6
+    assert max_diff(bag_segment, split) < 1e-6
 
 
 def _export_and_run(model: torch.nn.Module, mix: torch.Tensor, path: Path) -> torch.Tensor:
@@ -291,7 +287,7 @@ def test_catalog_member_exports_to_onnx(repo, tmp_path, name):
     with torch.no_grad():
         expected = model(mix)
     out = _export_and_run(model, mix, tmp_path / f"{name}.onnx")
-    assert _max_diff(out, expected) < 1e-4
+    assert max_diff(out, expected) < 1e-4
 
 
 @pytest.mark.slow
@@ -304,4 +300,4 @@ def test_masked_hdemucs_with_wiener_init_exports_to_onnx(tmp_path):
     with torch.no_grad():
         expected = model(mix)
     out = _export_and_run(model, mix, tmp_path / "masked.onnx")
-    assert _max_diff(out, expected) < 1e-4 * max(1.0, expected.abs().max().item())
+    assert max_diff(out, expected) < 1e-4 * max(1.0, expected.abs().max().item())

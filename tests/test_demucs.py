@@ -8,6 +8,7 @@ import torch
 
 from demucs.demucs import BLSTM, DConv, Demucs, LocalState, rescale_module
 from demucs.utils import center_trim, unfold
+from tests.compare import max_diff
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 
@@ -30,11 +31,6 @@ CONFIGS = {
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item()
 
 
 def _inputs(name: str) -> torch.Tensor:
@@ -66,7 +62,7 @@ def test_demucs_parity(upstream, name):
     with torch.no_grad():
         out = model(mix)
     assert out.shape == (2, len(kwargs["sources"]), mix.shape[1], length)
-    assert _max_diff(out, ref["output"]) < 1e-5
+    assert max_diff(out, ref["output"]) < 1e-5
 
 
 def test_demucs_same_init_as_upstream(upstream):
@@ -76,7 +72,7 @@ def test_demucs_same_init_as_upstream(upstream):
     state = Demucs(**INIT_KWARGS).state_dict()
     assert list(state) == list(ref["state"])
     for key, value in ref["state"].items():
-        assert _max_diff(state[key], value) < 1e-7, key
+        assert max_diff(state[key], value) < 1e-7, key
 
 
 def test_valid_length_matches_upstream(oracle, tmp_path):
@@ -117,7 +113,7 @@ def test_blstm_framing_equals_whole_for_short_inputs():
     x = torch.randn(2, 3, 16)
     ref = blstm.linear(blstm.lstm(x.permute(2, 0, 1))[0]).permute(1, 2, 0) + x
     with torch.no_grad():
-        assert _max_diff(blstm(x), ref) < 1e-6
+        assert max_diff(blstm(x), ref) < 1e-6
         assert blstm(torch.randn(2, 3, 53)).shape == (2, 3, 53)
 
 
@@ -162,4 +158,4 @@ def test_demucs_onnx_export(tmp_path):
                           output_names=["sources"], opset_version=17, dynamo=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"mix": mix.numpy()})
-    assert _max_diff(torch.from_numpy(out), expected) < 1e-4
+    assert max_diff(torch.from_numpy(out), expected) < 1e-4

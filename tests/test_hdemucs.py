@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from demucs.hdemucs import HDecLayer, HDemucs, HEncLayer, MultiWrap, ScaledEmbedding, pad1d
+from tests.compare import max_diff, snr_db
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 
@@ -38,16 +39,6 @@ CONFIGS: tp.Dict[str, tp.Tuple[tp.Dict[str, tp.Any], int]] = {
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item()
-
-
-def _snr_db(ref: torch.Tensor, est: torch.Tensor) -> float:
-    noise = (ref - est).pow(2).sum().clamp_min(1e-30)
-    return 10 * torch.log10(ref.pow(2).sum() / noise).item()
-
-
 def _inputs(name: str) -> torch.Tensor:
     kwargs, length = CONFIGS[name]
     gen = torch.Generator().manual_seed(len(name))
@@ -74,14 +65,14 @@ def test_hdemucs_parity(upstream, name):
     with torch.no_grad():
         out = model(mix)
     assert out.shape == (2, len(SOURCES), mix.shape[1], length)
-    assert _max_diff(out, ref["output"]) < 1e-5
+    assert max_diff(out, ref["output"]) < 1e-5
 
     if model.wiener_iters > 0:
         return  # Wiener EM iterations need the torch STFT backend
     model.use_conv_stft = True
     with torch.no_grad():
         out_conv = model(mix)
-    assert _snr_db(out, out_conv) >= 100
+    assert snr_db(out, out_conv) >= 100
 
 
 def test_same_init_as_upstream(upstream):
@@ -91,7 +82,7 @@ def test_same_init_as_upstream(upstream):
     state = HDemucs(**CONFIGS["multi_freqs"][0]).state_dict()
     assert list(state) == list(ref["state"])
     for key, value in ref["state"].items():
-        assert _max_diff(state[key], value) < 1e-7, key
+        assert max_diff(state[key], value) < 1e-7, key
 
 
 # Layer-level parity: each case is (name, constructor code, kwargs, call code with `x`,
@@ -177,7 +168,7 @@ def test_layer_parity(upstream_layers, case):
     # Seeded construction follows upstream's order: even the init matches.
     assert list(layer.state_dict()) == list(ref["state"])
     for key, value in ref["state"].items():
-        assert _max_diff(layer.state_dict()[key], value) < 1e-7, key
+        assert max_diff(layer.state_dict()[key], value) < 1e-7, key
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(*shape, generator=gen)
     skip = torch.randn(*shape, generator=gen)
@@ -188,18 +179,18 @@ def test_layer_parity(upstream_layers, case):
         out = [o for o in out if o is not None]
         assert len(out) == len(ref["out"])
         for ours, theirs in zip(out, ref["out"]):
-            assert _max_diff(ours, theirs) < 1e-5
+            assert max_diff(ours, theirs) < 1e-5
     else:
-        assert _max_diff(out, ref["out"]) < 1e-5
+        assert max_diff(out, ref["out"]) < 1e-5
 
 
 def test_scaled_embedding_parity(upstream_layers):
     ref = upstream_layers["embedding"]
     torch.manual_seed(0)
     emb = ScaledEmbedding(16, 6, scale=3.0, smooth=True)
-    assert _max_diff(emb.embedding.weight, ref["state"]["embedding.weight"]) < 1e-7
-    assert _max_diff(emb(torch.arange(16)), ref["out"]) < 1e-6
-    assert _max_diff(emb.weight, ref["weight"]) < 1e-6
+    assert max_diff(emb.embedding.weight, ref["state"]["embedding.weight"]) < 1e-7
+    assert max_diff(emb(torch.arange(16)), ref["out"]) < 1e-6
+    assert max_diff(emb.weight, ref["weight"]) < 1e-6
 
 
 def test_pad1d_parity(upstream_layers):
@@ -219,7 +210,7 @@ def test_multiwrap_equal_replicas_equal_whole_layer():
         replica.load_state_dict(enc.state_dict())
     x = torch.randn(1, 4, 64, 5)
     with torch.no_grad():
-        assert _max_diff(wrapped(x), enc(x)) < 1e-5
+        assert max_diff(wrapped(x), enc(x)) < 1e-5
 
     dec = HDecLayer(8, 4, norm=False, dconv=False, context_freq=False)
     wrapped_dec = MultiWrap(dec, [0.3, 0.6])
@@ -229,7 +220,7 @@ def test_multiwrap_equal_replicas_equal_whole_layer():
     with torch.no_grad():
         out, pre = wrapped_dec(y, skip)
         assert pre is None
-        assert _max_diff(out, dec(y, skip, None)[0]) < 1e-5
+        assert max_diff(out, dec(y, skip, None)[0]) < 1e-5
 
 
 def test_use_conv_stft_is_not_a_checkpoint_argument():
@@ -266,4 +257,4 @@ def test_hdemucs_onnx_export_conv_stft(tmp_path):
                           output_names=["sources"], opset_version=17, dynamo=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"mix": mix.numpy()})
-    assert _max_diff(torch.from_numpy(out), expected) < 1e-4
+    assert max_diff(torch.from_numpy(out), expected) < 1e-4

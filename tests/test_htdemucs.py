@@ -6,6 +6,7 @@ import torch
 
 from demucs.htdemucs import HTDemucs
 from tests import configs
+from tests.compare import snr_db
 
 TINY_CASES = {
     "cac": dict(),
@@ -20,11 +21,6 @@ TINY_CASES = {
     "merged_branches": dict(depth=4, nfft=256, t_layers=0),
 }
 RELEASE_CASES = ["HTDEMUCS", "HTDEMUCS_6S"]
-
-
-def snr_db(ref: torch.Tensor, est: torch.Tensor) -> float:
-    noise = (ref - est).pow(2).sum()
-    return float(10 * torch.log10(ref.pow(2).sum() / noise.clamp_min(1e-30)))
 
 
 def _tiny_kwargs(name: str) -> dict:

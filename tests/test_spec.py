@@ -4,13 +4,9 @@ import torch
 
 from demucs import spec as S
 from demucs.spec import conv_ispectro, conv_spectro, dft_bases, ispectro, spectro
+from tests.compare import snr_db
 
 IMPLS = pytest.mark.parametrize("impl", S.STFT_IMPLS)
-
-
-def snr_db(ref: torch.Tensor, est: torch.Tensor) -> float:
-    noise = (ref - est).pow(2).sum()
-    return float(10 * torch.log10(ref.pow(2).sum() / noise.clamp_min(1e-30)))
 
 
 @IMPLS

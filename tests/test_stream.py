@@ -23,15 +23,10 @@ from demucs.htdemucs import HTDemucs
 from demucs.stream import (ArraySource, ConvertedSource, StreamMember, TrackStats,
                            members_for, open_stem_writer, open_track, stream_separate)
 from tests.configs import TINY_HTDEMUCS
+from tests.compare import snr_db
 
 RATE = 16000
 SEGMENT = int(TINY_HTDEMUCS["segment"] * RATE)  # 8000 samples, stride 6000
-
-
-def snr_db(reference: tp.Any, estimate: tp.Any) -> float:
-    ref = np.asarray(reference, np.float64)
-    err = ref - np.asarray(estimate, np.float64)
-    return float(10 * np.log10((ref ** 2).sum() / max((err ** 2).sum(), 1e-30)))
 
 
 def noise(length: int, channels: int = 2, seed: int = 0, amplitude: float = 0.2) -> torch.Tensor:
