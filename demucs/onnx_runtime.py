@@ -161,6 +161,16 @@ def _read_spec(session: tp.Any) -> SegmentSpec:
     )
 
 
+def check_split_params(shifts: int, overlap: float, transition_power: float) -> None:
+    """Raises ValueError for settings ``apply_model`` would not accept."""
+    if shifts < 0:
+        raise ValueError(f"shifts must be >= 0, got {shifts}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if transition_power < 1:
+        raise ValueError(f"transition_power must be >= 1, got {transition_power}")
+
+
 class OnnxSeparator:
     """An ONNX Runtime session on an exported Demucs graph, and track-level separation.
 
@@ -240,12 +250,7 @@ class OnnxSeparator:
         if audio.ndim != 3 or audio.shape[1] != self.spec.audio_channels:
             raise ValueError(f"mix must be (channels={self.spec.audio_channels}, samples) "
                              f"or (batch, channels, samples), got {np.shape(mix)}")
-        if shifts < 0:
-            raise ValueError(f"shifts must be >= 0, got {shifts}")
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-        if transition_power < 1:
-            raise ValueError(f"transition_power must be >= 1, got {transition_power}")
+        check_split_params(shifts, overlap, transition_power)
 
         mean = std = None
         if normalize:

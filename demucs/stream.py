@@ -55,6 +55,7 @@ from .audio import (_FFMPEG_FIRST, LoadAudioError, Mp3Writer, _declared_length, 
                     check_input,
                     _pcm_subtype, _quiet_native_stderr, _temporary_path,
                     TempFileWriter)
+from .onnx_runtime import check_split_params
 
 if tp.TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -635,12 +636,7 @@ def stream_separate(members: tp.Sequence[StreamMember], source: tp.Iterable[Arra
     """
     if length <= 0:
         raise ValueError("cannot separate audio with no samples")
-    if shifts < 0:
-        raise ValueError(f"shifts must be >= 0, got {shifts}")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    if transition_power < 1:
-        raise ValueError(f"transition_power must be >= 1, got {transition_power}")
+    check_split_params(shifts, overlap, transition_power)
     padded_length = max(length, min_length)
     lanes = _plan(members, padded_length, shifts, overlap, transition_power, samplerate,
                   sources, channels)
