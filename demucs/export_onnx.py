@@ -641,10 +641,23 @@ def _constant_ints(model: "onnx.ModelProto", name: str) -> tp.Optional[tp.List[i
 
 
 def _shapes_of(model: "onnx.ModelProto") -> tp.Dict[str, tp.List[tp.Optional[int]]]:
-    """Inferred shapes by value name (None for a dimension that is not static)."""
+    """Inferred shapes by value name (None for a dimension that is not static).
+
+    ONNX Runtime's symbolic shape inference when it is installed: unlike ONNX's own, it
+    follows the Shape / Gather / Concat arithmetic of the traced GroupNorm reshapes, so
+    the norms' row lengths come out static and :func:`_blocked_sum` needs no padding
+    (84 Pad copies, ~5 % of an htdemucs run, avoided).
+    """
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model)
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # not installed, or an operator it does not know: ONNX's own
+        inferred = None
+    if inferred is None:
+        inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {}
     for info in list(inferred.graph.value_info) + list(inferred.graph.input):
         if info.type.tensor_type.HasField("shape"):
