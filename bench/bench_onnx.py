@@ -9,9 +9,9 @@ its peak RSS (``VmHWM``, else ``ru_maxrss``) is its own:
   i.e. what gets exported;
 * ``ort-fp32``, ``ort-fp16``, ``ort-int8``: the exported file in ONNX Runtime (CPU,
   :class:`demucs.onnx_runtime.OnnxSeparator` defaults: extended graph optimisations,
-  no memory arena);
+  memory arena on, memory pattern off);
 * ``ort-fp32-ortdefaults``: fp32 with ONNX Runtime's own defaults (all optimisations,
-  including the NCHWc layout transformation, and the CPU memory arena);
+  including the NCHWc layout transformation, and the memory pattern);
 * ``ort-fp32convstft`` (not run by default): fp32 exported with ``stft_impl="conv"``
   (Conv / ConvTranspose over the full DFT basis), the former graph, for comparison.
 
@@ -101,7 +101,8 @@ def worker(backend: str, workdir: Path, reps: int, threads: int) -> tp.Dict[str,
         _, precision, *variant = backend.split("-")  # e.g. ort, fp32, ortdefaults
         if variant == ["ortdefaults"]:  # ONNX Runtime's defaults, for comparison
             separator = OnnxSeparator(workdir / f"{precision}.onnx", threads=threads,
-                                      optimization="all", memory_arena=True)
+                                      optimization="all", memory_arena=True,
+                                      memory_pattern=True)
         else:  # the defaults of OnnxSeparator
             separator = OnnxSeparator(workdir / f"{precision}.onnx", threads=threads)
         samples = separator.spec.input_samples

@@ -20,6 +20,7 @@ Usage::
     python bench/bench_speed.py            # 60 s and 20 min (long on 2 cores)
     python bench/bench_speed.py --quick    # 10 s and 40 s
     python bench/bench_speed.py --durations 30 --variants upstream ours
+    python bench/bench_speed.py --durations 60 --repeat 3   # median of 3 interleaved rounds
 
 Prints a markdown table with real-time factors and ratios vs upstream.
 """
@@ -170,6 +171,31 @@ def run_child(code: str, threads: int, ours: bool, cwd: Path) -> tp.Dict[str, fl
     return {"wall": wall, "separate": separate, "rss_mb": usage.ru_maxrss / 1024}
 
 
+def _variant_code(variant: str, work: Path, repo: Path, checkpoint: Path,
+                  onnx_path: tp.Optional[Path], track: Path, threads: int,
+                  seconds: float) -> tp.Optional[str]:
+    """The child program of one variant, or None when it cannot run (no ONNX file)."""
+    out = work / f"out_{variant}_{int(seconds)}"
+    out.mkdir(exist_ok=True)
+    fields = dict(threads=threads, track=str(track), out=str(out))
+    if variant == "upstream":
+        return UPSTREAM_CODE.format(checkpoint=str(checkpoint), **fields)
+    if variant == "ours":
+        return OURS_CODE.format(repo=str(repo), name=f"{MODEL_NAME}s", **fields)
+    if onnx_path is None:
+        return None
+    return ONNX_CODE.format(onnx=str(onnx_path), **fields)
+
+
+def _summary(runs: tp.Sequence[tp.Dict[str, float]]) -> tp.Dict[str, float]:
+    """Median wall and separation times, largest peak RSS, over repeated runs."""
+    import statistics
+
+    return {"wall": statistics.median(run["wall"] for run in runs),
+            "separate": statistics.median(run["separate"] for run in runs),
+            "rss_mb": max(run["rss_mb"] for run in runs), "runs": len(runs)}
+
+
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10 s and 40 s tracks")
@@ -179,6 +205,9 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
                         choices=["upstream", "ours", "ours-onnx"])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="threads of every variant (default: all cores)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds per track; the variants alternate within a round and "
+                             "each reports its median wall time (shared machines are noisy)")
     parser.add_argument("--workdir", type=Path, help="keep checkpoints/tracks here")
     args = parser.parse_args(argv)
     durations = args.durations or ([10.0, 40.0] if args.quick else [60.0, 1200.0])
@@ -201,29 +230,25 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
         track = work / f"track_{int(seconds)}s.wav"
         if not track.exists():
             make_track(track, seconds)
-        for variant in args.variants:
-            if variant == "ours-onnx" and onnx_path is None:
-                continue
-            out = work / f"out_{variant}_{int(seconds)}"
-            out.mkdir(exist_ok=True)
-            fields = dict(threads=args.threads, track=str(track), out=str(out))
-            if variant == "upstream":
-                code, ours = UPSTREAM_CODE.format(checkpoint=str(checkpoint), **fields), False
-            elif variant == "ours":
-                code, ours = OURS_CODE.format(repo=str(repo), name=f"{MODEL_NAME}s",
-                                              **fields), True
-            else:
-                code, ours = ONNX_CODE.format(onnx=str(onnx_path), **fields), True
-            try:
-                result = run_child(code, args.threads, ours, work)
-            except RuntimeError as err:
-                notes.append(f"{variant} on {seconds:g} s failed: "
-                             f"{str(err).strip().splitlines()[-1][:200]}")
-                continue
-            results[(variant, seconds)] = result
-            print(f"# {variant:10s} {seconds:7.0f} s: wall {result['wall']:.1f} s, "
-                  f"separation {result['separate']:.1f} s, peak RSS {result['rss_mb']:.0f} MB",
-                  file=sys.stderr, flush=True)
+        runs: tp.Dict[str, tp.List[tp.Dict[str, float]]] = {}
+        for _ in range(max(1, args.repeat)):
+            for variant in args.variants:
+                code = _variant_code(variant, work, repo, checkpoint, onnx_path, track,
+                                     args.threads, seconds)
+                if code is None:
+                    continue
+                try:
+                    result = run_child(code, args.threads, variant != "upstream", work)
+                except RuntimeError as err:
+                    notes.append(f"{variant} on {seconds:g} s failed: "
+                                 f"{str(err).strip().splitlines()[-1][:200]}")
+                    continue
+                runs.setdefault(variant, []).append(result)
+                print(f"# {variant:10s} {seconds:7.0f} s: wall {result['wall']:.1f} s, "
+                      f"separation {result['separate']:.1f} s, "
+                      f"peak RSS {result['rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+        for variant, done in runs.items():
+            results[(variant, seconds)] = _summary(done)
 
     print_table(results, durations, args, notes)
 
@@ -237,7 +262,8 @@ def print_table(results: tp.Dict[tp.Tuple[str, float], tp.Dict[str, float]],
 
     print(f"\nHTDemucs (release architecture, random weights), shifts=1, overlap=0.25, "
           f"{args.threads} thread(s), {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}\n")
+          f"torch {torch.__version__}; wall: median of {max(1, args.repeat)} interleaved "
+          f"run(s), peak RSS: the largest\n")
     print("| variant | track | wall (s) | real-time factor | peak RSS (MB) | "
           "speed vs upstream | RSS vs upstream |")
     print("|---|---|---|---|---|---|---|")
