@@ -32,6 +32,8 @@ from torch import nn
 from .apply import BagOfModels, apply_model, max_allowed_segment
 from .audio import LoadAudioError, convert_audio, read_audio, save_audio
 from .pretrained import DEFAULT_MODEL, ModelLoadingError, _repos, get_model
+from .onnx_separator import (default_onnx_device, load_onnx, onnx_model_name, onnx_providers,
+                             progress_bar)
 from .stream import Track, members_for, onnx_members, open_track, stream_separate
 
 if tp.TYPE_CHECKING:  # pragma: no cover
@@ -87,59 +89,6 @@ def _restore_forwards(saved: tp.List[_Hooked]) -> None:
             delattr(owner, attribute)
         else:
             setattr(owner, attribute, previous)
-
-
-def onnx_providers(device: tp.Union[str, torch.device]) -> tp.List[tp.Any]:
-    """ONNX Runtime execution providers for ``device`` (``cpu``, ``cuda``, ``cuda:N``).
-
-    Raises ValueError for other devices, or for CUDA when this ONNX Runtime has no
-    ``CUDAExecutionProvider`` (install ``onnxruntime-gpu``).
-    """
-    import onnxruntime as ort
-
-    parsed = torch.device(device)
-    if parsed.type == "cpu":
-        return ["CPUExecutionProvider"]
-    if parsed.type != "cuda":
-        raise ValueError(f"device {str(device)!r} is not supported with an ONNX model "
-                         "(use cpu or cuda)")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise ValueError(f"device {str(device)!r} needs onnxruntime-gpu: this ONNX Runtime "
-                         "has no CUDAExecutionProvider")
-    options = {"device_id": parsed.index or 0}
-    return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
-
-
-def _default_onnx_device() -> str:
-    """cuda when ONNX Runtime can use it, else cpu."""
-    import onnxruntime as ort
-
-    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
-
-
-def onnx_model_name(stored: str, path: Path) -> str:
-    """The graph's ``model_name`` metadata, or the file's stem when it is missing or not
-    usable as a folder name (it names the ``demucs`` command's output folder)."""
-    name = stored.strip()
-    if not name or name in ("?", ".", "..") or any(c in name for c in "/\\\0"):
-        return path.stem
-    return name
-
-
-def load_onnx(path: tp.Union[str, Path], providers: tp.Sequence[tp.Any],
-              threads: tp.Optional[int] = None) -> "OnnxSeparator":
-    """Opens an exported graph; any problem is a one-line :class:`ModelLoadingError`."""
-    from .onnx_runtime import OnnxSeparator
-
-    path = Path(path)
-    if not path.is_file():
-        reason = "is a directory" if path.is_dir() else "no such file"
-        raise ModelLoadingError(f"cannot load ONNX model {path}: {reason}")
-    try:
-        return OnnxSeparator(path, threads=threads, providers=providers)
-    except Exception as err:  # noqa: BLE001 - ORT's errors only derive from Exception
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise ModelLoadingError(f"cannot load ONNX model {path}: {reason}") from None
 
 
 class Separator:
@@ -232,7 +181,7 @@ class Separator:
             torch.device(device)  # raises on a malformed device string
             self._device = device
             return
-        device = _default_onnx_device() if device is None else device
+        device = default_onnx_device() if device is None else device
         providers = onnx_providers(device)
         if self._runtime is None or providers != self._providers:
             self._runtime = load_onnx(self._onnx_path, providers, self._onnx_threads)
@@ -398,34 +347,11 @@ class Separator:
     def _separate_onnx(self, mix: torch.Tensor) -> torch.Tensor:
         """``apply_model`` with the graph: normalised ``(C, T)`` in, ``(S, C, T)`` out."""
         assert self._runtime is not None
-        with self._progress_bar() as progress:
+        with progress_bar(self._progress) as progress:
             out = self._runtime.separate(
                 mix.detach().cpu().numpy(), shifts=self._shifts, split=self._split,
                 overlap=self._overlap, normalize=False, rng=random, progress=progress)
         return torch.from_numpy(out)
-
-    def _progress_bar(self) -> tp.ContextManager[tp.Optional[tp.Callable[[int, int], None]]]:
-        """A ``progress(done, total)`` callback drawing a tqdm bar (None without progress)."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def bar_context() -> tp.Iterator[tp.Optional[tp.Callable[[int, int], None]]]:
-            if not self._progress:
-                yield None
-                return
-            import tqdm
-            bar = tqdm.tqdm(total=1, ncols=120, unit="segments")
-
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
-            try:
-                yield progress
-            finally:
-                bar.close()
-
-        return bar_context()
 
     # ------------------------------------------------------------------ streaming
     def open_track(self, path: tp.Union[str, Path]) -> Track:
@@ -450,7 +376,7 @@ class Separator:
                                   max_batch=batch)
         saved = self._hooked_forwards(track.length) if self._callback is not None else []
         try:
-            with self._progress_bar() as progress:
+            with progress_bar(self._progress) as progress:
                 yield from stream_separate(
                     members, track.source.blocks(), track.length, sources=len(self.sources),
                     channels=self.audio_channels, samplerate=self.samplerate,

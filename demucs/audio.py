@@ -20,10 +20,14 @@ import tempfile
 import typing as tp
 from pathlib import Path
 
-import julius
 import numpy as np
 import soundfile as sf
-import torch
+
+if tp.TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+# torch and julius are imported where tensors are made or resampled: reading, writing and
+# the streaming path (numpy only) work without them, e.g. for `demucs --onnx`.
 
 PathLike = tp.Union[str, os.PathLike]
 ClipMode = tp.Literal["rescale", "clamp", "tanh", "none"]
@@ -164,7 +168,9 @@ def read_audio(path: PathLike) -> tp.Tuple[torch.Tensor, int]:
             raise LoadAudioError(path, "has an invalid sample rate")
         if not np.isfinite(data).all():
             data = np.nan_to_num(data, nan=0.0, posinf=1.0, neginf=-1.0)
-        return torch.from_numpy(np.ascontiguousarray(data)), samplerate
+        from torch import from_numpy
+
+        return from_numpy(np.ascontiguousarray(data)), samplerate
     raise LoadAudioError(path, "cannot decode: not a supported audio format, or the file "
                          "is corrupt or truncated", errors)
 
@@ -197,6 +203,8 @@ class AudioFile:
         if channels is not None:
             wav = convert_audio_channels(wav, channels)
         if samplerate is not None and samplerate != sr:
+            import julius
+
             wav = julius.resample_frac(wav, sr, samplerate)
         return wav.clone()
 
@@ -230,6 +238,8 @@ def convert_audio(wav: torch.Tensor, from_samplerate: int, to_samplerate: int,
     wav = convert_audio_channels(wav, channels)
     if from_samplerate == to_samplerate:
         return wav
+    import julius
+
     return julius.resample_frac(wav, int(from_samplerate), int(to_samplerate))
 
 
@@ -267,7 +277,7 @@ def prevent_clip(wav: torch.Tensor, mode: tp.Optional[str] = "rescale") -> torch
     if mode == "clamp":
         return wav.clamp(-0.99, 0.99)
     if mode == "tanh":
-        return torch.tanh(wav)
+        return wav.tanh()
     raise ValueError(f"invalid clip mode {mode!r}: use rescale, clamp, tanh or none")
 
 
@@ -523,7 +533,7 @@ class Mp3Writer(TempFileWriter):
 
     def write(self, block: tp.Union[np.ndarray, torch.Tensor]) -> None:
         """Encodes ``[channels, n]`` audio (float in [-1, 1], or int16)."""
-        if isinstance(block, torch.Tensor):
+        if not isinstance(block, np.ndarray):  # a torch.Tensor
             block = block.detach().cpu().numpy()
         if block.ndim != 2 or block.shape[0] != self.channels:
             raise ValueError(f"expected a [{self.channels}, n] block, got {block.shape}")

@@ -17,6 +17,7 @@ from torch import nn
 
 from .repo import (AnyModel, AnyModelRepo, BagOnlyRepo, DownloadError,  # noqa: F401
                    LocalRepo, ModelLoadingError, ModelOnlyRepo, RemoteRepo)
+from .flags import DEFAULT_MODEL, add_model_flags  # noqa: F401 (part of this module's API)
 from .states import set_stft_backend
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ ROOT_URL_ENV = "DEMUCS_REMOTE_ROOT"
 REMOTE_ROOT = Path(__file__).parent / "remote"
 
 SOURCES = ["drums", "bass", "other", "vocals"]
-DEFAULT_MODEL = "htdemucs"
 
 
 def root_url() -> str:
@@ -40,17 +40,6 @@ def demucs_unittest() -> nn.Module:
     """A tiny untrained HDemucs, for tests (``-n demucs_unittest``)."""
     from .hdemucs import HDemucs
     return HDemucs(channels=4, sources=SOURCES)
-
-
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds ``-n/--name``, ``-s/--sig`` and ``--repo`` to ``parser``."""
-    group = parser.add_mutually_exclusive_group(required=False)
-    group.add_argument("-s", "-sig", "--sig", "--signature", dest="sig", default=None,
-                       help="Signature of a single model (in --repo, or the remote catalog).")
-    group.add_argument("-n", "--name", default=DEFAULT_MODEL,
-                       help=f"Pretrained model name or signature. Default is {DEFAULT_MODEL}.")
-    parser.add_argument("--repo", type=Path, default=None,
-                        help="Folder containing all pre-trained models for use with -n.")
 
 
 def _parse_remote_files(remote_file_list: tp.Union[str, Path]) -> tp.Dict[str, str]:

@@ -19,14 +19,21 @@ import typing as tp
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .api import Separator, list_models
-from .apply import BagOfModels, max_allowed_segment
-from .audio import LoadAudioError, save_audio
-from .pretrained import DEFAULT_MODEL, ModelLoadingError, add_model_flags, get_model_from_args
 from .allocator import bound_allocator, tune_allocator
+from .audio import LoadAudioError
+from .errors import ModelLoadingError
+from .flags import DEFAULT_MODEL, add_model_flags
 from .stream import StemWriter, open_stem_writer
+
+if tp.TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .api import Separator
+    from .onnx_separator import OnnxTrackSeparator
+
+# PyTorch and the model code are imported only on the PyTorch path: with --onnx the
+# command runs on numpy and ONNX Runtime alone (demucs.onnx_separator).
 
 PROG = "demucs"
 TEMPLATE_KEYS = ("track", "trackext", "stem", "ext")
@@ -146,6 +153,8 @@ def output_extension(args: argparse.Namespace) -> str:
 
 
 def _check_device(device: str) -> None:
+    import torch
+
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError) as err:
@@ -155,6 +164,8 @@ def _check_device(device: str) -> None:
 
 
 def _load_model(args: argparse.Namespace) -> torch.nn.Module:
+    from .pretrained import get_model_from_args
+
     try:
         return get_model_from_args(args)
     except ModelLoadingError as err:
@@ -184,17 +195,24 @@ def _check_onnx_flags(args: argparse.Namespace) -> None:
                            "segments of a fixed length")
 
 
-def _onnx_separator(args: argparse.Namespace, progress: bool) -> Separator:
+def _onnx_separator(args: argparse.Namespace, progress: bool) -> OnnxTrackSeparator:
+    from .onnx_separator import OnnxTrackSeparator
+
     _check_onnx_flags(args)
     bound_allocator()  # steady peak RSS across segments (see demucs.allocator)
     try:
-        return Separator(onnx=args.onnx, device=args.device, shifts=args.shifts,
-                         overlap=args.overlap, progress=progress)
+        return OnnxTrackSeparator(args.onnx, device=args.device, shifts=args.shifts,
+                                  overlap=args.overlap, progress=progress)
     except (ModelLoadingError, ValueError) as err:
         raise CommandError(_one_line(err)) from None
 
 
 def _torch_separator(args: argparse.Namespace, progress: bool) -> Separator:
+    import torch
+
+    from .api import Separator
+    from .apply import BagOfModels, max_allowed_segment
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     _check_device(device)
     model = _load_model(args)
@@ -216,6 +234,8 @@ def _torch_separator(args: argparse.Namespace, progress: bool) -> Separator:
 
 
 def _print_models(repo: tp.Optional[Path]) -> None:
+    from .api import list_models
+
     try:
         models = list_models(repo)
     except (ModelLoadingError, OSError) as err:
@@ -240,6 +260,8 @@ class _Written:
 
 def _stems_to_save(stems: tp.Dict[str, torch.Tensor], origin: torch.Tensor,
                    args: argparse.Namespace) -> tp.List[tp.Tuple[str, torch.Tensor]]:
+    import torch
+
     if args.stem is None:
         return list(stems.items())
     selected = stems[args.stem]
@@ -293,13 +315,15 @@ def _stem_blocks(stems: np.ndarray, origin: np.ndarray, sources: tp.Sequence[str
     return result
 
 
-def separate_track(track: Path, separator: Separator, args: argparse.Namespace, out: Path,
-                   written: _Written) -> None:
+def separate_track(track: Path, separator: tp.Union[Separator, OnnxTrackSeparator],
+                   args: argparse.Namespace, out: Path, written: _Written) -> None:
     """Separates one track and writes its stems; raises LoadAudioError / OSError."""
     parallel = args.jobs and not args.onnx  # -j N: upstream's parallel segments, in memory
     if args.split and not parallel:
         _separate_streaming(track, separator, args, out, written)
         return
+    from .audio import save_audio
+
     wav = separator.load_audio(track)
     if not args.quiet:
         print(f"Separating track {track}", flush=True)
@@ -311,8 +335,8 @@ def separate_track(track: Path, separator: Separator, args: argparse.Namespace, 
         written.paths.append(path)
 
 
-def _separate_streaming(track: Path, separator: Separator, args: argparse.Namespace,
-                        out: Path, written: _Written) -> None:
+def _separate_streaming(track: Path, separator: tp.Union[Separator, OnnxTrackSeparator],
+                        args: argparse.Namespace, out: Path, written: _Written) -> None:
     """Decodes, separates and writes block by block: memory does not grow with length.
 
     Every stem goes to a hidden temporary file renamed at the end; on any error (or

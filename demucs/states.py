@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import ModelLoadingError
+
 PathLike = tp.Union[str, os.PathLike]
 Package = tp.Dict[str, tp.Any]
 State = tp.Dict[str, tp.Any]
@@ -62,10 +64,6 @@ _DIFFQ_HINT = (
 
 #: Extra classes registered by users with :func:`allow_model_class`.
 _EXTRA_SAFE: tp.List[type] = []
-
-
-class ModelLoadingError(RuntimeError):
-    """A model or checkpoint could not be found, downloaded, verified or read."""
 
 
 class UnsafeCheckpointError(ModelLoadingError, ValueError):

@@ -157,6 +157,35 @@ def test_bad_onnx_files(tmp_path, song, capsys):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+NO_TORCH = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("torch", "julius"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+from demucs.separate import main
+main(sys.argv[1:])
+"""
+
+
+def test_onnx_command_runs_without_torch(tmp_path, onnx_file, song):
+    """`demucs --onnx` parses, separates and writes with numpy and ONNX Runtime alone (no
+    PyTorch start-up time or memory), and gives the in-process command's result."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, "--onnx", str(onnx_file), "--shifts", "0", "-q",
+         "--float32", "-o", str(tmp_path / "bare"), str(song)],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    expected = OnnxSeparator(onnx_file, threads=1).separate(
+        sf.read(str(song), dtype="float32")[0].T, shifts=0)
+    got = _stems(tmp_path / "bare" / NAME / "song")
+    for index, stem in enumerate(SOURCES):
+        rescale = max(1.01 * float(np.abs(expected[index]).max()), 1.0)
+        assert E.snr_db(expected[index] / rescale, got[stem]) >= 100, stem
+
+
 @pytest.mark.parametrize("flags,needle", [
     (["--segment", "0.25"], "--segment cannot be used with --onnx"),
     (["-n", "htdemucs"], "--onnx replaces -n/--name"),

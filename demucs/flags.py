@@ -1,0 +1,21 @@
+"""Command line flags that select a model (no torch import here, so that the ``demucs``
+command can parse its arguments and run an ONNX graph without loading PyTorch)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["DEFAULT_MODEL", "add_model_flags"]
+
+DEFAULT_MODEL = "htdemucs"
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds ``-n/--name``, ``-s/--sig`` and ``--repo`` to ``parser``."""
+    group = parser.add_mutually_exclusive_group(required=False)
+    group.add_argument("-s", "-sig", "--sig", "--signature", dest="sig", default=None,
+                       help="Signature of a single model (in --repo, or the remote catalog).")
+    group.add_argument("-n", "--name", default=DEFAULT_MODEL,
+                       help=f"Pretrained model name or signature. Default is {DEFAULT_MODEL}.")
+    parser.add_argument("--repo", type=Path, default=None,
+                        help="Folder containing all pre-trained models for use with -n.")
