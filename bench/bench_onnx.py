@@ -4,7 +4,10 @@ Same run, same random-weight HTDEMUCS config (release architecture), same random
 (one 7.8 s stereo segment at 44.1 kHz). Each backend runs in its own subprocess so that
 its peak RSS (``VmHWM``, else ``ru_maxrss``) is its own:
 
-* ``torch``: PyTorch eager, ``torch.stft`` backend (the reference);
+* ``upstream``: upstream 4.0.1's HTDemucs in PyTorch eager (the oracle, its process
+  defaults): the speed baseline of the ONNX target;
+* ``torch``: ours in PyTorch eager, ``torch.stft`` backend, with the allocator setting of
+  the ``demucs`` command (the reference output);
 * ``conv``: PyTorch eager, conv STFT backend with its default (factored) implementation,
   i.e. what gets exported;
 * ``ort-fp32``, ``ort-fp16``, ``ort-int8``: the exported file in ONNX Runtime (CPU,
@@ -17,7 +20,7 @@ its peak RSS (``VmHWM``, else ``ru_maxrss``) is its own:
 
 Per-segment time is the median of ``--reps`` runs after one warm-up; init time is model
 construction + weight loading (PyTorch) or session creation (ORT). Prints a markdown
-table with ratios against PyTorch eager (torch backend)::
+table with ratios against upstream and against ours in PyTorch::
 
     python bench/bench_onnx.py [--reps 3] [--threads 2] [--workdir DIR]
 """
@@ -38,7 +41,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BACKENDS = ["torch", "conv", "ort-fp32", "ort-fp32-ortdefaults", "ort-fp16", "ort-int8"]
+BACKENDS = ["upstream", "torch", "conv", "ort-fp32", "ort-fp32-ortdefaults", "ort-fp16",
+            "ort-int8"]
+
+# Upstream 4.0.1's own HTDemucs and process defaults (no allocator tuning), in the
+# oracle's environment: the "PyTorch eager of upstream's code path" baseline.
+UPSTREAM_WORKER = """
+import json, resource, statistics, sys, time
+from fractions import Fraction
+import numpy as np, torch
+from pathlib import Path
+torch.set_num_threads({threads})
+workdir, reps = Path({workdir!r}), {reps}
+begin = time.perf_counter()
+from demucs.htdemucs import HTDemucs
+model = HTDemucs(**{config!r}).eval()
+model.load_state_dict(torch.load(workdir / "state.th"))
+init = time.perf_counter() - begin
+samples = int(model.segment * model.samplerate)
+mix = torch.from_numpy((0.3 * np.random.default_rng(0).standard_normal(
+    (1, 2, samples))).astype(np.float32))
+times = []
+with torch.no_grad():
+    out = model(mix)
+    for _ in range(reps):
+        start = time.perf_counter()
+        out = model(mix)
+        times.append(time.perf_counter() - start)
+np.save(workdir / "out-upstream.npy", out.numpy())
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")]
+peak = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(0).ru_maxrss / 1024
+print(json.dumps({{"init_s": init, "segment_s": statistics.median(times),
+                   "peak_rss_mb": peak}}))
+"""
 
 
 def _peak_rss_mb() -> float:
@@ -150,6 +185,23 @@ def prepare(workdir: Path, backends: tp.Sequence[str]) -> tp.Dict[str, int]:
     return sizes
 
 
+def _worker_command(backend: str, workdir: Path, reps: int, threads: int
+                    ) -> tp.Tuple[tp.List[str], tp.Optional[tp.Dict[str, str]]]:
+    """The subprocess of one backend: this script in worker mode, or upstream's code."""
+    if backend != "upstream":
+        return [sys.executable, __file__, "--worker", backend, "--workdir", str(workdir),
+                "--reps", str(reps), "--threads", str(threads)], None
+    from tests import oracle
+    from tests.configs import HTDEMUCS
+
+    if not oracle.available():
+        raise SystemExit("the upstream baseline needs the oracle (make oracle), or pass "
+                         "--backends without upstream")
+    code = UPSTREAM_WORKER.format(threads=threads, workdir=str(workdir), reps=reps,
+                                  config=dict(HTDEMUCS))
+    return [sys.executable, "-c", code], dict(oracle.env(), OMP_NUM_THREADS=str(threads))
+
+
 def _snr(reference: tp.Any, estimate: tp.Any) -> float:
     from demucs.export_onnx import snr_db
 
@@ -179,9 +231,9 @@ def main() -> None:
         sizes = prepare(workdir, backends)
         results = {}
         for backend in backends:
-            command = [sys.executable, __file__, "--worker", backend, "--workdir",
-                       str(workdir), "--reps", str(args.reps), "--threads", str(args.threads)]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            command, env = _worker_command(backend, workdir, args.reps, args.threads)
+            done = subprocess.run(command, capture_output=True, text=True, check=False,
+                                  env=env, cwd=str(workdir))
             if done.returncode != 0:
                 print(f"{backend} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
                 continue
@@ -190,22 +242,24 @@ def main() -> None:
 
         reference = np.load(workdir / "out-torch.npy") if "torch" in results else None
         base = results.get("torch")
+        upstream = results.get("upstream")
         print(f"\nhtdemucs architecture, random weights, one segment of 7.8 s stereo; "
               f"{args.threads} threads, median of {args.reps} runs. Parameters: "
               f"{sizes['params'] / 1e6:.1f} MB (float32).\n")
-        print("| backend | file MB | init s | segment s | speed vs torch | "
+        print("| backend | file MB | init s | segment s | speed vs upstream | speed vs torch | "
               "peak RSS MB | RSS vs torch | SNR vs torch dB |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for backend, row in results.items():
             precision = backend.split("-")[1] if backend.startswith("ort") else None
             size = f"{sizes[precision] / 1e6:.1f}" if precision else "-"
             speed = f"{base['segment_s'] / row['segment_s']:.2f}x" if base else "-"
+            versus = f"{upstream['segment_s'] / row['segment_s']:.2f}x" if upstream else "-"
             rss = f"{row['peak_rss_mb'] / base['peak_rss_mb']:.2f}x" if base else "-"
             snr = "ref"
             if reference is not None and backend != "torch":
                 snr = f"{_snr(reference, np.load(workdir / f'out-{backend}.npy')):.1f}"
             print(f"| {backend} | {size} | {row['init_s']:.2f} | {row['segment_s']:.2f} | "
-                  f"{speed} | {row['peak_rss_mb']:.0f} | {rss} | {snr} |")
+                  f"{versus} | {speed} | {row['peak_rss_mb']:.0f} | {rss} | {snr} |")
 
 
 if __name__ == "__main__":
