@@ -48,12 +48,12 @@ BACKENDS = ["upstream", "torch", "conv", "ort-fp32", "ort-fp32-ortdefaults", "or
 # oracle's environment: the "PyTorch eager of upstream's code path" baseline.
 UPSTREAM_WORKER = """
 import json, resource, statistics, sys, time
+begin = time.perf_counter()
 from fractions import Fraction
 import numpy as np, torch
 from pathlib import Path
 torch.set_num_threads({threads})
 workdir, reps = Path({workdir!r}), {reps}
-begin = time.perf_counter()
 from demucs.htdemucs import HTDemucs
 model = HTDemucs(**{config!r}).eval()
 model.load_state_dict(torch.load(workdir / "state.th"))

@@ -123,9 +123,10 @@ class Separator:
     Attributes:
         stream_batch: segments separated per forward pass by :meth:`stream_track` and
             :meth:`separate_audio_file` (1 while a callback is set, so that it hears
-            about every segment). On CPU, 2 was measured about 14 % faster per segment
-            for HTDemucs, at about 400 MB more peak memory; the default is 1. An ONNX
-            graph exported with a fixed batch of 1 always takes one segment per call.
+            about every segment). On CPU, 2 was measured 0-14 % faster per segment for
+            HTDemucs (within this machine's noise), at 600-800 MB more peak memory; the
+            default is 1. An ONNX graph exported with a fixed batch of 1 always takes
+            one segment per call.
 
     Raises:
         ModelLoadingError: the model cannot be found or loaded.
