@@ -290,7 +290,11 @@ class DConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, C, T)``; returns ``(B, C, T)``."""
         for layer in self.layers:
-            x = x + layer(x)
+            *branch, scale = layer  # the LayerScale is fused with the residual sum
+            y = x
+            for module in branch:
+                y = module(y)
+            x = scale.add_to(x, y)
         return x
 
 

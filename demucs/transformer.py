@@ -261,6 +261,11 @@ class LayerScale(nn.Module):
             return self.scale * x
         return self.scale[:, None] * x
 
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)`` in one pass over memory (``addcmul``)."""
+        scale = self.scale if self.channel_last else self.scale[:, None]
+        return torch.addcmul(residual, scale, x)
+
 
 class MyGroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` for channel-last sequences.

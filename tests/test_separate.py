@@ -383,3 +383,54 @@ def test_parser_defaults():
     assert (args.flac, args.mp3, args.mp3_bitrate, args.mp3_preset, args.jobs) == (
         False, False, 320, 2, 0)
     assert args.other_method == "add" and not args.quiet and not args.verbose
+
+
+class _FakeWriter:
+    """Stem writer whose close takes a while (or fails); records what ran at once."""
+
+    running: tp.List[int] = []
+    overlap = 0
+
+    def __init__(self, path: Path, fail: bool = False) -> None:
+        self.path = path
+        self.fail = fail
+        self.closed = False
+
+    def close(self) -> None:
+        import time
+
+        _FakeWriter.running.append(1)
+        _FakeWriter.overlap = max(_FakeWriter.overlap, len(_FakeWriter.running))
+        time.sleep(0.05)
+        _FakeWriter.running.pop()
+        if self.fail:
+            raise OSError(28, "No space left on device", str(self.path))
+        self.closed = True
+
+    def write(self, block: np.ndarray) -> None:  # pragma: no cover - unused
+        pass
+
+    def abort(self) -> None:  # pragma: no cover - unused
+        pass
+
+
+def test_finish_writers_closes_stems_in_parallel(tmp_path):
+    _FakeWriter.overlap = 0
+    writers = [_FakeWriter(tmp_path / f"{name}.wav") for name in SOURCES]
+    done: tp.List[Path] = []
+    separate.finish_writers(writers, done, workers=2)
+    assert all(writer.closed for writer in writers)
+    assert done == [writer.path for writer in writers]  # writer order, whatever finished first
+    assert _FakeWriter.overlap == 2
+
+
+def test_finish_writers_reports_the_first_failure_after_the_others(tmp_path):
+    """Every close started is waited for; the finished stems are listed (so that the
+    caller can remove them) and the failure is raised."""
+    writers = [_FakeWriter(tmp_path / "a.wav"), _FakeWriter(tmp_path / "b.wav", fail=True),
+               _FakeWriter(tmp_path / "c.wav")]
+    done: tp.List[Path] = []
+    with pytest.raises(OSError, match="No space left"):
+        separate.finish_writers(writers, done, workers=2)
+    assert done == [tmp_path / "a.wav", tmp_path / "c.wav"]
+    assert writers[0].closed and writers[2].closed
