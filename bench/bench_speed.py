@@ -5,12 +5,13 @@ One run, one machine: a random-weight HTDemucs with the release architecture
 generated tracks of 60 s and 20 min (``--quick``: 10 s and 40 s). Each variant runs in
 its own subprocess with the same thread count; its peak RSS is the child's
 ``ru_maxrss`` (``os.wait4``), its time the wall clock of the whole child (model loading,
-decoding, separation and writing four 16-bit wav stems included).
+decoding, separation and writing four 16-bit wav stems, or mp3 with ``--mp3``, included).
 
 Variants:
 
 * ``upstream``: upstream 4.0.1 ``apply_model`` (shifts=1, overlap 0.25) on the whole
-  track read in memory, normalised as its CLI does, stems written with soundfile;
+  track read in memory, normalised as its CLI does, stems written with soundfile (mp3:
+  with its own ``save_audio``, as its CLI does);
 * ``ours``: our ``demucs`` command (streaming separation, the default);
 * ``ours-onnx``: our streaming core driving an ONNX Runtime session exported with
   :mod:`demucs.export_onnx` (skipped with a note if that export path is not usable).
@@ -21,6 +22,7 @@ Usage::
     python bench/bench_speed.py --quick    # 10 s and 40 s
     python bench/bench_speed.py --durations 30 --variants upstream ours
     python bench/bench_speed.py --durations 60 --repeat 3   # median of 3 interleaved rounds
+    python bench/bench_speed.py --durations 60 --mp3        # mp3 stems (lameenc, 320 kb/s)
 
 Prints a markdown table with real-time factors and ratios vs upstream.
 """
@@ -93,6 +95,10 @@ out = apply_model(model, ((wav - mean) / std)[None], shifts=1, split=True, overl
 out = out * std + mean
 separated = time.perf_counter() - start
 for name, source in zip(model.sources, out):
+    if {mp3!r}:  # upstream's CLI path: rescale, then lameenc at 320 kb/s, preset 2
+        from demucs.audio import save_audio
+        save_audio(source, {out!r} + f"/{{name}}.mp3", sr, bitrate=320, preset=2)
+        continue
     source = source / max(1.01 * source.abs().max().item(), 1)
     sf.write({out!r} + f"/{{name}}.wav", source.t().numpy(), sr, subtype="PCM_16")
 print("SEPARATE", separated)
@@ -104,7 +110,8 @@ torch.set_num_threads({threads})
 from demucs import separate
 start = time.perf_counter()
 try:
-    separate.main(["--repo", {repo!r}, "-n", {name!r}, "-q", "-o", {out!r}, {track!r}])
+    separate.main(["--repo", {repo!r}, "-n", {name!r}, "-q", "-o", {out!r}, *{flags!r},
+                   {track!r}])
 except SystemExit as exit:
     if exit.code:
         raise
@@ -116,7 +123,7 @@ import sys, time
 from demucs import separate
 start = time.perf_counter()
 try:
-    separate.main(["--onnx", {onnx!r}, "-q", "-o", {out!r}, {track!r}])
+    separate.main(["--onnx", {onnx!r}, "-q", "-o", {out!r}, *{flags!r}, {track!r}])
 except SystemExit as exit:
     if exit.code:
         raise
@@ -173,18 +180,19 @@ def run_child(code: str, threads: int, ours: bool, cwd: Path) -> tp.Dict[str, fl
 
 def _variant_code(variant: str, work: Path, repo: Path, checkpoint: Path,
                   onnx_path: tp.Optional[Path], track: Path, threads: int,
-                  seconds: float) -> tp.Optional[str]:
+                  seconds: float, mp3: bool = False) -> tp.Optional[str]:
     """The child program of one variant, or None when it cannot run (no ONNX file)."""
     out = work / f"out_{variant}_{int(seconds)}"
     out.mkdir(exist_ok=True)
     fields = dict(threads=threads, track=str(track), out=str(out))
+    flags = ["--mp3"] if mp3 else []
     if variant == "upstream":
-        return UPSTREAM_CODE.format(checkpoint=str(checkpoint), **fields)
+        return UPSTREAM_CODE.format(checkpoint=str(checkpoint), mp3=mp3, **fields)
     if variant == "ours":
-        return OURS_CODE.format(repo=str(repo), name=f"{MODEL_NAME}s", **fields)
+        return OURS_CODE.format(repo=str(repo), name=f"{MODEL_NAME}s", flags=flags, **fields)
     if onnx_path is None:
         return None
-    return ONNX_CODE.format(onnx=str(onnx_path), **fields)
+    return ONNX_CODE.format(onnx=str(onnx_path), flags=flags, **fields)
 
 
 def _summary(runs: tp.Sequence[tp.Dict[str, float]]) -> tp.Dict[str, float]:
@@ -208,6 +216,9 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds per track; the variants alternate within a round and "
                              "each reports its median wall time (shared machines are noisy)")
+    parser.add_argument("--mp3", action="store_true",
+                        help="write the stems as 320 kb/s mp3 (every variant) instead of "
+                             "16-bit wav")
     parser.add_argument("--workdir", type=Path, help="keep checkpoints/tracks here")
     args = parser.parse_args(argv)
     durations = args.durations or ([10.0, 40.0] if args.quick else [60.0, 1200.0])
@@ -234,7 +245,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
         for _ in range(max(1, args.repeat)):
             for variant in args.variants:
                 code = _variant_code(variant, work, repo, checkpoint, onnx_path, track,
-                                     args.threads, seconds)
+                                     args.threads, seconds, args.mp3)
                 if code is None:
                     continue
                 try:
@@ -261,6 +272,7 @@ def print_table(results: tp.Dict[tp.Tuple[str, float], tp.Dict[str, float]],
     import torch
 
     print(f"\nHTDemucs (release architecture, random weights), shifts=1, overlap=0.25, "
+          f"stems as {'320 kb/s mp3' if args.mp3 else '16-bit wav'}, "
           f"{args.threads} thread(s), {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}; wall: median of {max(1, args.repeat)} interleaved "
           f"run(s), peak RSS: the largest\n")
