@@ -3,8 +3,8 @@
 What ``demucs --onnx FILE`` runs: an ONNX Runtime session
 (:class:`demucs.onnx_runtime.OnnxSeparator`) driven by the streaming core
 (:mod:`demucs.stream`): decode, separate and write block by block, with the
-normalisation, shifts and overlap of ``apply_model``. Nothing here imports torch (a
-track at another sample rate is the exception: julius resamples it, and needs torch),
+normalisation, shifts and overlap of ``apply_model``. Nothing here imports torch (tracks
+at another sample rate are resampled in numpy, :class:`demucs.stream.BlockResampler`),
 so the command's start-up and memory are those of ONNX Runtime alone.
 :class:`demucs.api.Separator` with ``onnx=`` uses the same helpers.
 """

@@ -4,8 +4,8 @@ The whole pipeline works on blocks of samples, so peak memory is the model plus 
 segments, whatever the track's length:
 
 1. **Decode** blockwise (:class:`SoundfileSource`, :class:`PyAVSource`), convert the
-   channels and resample blockwise (:class:`BlockResampler`, equal to whole-file
-   ``julius.resample_frac`` to float precision).
+   channels and resample blockwise in numpy (:class:`BlockResampler`, equal to
+   whole-file ``julius.resample_frac`` to float precision).
 2. **First pass** (:func:`open_track`): decode the whole track once to validate it and to
    compute the mean and standard deviation of its mono mix (the normalisation of
    ``demucs.separate``; unbiased std as ``torch.std``).
@@ -207,27 +207,53 @@ def convert_channels(block: Array, channels: int) -> Array:
                      "(only mono can be upmixed)")
 
 
+def sinc_resample_kernels(old_sr: int, new_sr: int, zeros: int = 24,
+                          rolloff: float = 0.945) -> tp.Tuple[int, int, int, Array]:
+    """Polyphase windowed-sinc filters of ``julius.resample_frac`` (same defaults), in numpy.
+
+    With the rates divided by their gcd (``old``, ``new``), output sample ``f * new + i``
+    is the dot product of filter ``i`` with input samples ``[f * old - width,
+    f * old + width + old)``. Each filter is a sinc cut off at ``rolloff`` times the
+    lower Nyquist frequency, truncated after ``zeros`` zero crossings, shaped by a
+    squared-cosine window and normalised to unit sum (a constant signal is preserved).
+    Computed in float32 like julius: the filters agree with its to ~4e-7.
+
+    Returns:
+        ``(old, new, width, kernels)`` with ``kernels`` float32 ``(new, 2 * width + old)``.
+    """
+    gcd = math.gcd(int(old_sr), int(new_sr))
+    old, new = int(old_sr) // gcd, int(new_sr) // gcd
+    cutoff = min(old, new) * rolloff
+    width = math.ceil(zeros * old / cutoff)
+    taps = np.arange(-width, width + old, dtype=np.float32) / np.float32(old)
+    kernels = np.empty((new, taps.size), np.float32)
+    for phase in range(new):
+        t = (np.float32(-phase / new) + taps) * np.float32(cutoff)
+        t = np.clip(t, -zeros, zeros) * np.float32(math.pi)
+        window = np.cos(t / np.float32(zeros) / np.float32(2)) ** 2
+        safe = np.where(t == 0, np.float32(1), t)
+        sinc = np.where(t == 0, np.float32(1), np.sin(safe) / safe)
+        kernel = (sinc * window).astype(np.float32)
+        kernels[phase] = kernel / kernel.sum(dtype=np.float32)
+    return old, new, width, kernels
+
+
 class BlockResampler:
-    """``julius.resample_frac`` applied block by block, equal to the whole-signal result.
+    """``julius.resample_frac`` applied block by block with numpy (no PyTorch), equal
+    to the whole-signal result (> 130 dB SNR).
 
     julius pads the signal by replicating its first and last samples and runs a strided
-    convolution: output frame ``f`` (``new_sr`` samples, rates divided by their gcd) reads
-    input samples ``[f * old_sr - width, f * old_sr + width + old_sr)``. Frames are computed
-    as soon as their input is there; the right edge is replicated at :meth:`finish`.
+    convolution (:func:`sinc_resample_kernels`): output frame ``f`` (``new`` samples)
+    reads input samples ``[f * old - width, f * old + width + old)``. Frames are
+    computed as soon as their input is there; the right edge is replicated at
+    :meth:`finish`.
     """
 
     def __init__(self, old_sr: int, new_sr: int, channels: int) -> None:
-        import julius
-        import torch
-
-        self._torch = torch
-        self._module = julius.ResampleFrac(int(old_sr), int(new_sr))
-        self.old = self._module.old_sr
-        self.new = self._module.new_sr
+        self.old, self.new, self.width, self._kernels = sinc_resample_kernels(old_sr, new_sr)
         self.channels = channels
         self.identity = self.old == self.new
-        self.width: int = getattr(self._module, "_width", 0)
-        self._kernel_size = 2 * self.width + self.old
+        self._kernel_size = self._kernels.shape[1]
         self._buffer: tp.Optional[Array] = None  # padded input from frame self._frame on
         self._frame = 0
         self._consumed = 0  # input samples seen
@@ -235,18 +261,17 @@ class BlockResampler:
 
     def _frames(self, padded: Array) -> Array:
         """Output samples ``(C, frames * new)`` of all complete frames in ``padded``."""
-        import torch.nn.functional as F
-
         count = (padded.shape[1] - self._kernel_size) // self.old + 1
         if count <= 0:
             self._buffer = padded
             return np.zeros((self.channels, 0), np.float32)
-        used = padded[:, :(count - 1) * self.old + self._kernel_size]
-        x = self._torch.from_numpy(np.ascontiguousarray(used))[:, None]
-        ys = F.conv1d(x, self._module.kernel, stride=self.old)  # (C, new, count)
+        windows = np.lib.stride_tricks.sliding_window_view(
+            padded, self._kernel_size, axis=1)[:, ::self.old][:, :count]
+        # A contiguous copy lets the product run as one GEMM: (C, count, K) @ (K, new).
+        frames = np.ascontiguousarray(windows, dtype=np.float32) @ self._kernels.T
         self._frame += count
         self._buffer = padded[:, count * self.old:]
-        return ys.transpose(1, 2).reshape(self.channels, -1).numpy()
+        return frames.reshape(self.channels, -1)
 
     def push(self, block: Array) -> Array:
         """Feeds ``(C, n)`` samples; returns the output samples that are now final."""

@@ -169,17 +169,28 @@ main(sys.argv[1:])
 """
 
 
-def test_onnx_command_runs_without_torch(tmp_path, onnx_file, song):
-    """`demucs --onnx` parses, separates and writes with numpy and ONNX Runtime alone (no
-    PyTorch start-up time or memory), and gives the in-process command's result."""
+@pytest.mark.parametrize("resampled", [False, True])
+def test_onnx_command_runs_without_torch(tmp_path, onnx_file, song, resampled):
+    """`demucs --onnx` parses, decodes, resamples, separates and writes with numpy and ONNX
+    Runtime alone (no PyTorch start-up time or memory), and gives the in-process
+    command's result (resampled: a 48 kHz mono file, converted as PyTorch/julius do)."""
+    if resampled:
+        from demucs.audio import convert_audio
+
+        wav48 = convert_audio(torch.from_numpy(sf.read(str(song), dtype="float32")[0].T),
+                              RATE, 48000, 1)
+        song = tmp_path / "song.wav"
+        sf.write(str(song), wav48[0].numpy(), 48000, subtype="FLOAT")
+        mix = convert_audio(wav48, 48000, RATE, 2).numpy()
+    else:
+        mix = sf.read(str(song), dtype="float32")[0].T
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, "-c", NO_TORCH, "--onnx", str(onnx_file), "--shifts", "0", "-q",
          "--float32", "-o", str(tmp_path / "bare"), str(song)],
         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    expected = OnnxSeparator(onnx_file, threads=1).separate(
-        sf.read(str(song), dtype="float32")[0].T, shifts=0)
+    expected = OnnxSeparator(onnx_file, threads=1).separate(mix, shifts=0)
     got = _stems(tmp_path / "bare" / NAME / "song")
     for index, stem in enumerate(SOURCES):
         rescale = max(1.01 * float(np.abs(expected[index]).max()), 1.0)
