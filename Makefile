@@ -20,6 +20,7 @@ oracle:
 bench:
 	$(PYTHON) bench/bench_onnx.py
 	$(PYTHON) bench/bench_speed.py
+	$(PYTHON) bench/profile_forward.py
 
 # Max abs difference vs upstream 4.0.1 and conv-vs-torch STFT SNR (needs `make oracle`).
 parity:
