@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_speed import MODEL_NAME, make_repo  # noqa: E402
+from bench_speed import _env, make_repo  # noqa: E402
 from tests import oracle  # noqa: E402
 
 #: Profiler op name -> category, first match wins (``other`` when none matches).
@@ -82,8 +82,7 @@ def category(op: str) -> str:
 def profile_variant(variant: str, checkpoint: Path, threads: int, runs: int,
                     workdir: Path) -> tp.Dict[str, tp.Any]:
     """Runs the worker for ``variant`` (``ours`` or ``upstream``); returns its result."""
-    env = oracle.env() if variant == "upstream" else dict(os.environ, PYTHONPATH=str(ROOT))
-    env["OMP_NUM_THREADS"] = str(threads)
+    env = _env(threads, ours=variant != "upstream")
     code = textwrap.dedent(WORKER.format(threads=threads, checkpoint=str(checkpoint),
                                          runs=runs))
     proc = subprocess.run([sys.executable, "-c", code], cwd=str(workdir), env=env,
@@ -144,7 +143,6 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
         sys.exit("the release-architecture checkpoint is made by the oracle: make oracle")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="demucs_profile_"))
     checkpoint = make_repo(work / "repo")
-    assert checkpoint.name == f"{MODEL_NAME}.th"
     results = {variant: profile_variant(variant, checkpoint, args.threads, args.runs, work)
                for variant in args.variants}
     print_table(results, args.threads, args.runs, args.top)

@@ -254,8 +254,7 @@ class BlockResampler:
         self.channels = channels
         self.identity = self.old == self.new
         self._kernel_size = self._kernels.shape[1]
-        self._buffer: tp.Optional[Array] = None  # padded input from frame self._frame on
-        self._frame = 0
+        self._buffer: tp.Optional[Array] = None  # padded input not yet consumed
         self._consumed = 0  # input samples seen
         self._produced = 0  # output samples returned
 
@@ -269,7 +268,6 @@ class BlockResampler:
             padded, self._kernel_size, axis=1)[:, ::self.old][:, :count]
         # A contiguous copy lets the product run as one GEMM: (C, count, K) @ (K, new).
         frames = np.ascontiguousarray(windows, dtype=np.float32) @ self._kernels.T
-        self._frame += count
         self._buffer = padded[:, count * self.old:]
         return frames.reshape(self.channels, -1)
 
