@@ -48,3 +48,16 @@ def bound_allocator(threshold: int = 1 << 20) -> bool:
     """For ONNX Runtime on CPU: a fixed mmap threshold, so the peak RSS stays that of
     one run instead of growing with heap fragmentation."""
     return _mallopt({_M_MMAP_THRESHOLD: threshold})
+
+
+_TUNED_FOR_TORCH = False
+
+
+def tune_for_torch() -> bool:
+    """:func:`tune_allocator` once per process, when a PyTorch model first runs on CPU
+    (library calls get the command line's setting; ``DEMUCS_NO_MALLOC_TUNING=1`` opts out)."""
+    global _TUNED_FOR_TORCH
+    if not _TUNED_FOR_TORCH:
+        _TUNED_FOR_TORCH = True
+        return tune_allocator()
+    return False

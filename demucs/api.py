@@ -1,4 +1,4 @@
-"""Python API for music source separation.
+"""Python API for music source separation (upstream 4.1.0's, plus ONNX and streaming).
 
 Example::
 
@@ -12,238 +12,339 @@ Example::
     # the same with a graph exported by demucs.export_onnx, run by ONNX Runtime
     separator = Separator(onnx="htdemucs.onnx")
 
-The numerics are those of the ``demucs`` command: the mix is normalised by the mean and
-standard deviation of its mono downmix, separated with :func:`demucs.apply.apply_model`,
-then the normalisation is undone. With ``onnx=FILE`` the segments go through an exported
-graph in ONNX Runtime (:class:`demucs.onnx_runtime.OnnxSeparator`) instead, with the
-same segmentation, shifts, overlap and normalisation.
+One :class:`Separator`, two backends: a PyTorch model (``model=``, imported when first
+used) or an exported graph in ONNX Runtime (``onnx=``: numpy in and out, PyTorch is never
+imported). Both run the separation core (:mod:`demucs.core`) with the numerics of the
+``demucs`` command: the mix is normalised by the mean and standard deviation of its mono
+downmix, separated (shifts, overlapping segments, bag weights) and scaled back.
 """
 from __future__ import annotations
 
 import os
-import random
 import typing as tp
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
-from .apply import BagOfModels, apply_model, max_allowed_segment
-from .audio import LoadAudioError, convert_audio, read_audio, save_audio
-from .pretrained import DEFAULT_MODEL, ModelLoadingError, _repos, get_model
-from .onnx_separator import (default_onnx_device, load_onnx, onnx_model_name, onnx_providers,
-                             progress_bar)
-from .stream import Track, members_for, onnx_members, open_track, stream_separate
+from .audio import LoadAudioError, save_audio
+from .core import engine
+from .core.hooks import Callback, callback_hook, progress_bar
+from .core.plan import Member, check_split_params
+from .core.stats import TrackStats
+from .errors import ModelLoadingError
+from .flags import DEFAULT_MODEL
+from .stream import Track, open_track
 
 if tp.TYPE_CHECKING:  # pragma: no cover
-    from .onnx_runtime import OnnxSeparator
+    from torch import nn
 
-__all__ = ["Separator", "list_models", "save_audio", "LoadAudioError", "ModelLoadingError"]
+    from .onnx.runtime import OnnxSeparator
 
-Callback = tp.Callable[[tp.Dict[str, tp.Any]], None]
+__all__ = ["Separator", "list_models", "save_audio", "LoadAudioError", "ModelLoadingError",
+           "LoadModelError", "NotProvided"]
+
+#: Upstream 4.1.0's name for a model that cannot be loaded.
+LoadModelError = ModelLoadingError
+Array = tp.Any  # numpy array or torch tensor
 
 
-class _Unchanged:
+class _NotProvided:
+    """Default of :meth:`Separator.update_parameter`: keep the current value."""
+
     def __repr__(self) -> str:
-        return "<unchanged>"
+        return "NotProvided"
 
 
-_UNCHANGED: tp.Any = _Unchanged()
+NotProvided = _NotProvided()
 
 
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def _is_tensor(value: tp.Any) -> bool:
+    return type(value).__module__.startswith("torch")
 
 
-def _models_of(model: nn.Module) -> tp.List[nn.Module]:
-    return list(model.models) if isinstance(model, BagOfModels) else [model]
+class _TorchBackend:
+    """A PyTorch model or bag: members on tensors."""
+
+    kind = "model"
+
+    def __init__(self, model: "nn.Module") -> None:
+        model.cpu()
+        model.eval()
+        self.model = model
+        self.samplerate = int(model.samplerate)
+        self.audio_channels = int(model.audio_channels)
+        self.sources = list(model.sources)
+        subs = list(model.models) if hasattr(model, "models") else [model]
+        self.models = len(subs)
+        #: Shortest input the STFT takes: one FFT frame.
+        self.min_length = max(int(getattr(sub, "nfft", 0) or 0) for sub in subs) or 1
+
+    def max_segment(self) -> float:
+        from .apply import max_allowed_segment
+
+        return max_allowed_segment(self.model)
+
+    def members(self, *, device: tp.Any, out_device: tp.Any, split: bool,
+                segment: tp.Optional[float], max_batch: int, stems: tp.Sequence[str],
+                precision: str, numpy: bool) -> tp.List[Member]:
+        import torch
+
+        from .allocator import tune_for_torch
+        from .apply import torch_members
+
+        if torch.device(device).type == "cpu":
+            tune_for_torch()
+        members = torch_members(self.model, device=device, out_device=out_device,
+                                split=split, segment=segment, max_batch=max_batch,
+                                sources=stems, precision=precision)
+        if numpy:
+            for member in members:
+                member.run = _numpy_runner(member.run)
+        return members
 
 
-def minimum_length(model: nn.Module) -> int:
-    """Shortest input (samples) that the model's STFT can take: one FFT frame."""
-    return max(int(getattr(sub, "nfft", 0) or 0) for sub in _models_of(model)) or 1
+def _numpy_runner(run: tp.Callable[[Array], Array]) -> tp.Callable[[np.ndarray], np.ndarray]:
+    import torch
+
+    def wrapped(batch: np.ndarray) -> np.ndarray:
+        return run(torch.from_numpy(batch)).cpu().numpy()
+    return wrapped
 
 
-def normalize(wav: torch.Tensor) -> tp.Tuple[torch.Tensor, float, float]:
-    """Returns ``((wav - mean) / std, mean, std)`` with the stats of the mono downmix.
+class _OnnxBackend:
+    """An exported graph in ONNX Runtime: one member on numpy arrays."""
 
-    A constant (e.g. silent) mix has no spread: std 1 is used instead of dividing by 0.
-    """
-    ref = wav.mean(0)
-    mean = ref.mean().item()
-    std = ref.std().item() if ref.numel() > 1 else 0.0
-    if not std > 0 or not torch.isfinite(torch.tensor(std)):
-        std = 1.0
-    return (wav - mean) / std, mean, std
+    kind = "onnx"
+    min_length = 1
+    models = 1
 
+    def __init__(self, runtime: "OnnxSeparator") -> None:
+        self.runtime = runtime
+        self.samplerate = runtime.sample_rate
+        self.audio_channels = runtime.audio_channels
+        self.sources = runtime.sources
 
-#: ``(object, attribute, previous instance attribute or None)`` of a hooked method.
-_Hooked = tp.Tuple[tp.Any, str, tp.Any]
+    def members(self, *, max_batch: int, precision: str, **_: tp.Any) -> tp.List[Member]:
+        from .onnx.runtime import onnx_members
 
-
-def _restore_forwards(saved: tp.List[_Hooked]) -> None:
-    """Undoes :meth:`Separator._hooked_forwards`."""
-    for owner, attribute, previous in saved:
-        if previous is None:
-            delattr(owner, attribute)
-        else:
-            setattr(owner, attribute, previous)
+        if precision != "fp32":
+            raise ValueError("precision applies to PyTorch models; an ONNX graph has its own "
+                             "(export it with --precision)")
+        return onnx_members(self.runtime, max_batch=max_batch)
 
 
 class Separator:
-    """Loads a model once and separates tensors or audio files with it.
+    """Loads a model once and separates tensors, arrays or audio files with it.
 
     Args:
         model: a pretrained model name or signature (``htdemucs``, ``mdx_extra``...), or an
             already loaded model / :class:`~demucs.apply.BagOfModels`.
-        repo: local folder with the models (``None``: the remote catalog).
-        device: where the model runs (default: cuda if available, else cpu).
+        repo: local folder with the models (``None``: the remote catalog, or the folder in
+            ``DEMUCS_REPO``).
+        device: where the model runs (default: cuda if available, else cpu). With
+            ``onnx=``: ``cpu``, ``cuda`` or ``cuda:N``.
         shifts: random shifts averaged (0 disables the shift trick).
         overlap: overlap between consecutive segments, in [0, 1).
         split: separate the audio segment by segment (less memory).
         segment: segment length in seconds (at most the training segment for HTDemucs).
-        jobs: worker threads on CPU for :meth:`separate_tensor` (0: none); the streaming
-            path (:meth:`separate_audio_file`, :meth:`stream_track`) runs segments in order.
+        jobs: worker threads on CPU for in-memory separation (0: none).
         progress: show a tqdm progress bar.
-        callback: called with a dict (``state`` "start"/"end", ``model_idx_in_bag``,
-            ``models``, ``segment_idx``, ``audio_length`` and ``callback_arg``'s entries) before
-            and after each model evaluation; raising from it (e.g. ``KeyboardInterrupt``)
-            aborts the separation.
+        callback: called with a dict before and after each forward pass: ``callback_arg``'s
+            entries, ``model_idx_in_bag``, ``shift_idx``, ``segment_offset``, ``state``
+            ("start"/"end"), ``audio_length`` and ``models`` (upstream 4.1.0's keys).
+            Raising from it (e.g. ``KeyboardInterrupt``) aborts the separation.
         callback_arg: extra entries for the callback's dict.
         onnx: instead of ``model``/``repo``, a graph exported by :mod:`demucs.export_onnx`,
-            run by ONNX Runtime (numpy in and out, no PyTorch model). Its segment is fixed
-            in the file (``segment`` must stay None); ``device`` is ``cpu`` or ``cuda``
-            (needs onnxruntime-gpu; default cuda when available); ``jobs`` is ignored.
-            The graph draws nothing from ``random``, so with ``shifts >= 2`` the offsets
-            after the first differ from those of an HTDemucs in PyTorch (whose forward
-            passes draw). :attr:`runtime` is the :class:`~demucs.onnx_runtime.OnnxSeparator`.
+            run by ONNX Runtime. Its segment is fixed in the file (``segment`` must stay
+            None). Results are numpy arrays (tensors when given tensors).
         onnx_threads: ONNX Runtime intra-op threads (default: one per physical core).
+        onnx_providers: ONNX Runtime execution providers (``cuda``, ``coreml``, ``cpu``...;
+            default: the best available, or what ``device`` asks for).
+        stems: the stems to return (default: all). Bag members that weigh nothing in them
+            are not run (``htdemucs_ft`` with ``stems=["vocals"]`` runs one model of four).
+        precision: ``fp32`` (default, exact) or ``bf16``/``fp16`` for PyTorch models (see
+            :mod:`demucs.precision`).
 
     Attributes:
-        stream_batch: segments separated per forward pass by :meth:`stream_track` and
-            :meth:`separate_audio_file` (1 while a callback is set, so that it hears
-            about every segment). On CPU, 2 was measured 0-14 % faster per segment for
-            HTDemucs (within this machine's noise), at 600-800 MB more peak memory; the
-            default is 1. An ONNX graph exported with a fixed batch of 1 always takes
-            one segment per call.
+        stream_batch: segments per forward pass when streaming files (1 while a callback
+            is set, so that it hears about every segment).
 
     Raises:
         ModelLoadingError: the model cannot be found or loaded.
         ValueError: invalid parameters (e.g. a segment longer than the model allows).
     """
 
-    def __init__(self, model: tp.Union[str, nn.Module] = DEFAULT_MODEL,
+    def __init__(self, model: tp.Union[str, "nn.Module"] = DEFAULT_MODEL,
                  repo: tp.Optional[tp.Union[str, Path]] = None,
-                 device: tp.Optional[tp.Union[str, torch.device]] = None,
-                 shifts: int = 1, overlap: float = 0.25, split: bool = True,
-                 segment: tp.Optional[float] = None, jobs: int = 0, progress: bool = False,
-                 callback: tp.Optional[Callback] = None,
-                 callback_arg: tp.Optional[tp.Dict[str, tp.Any]] = None,
+                 device: tp.Any = None, shifts: int = 1, overlap: float = 0.25,
+                 split: bool = True, segment: tp.Optional[float] = None, jobs: int = 0,
+                 progress: bool = False, callback: tp.Optional[Callback] = None,
+                 callback_arg: tp.Optional[tp.Dict[str, tp.Any]] = None, *,
                  onnx: tp.Optional[tp.Union[str, os.PathLike]] = None,
-                 onnx_threads: tp.Optional[int] = None):
-        self._model: tp.Optional[nn.Module] = None
-        self._runtime: tp.Optional["OnnxSeparator"] = None
+                 onnx_threads: tp.Optional[int] = None,
+                 onnx_providers: tp.Optional[tp.Sequence[str]] = None,
+                 stems: tp.Optional[tp.Sequence[str]] = None,
+                 precision: str = "fp32") -> None:
+        self._repo = Path(repo) if repo is not None else None
         self._onnx_path = Path(onnx) if onnx is not None else None
         self._onnx_threads = onnx_threads
-        self._providers: tp.Optional[tp.List[tp.Any]] = None
+        self._onnx_providers = list(onnx_providers) if onnx_providers else None
+        self._backend: tp.Union[_TorchBackend, _OnnxBackend, None] = None
+        self._model: tp.Any = None
+        self._device: tp.Any = None
         if self._onnx_path is not None:
-            if isinstance(model, nn.Module) or model != DEFAULT_MODEL or repo is not None:
+            if not isinstance(model, str) or model != DEFAULT_MODEL or repo is not None:
                 raise ValueError("give either model/repo or onnx, not both")
             self._name = self._onnx_path.stem
-        elif isinstance(model, nn.Module):
-            self._model = model
-            self._name = type(model).__name__
+        elif isinstance(model, str):
+            self._name = model
+            self._load_model()
         else:
-            self._name = str(model)
-            self._model = get_model(name=self._name,
-                                    repo=Path(repo) if repo is not None else None)
-        if self._model is not None:
-            self._model.cpu()
-            self._model.eval()
+            self._name = type(model).__name__
+            self._model = model
+            self._set_backend(_TorchBackend(model))
         self.stream_batch = 1
-        self._device: tp.Union[str, torch.device] = "cpu"
         self._shifts, self._overlap, self._split = 1, 0.25, True
         self._segment: tp.Optional[float] = None
         self._jobs, self._progress = 0, False
         self._callback: tp.Optional[Callback] = None
         self._callback_arg: tp.Dict[str, tp.Any] = {}
+        self._stems: tp.Optional[tp.List[str]] = None
+        self._precision = "fp32"
         self.update_parameter(device=device, shifts=shifts, overlap=overlap, split=split,
                               segment=segment, jobs=jobs, progress=progress,
-                              callback=callback, callback_arg=callback_arg)
-        if self._runtime is not None and self._onnx_path is not None:
-            self._name = onnx_model_name(self._runtime.spec.model_name, self._onnx_path)
+                              callback=callback, callback_arg=callback_arg, stems=stems,
+                              precision=precision)
 
-    def _set_device(self, device: tp.Optional[tp.Union[str, torch.device]]) -> None:
-        """Validates ``device`` (None: the default); an ONNX session is (re)created when
-        the device needs other execution providers."""
-        if self._onnx_path is None:
-            device = _default_device() if device is None else device
-            torch.device(device)  # raises on a malformed device string
-            self._device = device
-            return
-        device = default_onnx_device() if device is None else device
-        providers = onnx_providers(device)
-        if self._runtime is None or providers != self._providers:
-            self._runtime = load_onnx(self._onnx_path, providers, self._onnx_threads)
+    # ------------------------------------------------------------------ loading
+    def _set_backend(self, backend: tp.Union[_TorchBackend, _OnnxBackend]) -> None:
+        self._backend = backend
+        self._samplerate = backend.samplerate
+        self._audio_channels = backend.audio_channels
+
+    def _load_model(self) -> None:
+        """Loads ``self._name`` from ``self._repo`` (upstream 4.1.0's method)."""
+        from .pretrained import get_model
+
+        self._model = get_model(name=self._name, repo=self._repo)
+        self._set_backend(_TorchBackend(self._model))
+
+    def _open_onnx(self, device: tp.Any) -> None:
+        from .onnx.runtime import load_onnx, select_providers
+
+        assert self._onnx_path is not None
+        providers = select_providers(self._onnx_providers, device)
+        if self._backend is None or providers != getattr(self, "_providers", None):
+            runtime = load_onnx(self._onnx_path, providers, self._onnx_threads)
             self._providers = providers
-        self._device = device
+            self._set_backend(_OnnxBackend(runtime))
+            self._name = runtime.spec.model_name or self._onnx_path.stem
+
+    def _load_audio(self, track: tp.Union[str, Path]) -> Array:
+        """Reads ``track`` at the model's rate and channel count (upstream 4.1.0's method;
+        a tensor for a PyTorch model, a numpy array for an ONNX graph)."""
+        return self.load_audio(track)
 
     # ------------------------------------------------------------------ parameters
-    def update_parameter(self, device: tp.Any = _UNCHANGED, shifts: tp.Any = _UNCHANGED,
-                         overlap: tp.Any = _UNCHANGED, split: tp.Any = _UNCHANGED,
-                         segment: tp.Any = _UNCHANGED, jobs: tp.Any = _UNCHANGED,
-                         progress: tp.Any = _UNCHANGED, callback: tp.Any = _UNCHANGED,
-                         callback_arg: tp.Any = _UNCHANGED) -> None:
+    def update_parameter(self, device: tp.Any = NotProvided, shifts: tp.Any = NotProvided,
+                         overlap: tp.Any = NotProvided, split: tp.Any = NotProvided,
+                         segment: tp.Any = NotProvided, jobs: tp.Any = NotProvided,
+                         progress: tp.Any = NotProvided, callback: tp.Any = NotProvided,
+                         callback_arg: tp.Any = NotProvided, stems: tp.Any = NotProvided,
+                         precision: tp.Any = NotProvided) -> None:
         """Changes any of the separation parameters; the others keep their values."""
-        if device is not _UNCHANGED:
+        if device is not NotProvided:
             self._set_device(device)
-        if shifts is not _UNCHANGED:
-            if int(shifts) < 0:
-                raise ValueError(f"shifts must be >= 0, got {shifts}")
+        if shifts is not NotProvided:
+            check_split_params(shifts, self._overlap)
             self._shifts = int(shifts)
-        if overlap is not _UNCHANGED:
-            if not 0 <= float(overlap) < 1:
-                raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if overlap is not NotProvided:
+            check_split_params(self._shifts, overlap)
             self._overlap = float(overlap)
-        if split is not _UNCHANGED:
+        if split is not NotProvided:
             self._split = bool(split)
-        if segment is not _UNCHANGED:
-            if segment is not None and self._runtime is not None:
-                seconds = self._runtime.spec.segment_samples / self.samplerate
-                raise ValueError(f"the segment is fixed in the ONNX file ({seconds:g} s): "
-                                 "export again with another --segment to change it")
-            if segment is not None:
-                limit = max_allowed_segment(self.model)
-                if not 0 < segment <= limit:
-                    raise ValueError(f"segment must be in (0, {limit}] seconds for this "
-                                     f"model, got {segment}")
-            self._segment = segment
-        if jobs is not _UNCHANGED:
+        if segment is not NotProvided:
+            self._set_segment(segment)
+        if jobs is not NotProvided:
             if int(jobs) < 0:
                 raise ValueError(f"jobs must be >= 0, got {jobs}")
             self._jobs = int(jobs)
-        if progress is not _UNCHANGED:
+        if progress is not NotProvided:
             self._progress = bool(progress)
-        if callback is not _UNCHANGED:
+        if callback is not NotProvided:
             self._callback = callback
-        if callback_arg is not _UNCHANGED:
+        if callback_arg is not NotProvided:
             self._callback_arg = dict(callback_arg or {})
+        if stems is not NotProvided:
+            self._set_stems(stems)
+        if precision is not NotProvided:
+            self._set_precision(precision)
 
+    def _set_device(self, device: tp.Any) -> None:
+        if self._onnx_path is not None:
+            self._open_onnx(device)
+            self._device = device if device is not None else "cpu"
+            return
+        import torch
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.device(device)  # raises on a malformed device string
+        self._device = device
+
+    def _set_segment(self, segment: tp.Optional[float]) -> None:
+        backend = self._require_backend()
+        if segment is not None:
+            if isinstance(backend, _OnnxBackend):
+                seconds = backend.runtime.spec.segment_samples / self.samplerate
+                raise ValueError(f"the segment is fixed in the ONNX file ({seconds:g} s): "
+                                 "export again with another --segment to change it")
+            check_split_params(self._shifts, self._overlap, segment=segment)
+            limit = backend.max_segment()
+            if not 0 < segment <= limit:
+                raise ValueError(f"segment must be in (0, {limit}] seconds for this model, "
+                                 f"got {segment}")
+        self._segment = segment
+
+    def _set_stems(self, stems: tp.Optional[tp.Sequence[str]]) -> None:
+        if stems is None:
+            self._stems = None
+            return
+        if isinstance(stems, str):
+            stems = [stems]
+        unknown = [stem for stem in stems if stem not in self.sources]
+        if unknown or not stems:
+            raise ValueError(f"unknown stems {unknown or stems}: the model has "
+                             f"{', '.join(self.sources)}")
+        self._stems = [source for source in self.sources if source in stems]
+
+    def _set_precision(self, precision: str) -> None:
+        from .precision import check_precision
+
+        backend = self._require_backend()
+        if precision != "fp32":
+            if isinstance(backend, _OnnxBackend):
+                raise ValueError("precision applies to PyTorch models; an ONNX graph has its "
+                                 "own (export it with --precision)")
+            check_precision(precision, self._device)
+        self._precision = precision
+
+    def _require_backend(self) -> tp.Union[_TorchBackend, _OnnxBackend]:
+        if self._backend is None:
+            raise RuntimeError("the model is not loaded")
+        return self._backend
+
+    # ------------------------------------------------------------------ properties
     @property
     def samplerate(self) -> int:
-        if self._runtime is not None:
-            return self._runtime.sample_rate
-        return int(self.model.samplerate)
+        return self._samplerate
 
     @property
     def audio_channels(self) -> int:
-        if self._runtime is not None:
-            return self._runtime.audio_channels
-        return int(self.model.audio_channels)
+        return self._audio_channels
 
     @property
-    def model(self) -> nn.Module:
+    def model(self) -> "nn.Module":
         """The PyTorch model (RuntimeError for an ONNX separator: see :attr:`runtime`)."""
         if self._model is None:
             raise RuntimeError("this Separator runs an ONNX graph: it has no PyTorch model "
@@ -253,7 +354,8 @@ class Separator:
     @property
     def runtime(self) -> tp.Optional["OnnxSeparator"]:
         """The ONNX Runtime session wrapper with ``onnx=``, else None."""
-        return self._runtime
+        backend = self._backend
+        return backend.runtime if isinstance(backend, _OnnxBackend) else None
 
     @property
     def name(self) -> str:
@@ -262,99 +364,129 @@ class Separator:
 
     @property
     def sources(self) -> tp.List[str]:
-        if self._runtime is not None:
-            return self._runtime.sources
-        return list(self.model.sources)
+        """Every source the model separates."""
+        return list(self._require_backend().sources)
 
-    def _min_length(self) -> int:
-        """Shortest input: one FFT frame for PyTorch; any for a graph (fixed input)."""
-        return 1 if self._runtime is not None else minimum_length(self.model)
+    @property
+    def stems(self) -> tp.List[str]:
+        """The stems returned: :attr:`sources`, or the subset asked for with ``stems=``."""
+        return list(self._stems) if self._stems is not None else self.sources
+
+    @property
+    def models(self) -> int:
+        """Models in the bag (1 for a single model or a graph)."""
+        return self._require_backend().models
 
     # ------------------------------------------------------------------ separation
-    def _hooked_forwards(self, length: int) -> tp.List[_Hooked]:
-        """Wraps each model's forward (an ONNX graph's ``run_segment``) so the callback
-        hears about every evaluation."""
-        callback = self._callback
-        assert callback is not None
-        if self._runtime is not None:
-            owners: tp.List[tp.Any] = [self._runtime]
-            attribute = "run_segment"
+    def _members(self, out_device: tp.Any, numpy: bool, max_batch: int = 1
+                 ) -> tp.List[Member]:
+        backend = self._require_backend()
+        return backend.members(device=self._device, out_device=out_device, split=self._split,
+                               segment=self._segment, max_batch=max_batch, stems=self._stems,
+                               precision=self._precision, numpy=numpy)
+
+    def _hook(self, length: int, models: int) -> tp.Optional[engine.JobHook]:
+        if self._callback is None:
+            return None
+        return callback_hook(self._callback, {**self._callback_arg, "audio_length": length},
+                             models, self._shifts, self._split)
+
+    def _progress_bar(self) -> tp.Tuple[tp.Any, tp.Callable[[], None]]:
+        if not self._progress:
+            return None, lambda: None
+        return progress_bar()
+
+    def _select(self, stems: Array) -> tp.Dict[str, Array]:
+        """``{stem: (C, T)}`` for the stems asked for, from ``(S, C, T)``."""
+        index = {source: k for k, source in enumerate(self.sources)}
+        return {stem: stems[index[stem]] for stem in self.stems}
+
+    def _prepare(self, wav: Array, sr: tp.Optional[int]) -> Array:
+        """``wav`` as ``(C, T)`` float32 at the model's rate and channel count."""
+        if _is_tensor(wav):
+            if wav.dim() == 1:
+                wav = wav[None]
+            if wav.dim() != 2:
+                raise ValueError(f"expected audio of shape [channels, time], "
+                                 f"got {tuple(wav.shape)}")
+            wav = wav.float()
+            if (sr is not None and int(sr) != self.samplerate) or \
+                    wav.shape[0] != self.audio_channels:
+                from .audio import convert_audio
+
+                wav = convert_audio(wav, int(sr or self.samplerate), self.samplerate,
+                                    self.audio_channels)
         else:
-            owners, attribute = _models_of(self.model), "forward"
-        saved = []
-        for index, sub in enumerate(owners):
-            original = getattr(sub, attribute)
-            counter = {"segment_idx": 0}
+            wav = np.asarray(wav, dtype=np.float32)
+            if wav.ndim == 1:
+                wav = wav[None]
+            if wav.ndim != 2:
+                raise ValueError(f"expected audio of shape [channels, time], got {wav.shape}")
+            if (sr is not None and int(sr) != self.samplerate) or \
+                    wav.shape[0] != self.audio_channels:
+                from .stream import ArraySource, ConvertedSource
 
-            def forward(*args: tp.Any, _orig: tp.Any = original, _index: int = index,
-                        _counter: tp.Dict[str, int] = counter, **kwargs: tp.Any) -> tp.Any:
-                info = {**self._callback_arg, "model_idx_in_bag": _index,
-                        "models": len(owners), "audio_length": length,
-                        "segment_idx": _counter["segment_idx"]}
-                callback({**info, "state": "start"})
-                result = _orig(*args, **kwargs)
-                callback({**info, "state": "end"})
-                _counter["segment_idx"] += 1
-                return result
+                source = ConvertedSource(ArraySource(wav, int(sr or self.samplerate)),
+                                         self.samplerate, self.audio_channels)
+                wav = np.concatenate(list(source.blocks()), axis=1)
+        if wav.shape[-1] == 0:
+            raise ValueError("cannot separate audio with no samples")
+        return wav
 
-            saved.append((sub, attribute, sub.__dict__.get(attribute)))
-            setattr(sub, attribute, forward)
-        return saved
-
-    def separate_tensor(self, wav: torch.Tensor, sr: tp.Optional[int] = None
-                        ) -> tp.Tuple[torch.Tensor, tp.Dict[str, torch.Tensor]]:
-        """Separates ``wav`` (``[channels, time]`` or ``[time]``).
+    def separate_tensor(self, wav: Array, sr: tp.Optional[int] = None
+                        ) -> tp.Tuple[Array, tp.Dict[str, Array]]:
+        """Separates ``wav`` (``[channels, time]`` or ``[time]``, a tensor or an array).
 
         If ``sr`` is given and differs from :attr:`samplerate`, the audio is resampled
         first; channels are always converted to :attr:`audio_channels`.
 
-        Returns ``(origin, stems)``: the (converted) input and ``{stem name: [C, T]}``, both
-        at :attr:`samplerate` and on the input's device.
+        Returns ``(origin, stems)``: the (converted) input and ``{stem: [C, T]}``, both at
+        :attr:`samplerate`, of the input's type (and device, for tensors).
         """
-        if not isinstance(wav, torch.Tensor):
-            raise TypeError(f"expected a torch.Tensor, got {type(wav).__name__}")
-        if wav.dim() == 1:
-            wav = wav[None]
-        if wav.dim() != 2:
-            raise ValueError(f"expected audio of shape [channels, time], got {tuple(wav.shape)}")
-        if wav.shape[-1] == 0:
-            raise ValueError("cannot separate audio with no samples")
-        wav = wav.float()
-        if sr is not None and int(sr) != self.samplerate:
-            wav = convert_audio(wav, int(sr), self.samplerate, self.audio_channels)
-        elif wav.shape[0] != self.audio_channels:
-            wav = convert_audio(wav, self.samplerate, self.samplerate, self.audio_channels)
-        origin = wav.clone()
-        length = wav.shape[-1]
-        mix, mean, std = normalize(wav)
-        short = self._min_length() - length
-        if short > 0:  # shorter than one FFT frame: pad with silence, trimmed below
-            mix = torch.nn.functional.pad(mix, (0, short))
+        wav = self._prepare(wav, sr)
+        tensor = _is_tensor(wav)
+        host = wav.detach().cpu().numpy() if tensor else wav
+        stats = TrackStats.of_array(host)
+        backend = self._require_backend()
+        pool = None
+        if isinstance(backend, _TorchBackend):
+            from .apply import TorchOps
 
-        saved = self._hooked_forwards(length) if self._callback is not None else []
+            ops: engine.Ops = TorchOps(wav.device)
+            array = wav
+            members = self._members(wav.device, numpy=False)
+            if self._jobs and str(self._device).startswith("cpu"):
+                from concurrent.futures import ThreadPoolExecutor
+
+                pool = ThreadPoolExecutor(self._jobs)
+        else:
+            ops, array = engine.NUMPY, host
+            if not self._split and host.shape[-1] > backend.runtime.spec.input_samples:
+                raise ValueError(f"{host.shape[-1]} samples do not fit in the graph's "
+                                 f"segment: use split=True")
+            members = self._members(None, numpy=True)
+        track = engine.ArrayInput(array[None], ops)
+        progress, close = self._progress_bar()
+        out = ops.zeros((1, len(self.sources), self.audio_channels, track.length))
         try:
-            if self._runtime is not None:
-                out = self._separate_onnx(mix).to(wav.device)
-            else:
-                out = apply_model(self.model, mix[None], shifts=self._shifts,
-                                  split=self._split, overlap=self._overlap,
-                                  progress=self._progress, device=self._device,
-                                  num_workers=self._jobs, segment=self._segment)[0]
+            for start, _, stems in engine.separate(
+                    members, track, sources=len(self.sources), samplerate=self.samplerate,
+                    shifts=self._shifts, overlap=self._overlap, mean=stats.mean,
+                    std=stats.std, min_length=backend.min_length, order="memory", ops=ops,
+                    hook=self._hook(track.length, backend.models), progress=progress,
+                    pool=pool):
+                out[..., start:start + stems.shape[-1]] = stems
         finally:
-            _restore_forwards(saved)
-        out = out[..., :length] * std + mean
-        return origin, dict(zip(self.sources, out))
+            close()
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        if tensor and not _is_tensor(out):
+            import torch
 
-    def _separate_onnx(self, mix: torch.Tensor) -> torch.Tensor:
-        """``apply_model`` with the graph: normalised ``(C, T)`` in, ``(S, C, T)`` out."""
-        assert self._runtime is not None
-        with progress_bar(self._progress) as progress:
-            out = self._runtime.separate(
-                mix.detach().cpu().numpy(), shifts=self._shifts, split=self._split,
-                overlap=self._overlap, normalize=False, rng=random, progress=progress)
-        return torch.from_numpy(out)
+            out = torch.from_numpy(out).to(wav.device)
+        return wav, self._select(out[0])
 
-    # ------------------------------------------------------------------ streaming
+    # ------------------------------------------------------------------ files
     def open_track(self, path: tp.Union[str, Path]) -> Track:
         """Validates ``path`` and computes its normalisation statistics in one streaming
         pass (at the model's rate and channel count). Raises :class:`LoadAudioError`."""
@@ -363,68 +495,81 @@ class Separator:
     def stream_track(self, track: Track) -> tp.Iterator[tp.Tuple[np.ndarray, np.ndarray]]:
         """Separates ``track`` (from :meth:`open_track`) block by block.
 
-        Yields ``(origin (C, n), stems (S, C, n))`` numpy blocks in order; memory stays
-        bounded whatever the track's length. Needs ``split`` (the default). The result
-        equals :meth:`separate_tensor` on the whole track (same random draws for shifts).
+        Yields ``(origin (C, n), stems (S, C, n))`` numpy blocks in order, ``S`` being
+        :attr:`stems`; memory stays bounded whatever the track's length. Needs ``split``
+        (the default). The result equals :meth:`separate_tensor` on the whole track.
         """
         if not self._split:
             raise ValueError("streaming separation needs split=True")
+        backend = self._require_backend()
         batch = 1 if self._callback is not None else self.stream_batch
-        if self._runtime is not None:
-            members = onnx_members(self._runtime, max_batch=batch)
-        else:
-            members = members_for(self.model, segment=self._segment, device=self._device,
-                                  max_batch=batch)
-        saved = self._hooked_forwards(track.length) if self._callback is not None else []
+        members = self._members("cpu", numpy=True, max_batch=batch)
+        wanted = [self.sources.index(stem) for stem in self.stems]
+        progress, close = self._progress_bar()
         try:
-            with progress_bar(self._progress) as progress:
-                yield from stream_separate(
-                    members, track.source.blocks(), track.length, sources=len(self.sources),
-                    channels=self.audio_channels, samplerate=self.samplerate,
+            for _, origin, stems in engine.separate(
+                    members, engine.BlockInput(track.source.blocks(), self.audio_channels,
+                                               track.length),
+                    sources=len(self.sources), samplerate=self.samplerate,
                     shifts=self._shifts, overlap=self._overlap, mean=track.stats.mean,
-                    std=track.stats.std, min_length=self._min_length(), progress=progress)
+                    std=track.stats.std, min_length=backend.min_length, order="stream",
+                    hook=self._hook(track.length, backend.models), progress=progress):
+                selected = stems[0] if len(wanted) == len(self.sources) else stems[0][wanted]
+                yield origin[0], selected
         finally:
-            _restore_forwards(saved)
+            close()
 
-    def load_audio(self, path: tp.Union[str, Path]) -> torch.Tensor:
-        """Reads ``path`` at the model's rate and channel count (raises LoadAudioError)."""
-        wav, sr = read_audio(path)
-        try:
-            return convert_audio(wav, sr, self.samplerate, self.audio_channels)
-        except ValueError as err:
-            raise LoadAudioError(path, str(err)) from None
+    def load_audio(self, path: tp.Union[str, Path]) -> Array:
+        """Reads ``path`` at the model's rate and channel count (raises LoadAudioError):
+        a tensor for a PyTorch model, a numpy array for an ONNX graph."""
+        track = self.open_track(path)
+        wav = np.concatenate(list(track.source.blocks()), axis=1)[:, :track.length]
+        if isinstance(self._backend, _TorchBackend):
+            import torch
 
-    def separate_audio_file(self, path: tp.Union[str, Path]
-                            ) -> tp.Tuple[torch.Tensor, tp.Dict[str, torch.Tensor]]:
+            return torch.from_numpy(np.ascontiguousarray(wav))
+        return wav
+
+    def separate_audio_file(self, file: tp.Union[str, Path]
+                            ) -> tp.Tuple[Array, tp.Dict[str, Array]]:
         """Reads and separates an audio (or video) file; see :meth:`separate_tensor`.
 
         With ``split`` (the default) the file is decoded and separated block by block
-        (:meth:`stream_track`): only the returned tensors grow with the track's length.
+        (:meth:`stream_track`): only the returned arrays grow with the track's length.
+        Tensors for a PyTorch model, numpy arrays for an ONNX graph.
         """
         if not self._split:
-            return self.separate_tensor(self.load_audio(path), self.samplerate)
-        track = self.open_track(path)
-        origin = torch.empty(self.audio_channels, track.length)
-        stems = torch.empty(len(self.sources), self.audio_channels, track.length)
+            return self.separate_tensor(self.load_audio(file), self.samplerate)
+        track = self.open_track(file)
+        origin = np.empty((self.audio_channels, track.length), np.float32)
+        stems = np.empty((len(self.stems), self.audio_channels, track.length), np.float32)
         position = 0
         for origin_block, stems_block in self.stream_track(track):
             end = position + origin_block.shape[-1]
-            origin[:, position:end] = torch.from_numpy(origin_block)
-            stems[..., position:end] = torch.from_numpy(stems_block)
+            origin[:, position:end] = origin_block
+            stems[..., position:end] = stems_block
             position = end
-        return origin, dict(zip(self.sources, stems))
+        if isinstance(self._backend, _TorchBackend):
+            import torch
+
+            origin, stems = torch.from_numpy(origin), torch.from_numpy(stems)
+        return origin, dict(zip(self.stems, stems))
 
     def __repr__(self) -> str:
-        kind = "onnx" if self._runtime is not None else "model"
+        kind = self._backend.kind if self._backend is not None else "model"
         return (f"Separator({kind}={self._name!r}, samplerate={self.samplerate}, "
                 f"sources={self.sources}, device={str(self._device)!r})")
 
 
 def list_models(repo: tp.Optional[tp.Union[str, Path]] = None) -> tp.Dict[str, tp.List[str]]:
-    """Models available without downloading anything.
+    """Models available without downloading anything (upstream 4.1.0's shape).
 
     Returns ``{"single": [signatures...], "bag": [bag names...]}`` for the local ``repo``
     folder, or for the remote catalog when ``repo`` is None.
     """
-    model_repo, bag_repo = _repos(Path(repo) if repo is not None else None)
-    return {"single": model_repo.list_models(), "bag": bag_repo.list_models()}
+    from . import pretrained
+
+    folder = Path(repo) if repo is not None else None
+    bags = pretrained.list_models(folder, signatures=False)
+    everything = pretrained.list_models(folder, signatures=True)
+    return {"single": [name for name in everything if name not in bags], "bag": bags}

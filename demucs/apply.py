@@ -1,30 +1,30 @@
-"""Applying a separation model to a whole mixture.
+"""The PyTorch backend of the separation core, and upstream's ``apply_model``.
 
-:func:`apply_model` handles what the models themselves do not:
-
-* the *shift trick*: the input is shifted by a random offset (up to 0.5 s), separated,
-  and shifted back; several shifts are averaged, which makes the result closer to time
-  equivariant;
-* splitting long inputs into overlapping segments, blended with triangular weights;
-* padding every chunk to a length the model accepts (``valid_length``);
-* bags of models (:class:`BagOfModels`), applied member by member and mixed with
-  per-source weights.
+:func:`apply_model` separates a whole mixture with a model or a :class:`BagOfModels`:
+the shift trick, overlapping segments blended with triangular weights, padding to a
+length the model accepts, and per-source bag weights. The algorithm itself lives in
+:mod:`demucs.core` (shared with streaming and ONNX Runtime); this module turns PyTorch
+models into core members (:func:`torch_members`) and runs the arithmetic on tensors
+(:class:`TorchOps`, on the mix's device).
 
 Shapes: a mixture is ``(B, C, T)`` (batch, audio channels, samples); the separated
 output is ``(B, S, C, T)`` with ``S = len(model.sources)``.
 """
 from __future__ import annotations
 
-import random
+import threading
 import typing as tp
 from concurrent.futures import Executor, ThreadPoolExecutor
 
+import numpy as np
 import torch
-import tqdm
 from torch import nn
 from torch.nn import functional as F
 
-from .utils import DummyPoolExecutor, center_trim
+from .core import engine
+from .core.hooks import Callback, callback_hook, locked_hook, progress_bar
+from .utils import DummyPoolExecutor
+from .core.plan import MAX_SHIFT_SECONDS, Member, check_split_params, max_shift_samples
 
 if tp.TYPE_CHECKING:  # pragma: no cover - typing only, avoids import cycles at runtime
     from .demucs import Demucs
@@ -35,8 +35,8 @@ if tp.TYPE_CHECKING:  # pragma: no cover - typing only, avoids import cycles at 
 Model = tp.Union["Demucs", "HDemucs", "HTDemucs"]
 Weights = tp.List[tp.List[float]]
 
-#: Largest random shift of the shift trick, in seconds.
-MAX_SHIFT_SECONDS = 0.5
+__all__ = ["BagOfModels", "TensorChunk", "tensor_chunk", "apply_model", "max_allowed_segment",
+           "torch_members", "TorchOps", "MAX_SHIFT_SECONDS"]
 
 
 def _is_transformer(model: nn.Module) -> bool:
@@ -174,118 +174,20 @@ def tensor_chunk(tensor_or_chunk: tp.Union[torch.Tensor, TensorChunk]) -> Tensor
     return TensorChunk(tensor_or_chunk)
 
 
-def _transition_weight(segment_length: int, transition_power: float,
-                       device: tp.Union[str, torch.device, None]) -> torch.Tensor:
-    """Triangular blending window ``(segment_length,)``, peak 1 in the middle, to a power."""
-    half = segment_length // 2
-    weight = torch.cat([torch.arange(1, half + 1, device=device),
-                        torch.arange(segment_length - half, 0, -1, device=device)])
-    return (weight / weight.max()) ** transition_power
+class TorchOps:
+    """The core's array operations on float32 tensors of one device."""
 
+    def __init__(self, device: tp.Union[str, torch.device]) -> None:
+        self.device = torch.device(device)
 
-def _check_arguments(model: nn.Module, mix: tp.Union[torch.Tensor, TensorChunk], shifts: int,
-                     overlap: float, transition_power: float,
-                     segment: tp.Optional[float]) -> None:
-    if len(mix.shape) != 3:
-        raise ValueError(f"mix must have shape (batch, channels, time), got {tuple(mix.shape)}")
-    if shifts < 0:
-        raise ValueError(f"shifts must be >= 0, got {shifts}")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    if transition_power < 1:
-        raise ValueError("transition_power < 1 leads to weird behavior "
-                         f"(got {transition_power})")
-    if segment is not None:
-        if segment <= 0:
-            raise ValueError(f"segment must be > 0, got {segment}")
-        limit = max_allowed_segment(model)
-        if float(segment) > limit:
-            raise ValueError(
-                "Cannot use a Transformer model with a longer segment than it was trained "
-                f"for: segment={float(segment)}, maximum is {limit}")
+    def zeros(self, shape: tp.Sequence[int]) -> torch.Tensor:
+        return torch.zeros(tuple(shape), device=self.device)
 
+    def asarray(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
-class _Options(tp.NamedTuple):
-    shifts: int
-    split: bool
-    overlap: float
-    transition_power: float
-    progress: bool
-    device: torch.device
-    pool: tp.Any
-    segment: tp.Optional[float]
-
-
-def _apply_bag(bag: BagOfModels, mix: tp.Union[torch.Tensor, TensorChunk],
-               opts: _Options) -> torch.Tensor:
-    """Applies each member in turn (each draws its own shifts) and mixes with weights."""
-    estimates: tp.Optional[torch.Tensor] = None
-    totals = [0.0] * len(bag.sources)
-    for member, member_weights in zip(bag.models, bag.weights):
-        original_device = next(iter(member.parameters())).device
-        member.to(opts.device)
-        out = _apply(member, mix, opts)
-        member.to(original_device)
-        for k, weight in enumerate(member_weights):
-            out[:, k, :, :] *= weight
-            totals[k] += weight
-        estimates = out if estimates is None else estimates + out
-        del out
-    assert estimates is not None
-    for k in range(estimates.shape[1]):
-        estimates[:, k, :, :] /= totals[k]
-    return estimates
-
-
-def _apply_shifted(model: nn.Module, mix: tp.Union[torch.Tensor, TensorChunk],
-                   opts: _Options) -> torch.Tensor:
-    """The shift trick: averages ``opts.shifts`` randomly shifted separations."""
-    length = mix.shape[-1]
-    max_shift = int(MAX_SHIFT_SECONDS * model.samplerate)
-    padded_mix = tensor_chunk(mix).padded(length + 2 * max_shift)
-    inner = opts._replace(shifts=0)
-    out: tp.Union[float, torch.Tensor] = 0.0
-    for _ in range(opts.shifts):
-        offset = random.randint(0, max_shift)
-        shifted = TensorChunk(padded_mix, offset, length + max_shift - offset)
-        shifted_out = _apply(model, shifted, inner)
-        out = out + shifted_out[..., max_shift - offset:]
-    assert isinstance(out, torch.Tensor)
-    return out / opts.shifts
-
-
-def _apply_split(model: nn.Module, mix: tp.Union[torch.Tensor, TensorChunk],
-                 opts: _Options) -> torch.Tensor:
-    """Separates overlapping segments and blends them with triangular weights."""
-    batch, channels, length = mix.shape
-    segment = model.segment if opts.segment is None else opts.segment
-    if segment is None or segment <= 0:
-        raise ValueError(f"cannot split: the model has no valid segment ({segment!r})")
-    segment_length = int(model.samplerate * segment)
-    stride = int((1 - opts.overlap) * segment_length)
-    if stride <= 0:
-        raise ValueError(f"overlap {opts.overlap} leaves no stride for segment {segment}")
-    weight = _transition_weight(segment_length, opts.transition_power, opts.device)
-    inner = opts._replace(split=False)
-
-    out = torch.zeros(batch, len(model.sources), channels, length, device=mix.device)
-    sum_weight = torch.zeros(length, device=mix.device)
-    jobs: tp.Iterable[tp.Tuple[tp.Any, int]] = [
-        (opts.pool.submit(_apply, model, TensorChunk(mix, offset, segment_length), inner),
-         offset)
-        for offset in range(0, length, stride)]
-    if opts.progress:
-        scale = float(format(stride / model.samplerate, ".2f"))
-        jobs = tqdm.tqdm(jobs, unit_scale=scale, ncols=120, unit="seconds")
-    for future, offset in jobs:
-        chunk_out = future.result()
-        chunk_length = chunk_out.shape[-1]
-        chunk_weight = weight[:chunk_length]
-        out[..., offset:offset + segment_length] += (chunk_weight * chunk_out).to(mix.device)
-        sum_weight[offset:offset + segment_length] += chunk_weight.to(mix.device)
-    if sum_weight.min() <= 0:  # cannot happen with stride <= segment_length
-        raise RuntimeError("some samples were not covered by any segment")
-    return out / sum_weight
+    def cat(self, arrays: tp.Sequence[torch.Tensor], axis: int) -> torch.Tensor:
+        return torch.cat(list(arrays), dim=axis)
 
 
 def _valid_length(model: nn.Module, length: int, segment: tp.Optional[float]) -> int:
@@ -297,28 +199,84 @@ def _valid_length(model: nn.Module, length: int, segment: tp.Optional[float]) ->
     return length
 
 
-def _apply_single(model: nn.Module, mix: tp.Union[torch.Tensor, TensorChunk],
-                  opts: _Options) -> torch.Tensor:
-    """One forward pass on the (padded) chunk, trimmed back to its length."""
-    length = mix.shape[-1]
-    valid_length = _valid_length(model, length, opts.segment)
-    padded_mix = tensor_chunk(mix).padded(valid_length).to(opts.device)
-    with torch.no_grad():
-        out = model(padded_mix)
-    return center_trim(out, length)
+def _forward_draws(model: nn.Module) -> tp.Tuple[int, ...]:
+    """Arguments of the ``random.randrange`` calls one forward pass of ``model`` makes:
+    HTDemucs's sin positional embedding draws its shift at every call."""
+    transformer = getattr(model, "crosstransformer", None)
+    if transformer is not None and getattr(transformer, "emb", None) == "sin":
+        return (int(transformer.sin_random_shift) + 1,)
+    return ()
 
 
-def _apply(model: nn.Module, mix: tp.Union[torch.Tensor, TensorChunk],
-           opts: _Options) -> torch.Tensor:
+def _members_and_weights(model: nn.Module) -> tp.Tuple[tp.List[nn.Module], Weights]:
     if isinstance(model, BagOfModels):
-        return _apply_bag(model, mix, opts)
-    model.to(opts.device)
-    model.eval()
-    if opts.shifts:
-        return _apply_shifted(model, mix, opts)
-    if opts.split:
-        return _apply_split(model, mix, opts)
-    return _apply_single(model, mix, opts)
+        return list(model.models), model.weights
+    return [model], [[1.0] * len(model.sources)]
+
+
+def torch_members(model: nn.Module, *, device: tp.Union[str, torch.device] = "cpu",
+                  out_device: tp.Union[str, torch.device, None] = None, split: bool = True,
+                  segment: tp.Optional[float] = None, max_batch: int = 1,
+                  sources: tp.Optional[tp.Sequence[str]] = None,
+                  precision: str = "fp32") -> tp.List[Member]:
+    """Core members (:class:`demucs.core.plan.Member`) for a model or a bag.
+
+    Each model is put on ``device`` in eval mode and run under ``torch.no_grad`` on
+    tensors (``(N, C, V) -> (N, S, C, V)``, returned on ``out_device``, default
+    ``device``).
+
+    Args:
+        split: cut tracks into segments (``segment`` seconds, default the model's);
+            without it a track is separated in one pass.
+        max_batch: segments per forward pass.
+        sources: the stems needed; members that weigh nothing in them are inactive
+            (they run nothing). None: all.
+        precision: ``fp32`` (exact), or a reduced precision of :mod:`demucs.precision`.
+    """
+    from .precision import precision_context
+
+    device = torch.device(device)
+    target = torch.device(out_device) if out_device is not None else device
+    models, weights = _members_and_weights(model)
+    wanted = None if sources is None else [list(model.sources).index(s) for s in sources]
+    members = []
+    for sub, sub_weights in zip(models, weights):
+        sub.to(device)
+        sub.eval()
+        if split:
+            seconds = sub.segment if segment is None else segment
+            if seconds is None or seconds <= 0:
+                raise ValueError(f"cannot split: the model has no valid segment ({seconds!r})")
+            segment_length: tp.Optional[int] = int(sub.samplerate * seconds)
+        else:
+            segment_length = None
+
+        def run(batch: torch.Tensor, _sub: nn.Module = sub) -> torch.Tensor:
+            with torch.no_grad(), precision_context(precision, device):
+                out = _sub(batch.to(device))
+            return out.to(target, torch.float32)
+
+        active = wanted is None or any(sub_weights[k] != 0 for k in wanted)
+        members.append(Member(
+            run=run, segment_length=segment_length,
+            valid_length=lambda n, _sub=sub: _valid_length(_sub, n, segment),
+            weights=list(sub_weights), draws=_forward_draws(sub), max_batch=max_batch,
+            active=active))
+    return members
+
+
+def _input_of(mix: tp.Union[torch.Tensor, TensorChunk], shifts: int,
+              samplerate: int) -> engine.ArrayInput:
+    """The core's view of ``mix``; a chunk pads from its tensor's real samples, within
+    the context upstream's shift trick copies (``max_shift`` on each side) when shifting."""
+    chunk = tensor_chunk(mix)
+    ops = TorchOps(chunk.tensor.device)
+    total = chunk.tensor.shape[-1]
+    lo, hi = -chunk.offset, total - chunk.offset
+    if shifts:
+        max_shift = max_shift_samples(samplerate)
+        lo, hi = max(lo, -max_shift), min(hi, chunk.length + max_shift)
+    return engine.ArrayInput(chunk.tensor, ops, chunk.offset, chunk.length, lo, hi)
 
 
 def apply_model(model: tp.Union[BagOfModels, nn.Module],
@@ -327,7 +285,10 @@ def apply_model(model: tp.Union[BagOfModels, nn.Module],
                 overlap: float = 0.25, transition_power: float = 1.,
                 progress: bool = False, device: tp.Union[str, torch.device, None] = None,
                 num_workers: int = 0, segment: tp.Optional[float] = None,
-                pool: tp.Optional[Executor] = None) -> torch.Tensor:
+                pool: tp.Optional[Executor] = None, lock: tp.Any = None,
+                callback: tp.Optional[Callback] = None,
+                callback_arg: tp.Optional[tp.Dict[str, tp.Any]] = None,
+                precision: str = "fp32") -> torch.Tensor:
     """Separates ``mix`` with ``model`` (a single model or a :class:`BagOfModels`).
 
     Args:
@@ -338,13 +299,21 @@ def apply_model(model: tp.Union[BagOfModels, nn.Module],
         split: separate overlapping segments of ``segment`` seconds one by one.
         overlap: fraction of a segment shared with the next one, in ``[0, 1)``.
         transition_power: >= 1; higher values sharpen the cross-fade between segments.
-        progress: show a tqdm progress bar over segments (with ``split``).
+        progress: show a tqdm progress bar over segments.
         device: where to run the model; defaults to ``mix.device``. The full-length
             output stays on ``mix.device``.
         num_workers: if > 0 and ``device`` is a CPU, segments run in that many threads.
         segment: segment length in seconds, overriding the model's. For HTDemucs it
             cannot exceed the training segment.
         pool: executor used for segments (overrides ``num_workers``).
+        lock: a lock held while ``callback`` runs (default: a new one).
+        callback: called with a dict before and after every forward pass (upstream
+            4.1.0): ``callback_arg``'s entries, ``model_idx_in_bag``, ``shift_idx``,
+            ``segment_offset``, ``models`` and ``state`` (``"start"``/``"end"``).
+            Raising from it (e.g. ``KeyboardInterrupt``) aborts the separation.
+        callback_arg: entries added to every callback dict.
+        precision: ``fp32`` (default, exact) or a reduced precision (see
+            :mod:`demucs.precision`).
 
     Returns:
         The separated sources, ``(B, S, C, T)``, on ``mix.device``.
@@ -353,20 +322,48 @@ def apply_model(model: tp.Union[BagOfModels, nn.Module],
         ValueError: invalid arguments (shape of ``mix``, ``shifts``, ``overlap``,
             ``transition_power``, or a segment longer than the model allows).
     """
-    _check_arguments(model, mix, shifts, overlap, transition_power, segment)
-    device = mix.device if device is None else torch.device(device)
+    if len(mix.shape) != 3:
+        raise ValueError(f"mix must have shape (batch, channels, time), got {tuple(mix.shape)}")
+    check_split_params(shifts, overlap, transition_power, segment)
+    if segment is not None and float(segment) > max_allowed_segment(model):
+        raise ValueError(
+            "Cannot use a Transformer model with a longer segment than it was trained "
+            f"for: segment={float(segment)}, maximum is {max_allowed_segment(model)}")
+    track = _input_of(mix, shifts, model.samplerate)
+    device = track.ops.device if device is None else torch.device(device)
     own_pool = None
-    if pool is None:
-        if num_workers > 0 and device.type == "cpu":
-            pool = own_pool = ThreadPoolExecutor(num_workers)
-        else:
-            pool = DummyPoolExecutor()
-    opts = _Options(shifts=shifts, split=split, overlap=overlap,
-                    transition_power=transition_power, progress=progress, device=device,
-                    pool=pool, segment=segment)
+    if pool is None and num_workers > 0 and device.type == "cpu":
+        pool = own_pool = ThreadPoolExecutor(num_workers)
+    members = torch_members(model, device=device, out_device=track.ops.device, split=split,
+                            segment=segment, precision=precision)
+    hook = None
+    if callback is not None:
+        hook = locked_hook(callback_hook(callback, callback_arg, len(members), shifts, split),
+                           lock if lock is not None else threading.Lock())
+
+    bar, close = None, None
+    if progress:
+        seconds = (segment or getattr(members[0], "segment_length", 0) / model.samplerate
+                   if split else track.length / model.samplerate)
+        bar, close = progress_bar(float(seconds) * (1 - overlap) if split else seconds)
+    out = None
     try:
-        with torch.no_grad():
-            return _apply(model, mix, opts)
+        for start, _, stems in engine.separate(
+                members, track, sources=len(model.sources), samplerate=model.samplerate,
+                shifts=shifts, overlap=overlap, transition_power=transition_power,
+                order="memory", ops=track.ops, hook=hook, progress=bar,
+                pool=pool if not isinstance(pool, DummyPoolExecutor) else None):
+            if start == 0 and stems.shape[-1] == track.length:
+                out = stems
+            else:
+                if out is None:
+                    out = track.ops.zeros((track.batch, len(model.sources), track.channels,
+                                           track.length))
+                out[..., start:start + stems.shape[-1]] = stems
     finally:
+        if close is not None:
+            close()
         if own_pool is not None:
-            own_pool.shutdown(wait=False)
+            own_pool.shutdown(wait=False, cancel_futures=True)
+    assert out is not None
+    return out

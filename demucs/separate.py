@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import sys
 import typing as tp
 from pathlib import Path
 
 import numpy as np
 
-from .allocator import bound_allocator, tune_allocator
+from .allocator import bound_allocator
+from .api import Separator
 from .audio import LoadAudioError
 from .errors import ModelLoadingError
 from .flags import DEFAULT_MODEL, add_model_flags
@@ -30,11 +32,8 @@ from .stream import StemWriter, open_stem_writer
 if tp.TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .api import Separator
-    from .onnx_separator import OnnxTrackSeparator
-
 # PyTorch and the model code are imported only on the PyTorch path: with --onnx the
-# command runs on numpy and ONNX Runtime alone (demucs.onnx_separator).
+# command runs on numpy and ONNX Runtime alone (demucs.api's ONNX backend).
 
 PROG = "demucs"
 TEMPLATE_KEYS = ("track", "trackext", "stem", "ext")
@@ -85,18 +84,23 @@ def get_parser() -> argparse.ArgumentParser:
                              help="Set split size of each chunk (seconds). "
                              "This can help save memory of graphic card.")
     parser.add_argument("--two-stems", dest="stem", metavar="STEM",
-                        help="Only separate audio into {STEM} and no_{STEM}.")
+                        help="Only separate audio into {STEM} and no_{STEM} (or "
+                        "minus_{STEM}, see --other-method).")
     parser.add_argument("--other-method", dest="other_method", default="add",
                         choices=["none", "add", "minus"],
-                        help="With --two-stems: how no_{STEM} is made: sum of the other "
-                        "stems (add, default), mix minus STEM (minus), or not saved (none).")
+                        help="With --two-stems: how the rest is made: no_{STEM} = sum of "
+                        "the other stems (add, default: runs every model of a bag), "
+                        "minus_{STEM} = mix minus STEM (minus), or not saved (none). minus "
+                        "and none run only the bag members STEM needs (htdemucs_ft: one "
+                        "model of four).")
     depth = parser.add_mutually_exclusive_group()
     depth.add_argument("--int24", action="store_true", help="Save wav output as 24 bits wav.")
     depth.add_argument("--float32", action="store_true",
                        help="Save wav output as float32 (2x bigger).")
-    parser.add_argument("--clip-mode", default="rescale", choices=["rescale", "clamp"],
+    parser.add_argument("--clip-mode", default="rescale", choices=["rescale", "clamp", "none"],
                         help="Strategy for avoiding clipping: rescaling entire signal "
-                        "if necessary (rescale) or hard clipping (clamp).")
+                        "if necessary (rescale), hard clipping (clamp) or none (write as "
+                        "computed: --float32 keeps values beyond 1).")
     format_group = parser.add_mutually_exclusive_group()
     format_group.add_argument("--flac", action="store_true",
                               help="Convert the output wavs to flac.")
@@ -110,6 +114,17 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("-j", "--jobs", default=0, type=int,
                         help="Number of jobs. This can increase memory usage but will "
                         "be much faster when multiple cores are available.")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="Seed of the shift trick's random offsets, set before each "
+                        "track: runs with the same seed give identical stems.")
+    parser.add_argument("--onnx-providers", default=None, metavar="LIST",
+                        help="With --onnx: comma-separated ONNX Runtime execution "
+                        "providers (cuda, coreml, dml, rocm, cpu or full names); default: "
+                        "the best available.")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="PyTorch models: fp32 (default, exact), bf16 (CPUs with "
+                        "AVX-512 BF16 / AMX, GPUs) or fp16 (CUDA): faster, slightly "
+                        "different stems.")
     return parser
 
 
@@ -194,26 +209,55 @@ def _check_onnx_flags(args: argparse.Namespace) -> None:
     if not args.split:
         raise CommandError("--no-split cannot be used with --onnx: the graph separates "
                            "segments of a fixed length")
+    if args.precision != "fp32":
+        raise CommandError("--precision applies to PyTorch models; an ONNX graph has its own "
+                           "(export it with python -m demucs.export_onnx --precision)")
 
 
-def _onnx_separator(args: argparse.Namespace, progress: bool) -> OnnxTrackSeparator:
-    from .onnx_separator import OnnxTrackSeparator
+def _wanted_stems(args: argparse.Namespace) -> tp.Optional[tp.List[str]]:
+    """The stems the run needs: all, unless --two-stems with a rest that is not the sum
+    of the other stems (then bag members that only make other stems are skipped)."""
+    if args.stem is not None and args.other_method in ("minus", "none"):
+        return [args.stem]
+    return None
 
+
+def build_separator(args: argparse.Namespace, progress: bool = False) -> Separator:
+    """The :class:`~demucs.api.Separator` the flags ask for (a PyTorch model, or the
+    ``--onnx`` graph); raises CommandError with one line."""
+    if args.onnx is not None:
+        return _onnx_separator(args, progress)
+    return _torch_separator(args, progress)
+
+
+def _onnx_separator(args: argparse.Namespace, progress: bool) -> Separator:
     _check_onnx_flags(args)
     bound_allocator()  # steady peak RSS across segments (see demucs.allocator)
+    providers = [p for p in (args.onnx_providers or "").split(",") if p.strip()]
     try:
-        return OnnxTrackSeparator(args.onnx, device=args.device, shifts=args.shifts,
-                                  overlap=args.overlap, progress=progress)
+        separator = Separator(onnx=args.onnx, device=args.device, shifts=args.shifts,
+                              overlap=args.overlap, progress=progress,
+                              onnx_providers=providers or None)
     except (ModelLoadingError, ValueError) as err:
         raise CommandError(_one_line(err)) from None
+    _check_stem(args, separator)
+    separator.update_parameter(stems=_wanted_stems(args))
+    return separator
+
+
+def _check_stem(args: argparse.Namespace, separator: Separator) -> None:
+    if args.stem is not None and args.stem not in separator.sources:
+        raise CommandError(f'stem "{args.stem}" is not in selected model. '
+                           f"STEM must be one of {', '.join(separator.sources)}.")
 
 
 def _torch_separator(args: argparse.Namespace, progress: bool) -> Separator:
     import torch
 
-    from .api import Separator
     from .apply import BagOfModels, max_allowed_segment
 
+    if args.onnx_providers:
+        raise CommandError("--onnx-providers needs --onnx")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     _check_device(device)
     model = _load_model(args)
@@ -221,17 +265,22 @@ def _torch_separator(args: argparse.Namespace, progress: bool) -> Separator:
     if args.segment is not None and not 0 < args.segment <= limit:
         raise CommandError("Cannot use a Transformer model with a longer segment than it was "
                            f"trained for. Maximum segment is: {limit}")
-    if not args.quiet and isinstance(model, BagOfModels):
-        print(f"Selected model is a bag of {len(model.models)} models. "
-              "You will see that many progress bars per track.")
-    if torch.device(device).type == "cpu":
-        tune_allocator()  # fewer page faults per forward pass (see its docstring)
     try:
-        return Separator(model, device=device, shifts=args.shifts, overlap=args.overlap,
-                         split=args.split, segment=args.segment, jobs=args.jobs,
-                         progress=progress)
+        separator = Separator(model, device=device, shifts=args.shifts, overlap=args.overlap,
+                              split=args.split, segment=args.segment, jobs=args.jobs,
+                              progress=progress, precision=args.precision)
     except ValueError as err:
         raise CommandError(_one_line(err)) from None
+    _check_stem(args, separator)
+    separator.update_parameter(stems=_wanted_stems(args))
+    if not args.quiet and isinstance(model, BagOfModels) and len(model.models) > 1:
+        running = sum(1 for sub, weights in zip(model.models, model.weights)
+                      if args.stem is None or _wanted_stems(args) is None
+                      or weights[model.sources.index(args.stem)] != 0)
+        print(f"Selected model is a bag of {len(model.models)} models"
+              + (f", {running} of which make {args.stem}" if running < len(model.models)
+                 else "") + ". You will see that many progress bars per track.")
+    return separator
 
 
 def _print_models(repo: tp.Optional[Path]) -> None:
@@ -259,19 +308,26 @@ class _Written:
         self.paths.clear()
 
 
-def _stems_to_save(stems: tp.Dict[str, torch.Tensor], origin: torch.Tensor,
-                   args: argparse.Namespace) -> tp.List[tp.Tuple[str, torch.Tensor]]:
-    import torch
+def rest_name(args: argparse.Namespace) -> str:
+    """Name of the second stem of --two-stems: ``minus_STEM`` (mix minus the stem, upstream
+    4.1.0's name) or ``no_STEM`` (sum of the other stems)."""
+    return ("minus_" if args.other_method == "minus" else "no_") + args.stem
 
+
+def _stems_to_save(stems: tp.Dict[str, tp.Any], origin: tp.Any,
+                   args: argparse.Namespace) -> tp.List[tp.Tuple[str, tp.Any]]:
     if args.stem is None:
         return list(stems.items())
     selected = stems[args.stem]
     result = [(args.stem, selected)]
     if args.other_method == "add":
         others = [wav for name, wav in stems.items() if name != args.stem]
-        result.append(("no_" + args.stem, torch.stack(others).sum(0)))
+        rest = others[0]
+        for wav in others[1:]:
+            rest = rest + wav
+        result.append((rest_name(args), rest))
     elif args.other_method == "minus":
-        result.append(("no_" + args.stem, origin - selected))
+        result.append((rest_name(args), origin - selected))
     return result
 
 
@@ -299,7 +355,7 @@ def _stem_names(sources: tp.Sequence[str], args: argparse.Namespace) -> tp.List[
         return list(sources)
     if args.other_method == "none":
         return [args.stem]
-    return [args.stem, "no_" + args.stem]
+    return [args.stem, rest_name(args)]
 
 
 def _stem_blocks(stems: np.ndarray, origin: np.ndarray, sources: tp.Sequence[str],
@@ -316,9 +372,11 @@ def _stem_blocks(stems: np.ndarray, origin: np.ndarray, sources: tp.Sequence[str
     return result
 
 
-def separate_track(track: Path, separator: tp.Union[Separator, OnnxTrackSeparator],
-                   args: argparse.Namespace, out: Path, written: _Written) -> None:
+def separate_track(track: Path, separator: Separator, args: argparse.Namespace, out: Path,
+                   written: _Written) -> None:
     """Separates one track and writes its stems; raises LoadAudioError / OSError."""
+    if args.seed is not None:
+        random.seed(args.seed)
     parallel = args.jobs and not args.onnx  # -j N: upstream's parallel segments, in memory
     if args.split and not parallel:
         _separate_streaming(track, separator, args, out, written)
@@ -336,8 +394,8 @@ def separate_track(track: Path, separator: tp.Union[Separator, OnnxTrackSeparato
         written.paths.append(path)
 
 
-def _separate_streaming(track: Path, separator: tp.Union[Separator, OnnxTrackSeparator],
-                        args: argparse.Namespace, out: Path, written: _Written) -> None:
+def _separate_streaming(track: Path, separator: Separator, args: argparse.Namespace,
+                        out: Path, written: _Written) -> None:
     """Decodes, separates and writes block by block: memory does not grow with length.
 
     Every stem goes to a hidden temporary file renamed at the end; on any error (or
@@ -354,7 +412,7 @@ def _separate_streaming(track: Path, separator: tp.Union[Separator, OnnxTrackSep
             writers.append(open_stem_writer(_output_path(track, stem, args, out),
                                             channels=separator.audio_channels, **options))
         for origin, stems in separator.stream_track(opened):
-            for writer, block in zip(writers, _stem_blocks(stems, origin, separator.sources,
+            for writer, block in zip(writers, _stem_blocks(stems, origin, separator.stems,
                                                            args)):
                 writer.write(block)
         finish_writers(writers, written.paths)
@@ -410,15 +468,8 @@ def _run(args: argparse.Namespace, written: _Written) -> int:
         raise CommandError(f"--mp3-bitrate must be between 8 and 320, got {args.mp3_bitrate}")
 
     progress = not args.quiet and sys.stdout.isatty() and sys.stderr.isatty()
-    if args.onnx is not None:
-        separator = _onnx_separator(args, progress)
-        name = separator.name
-    else:
-        separator = _torch_separator(args, progress)
-        name = _model_name(args)
-    if args.stem is not None and args.stem not in separator.sources:
-        raise CommandError(f'stem "{args.stem}" is not in selected model. '
-                           f"STEM must be one of {', '.join(separator.sources)}.")
+    separator = build_separator(args, progress)
+    name = separator.name if args.onnx is not None else _model_name(args)
 
     out = args.out / name
     try:

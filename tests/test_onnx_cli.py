@@ -107,7 +107,7 @@ def test_onnx_matches_pytorch_repo(tmp_path, onnx_file, repo, song, capsys):
     (["--two-stems", "vocals", "--flac", "--int24", "--filename", "{stem}-{track}.{ext}"],
      ["vocals-song.flac", "no_vocals-song.flac"], "PCM_24"),
     (["--two-stems", "bass", "--other-method", "minus", "--mp3", "--mp3-bitrate", "64"],
-     ["song/bass.mp3", "song/no_bass.mp3"], None),
+     ["song/bass.mp3", "song/minus_bass.mp3"], None),
 ])
 def test_formats_and_two_stems_like_pytorch(tmp_path, onnx_file, repo, song, capsys, flags,
                                             files, subtype):
@@ -285,7 +285,7 @@ def test_dynamic_batch_graph(tmp_path, model, onnx_file, song):
         results.append(separator.separate_audio_file(song)[1])
     assert max(batches) == 3
     for stem in SOURCES:
-        assert E.snr_db(results[0][stem].numpy(), results[1][stem].numpy()) >= 100
+        assert E.snr_db(results[0][stem], results[1][stem]) >= 100
 
 
 def test_runtime_errors_become_runtime_error():
@@ -339,7 +339,7 @@ def test_api_separator(onnx_file, song, model):
     origin, streamed = separator.separate_audio_file(song)
     _, in_memory = separator.separate_tensor(origin, RATE)
     for stem in SOURCES:
-        assert E.snr_db(in_memory[stem].numpy(), streamed[stem].numpy()) >= 100
+        assert E.snr_db(in_memory[stem], streamed[stem]) >= 100
 
     separator.update_parameter(callback=calls.append, callback_arg={"track": "x"})
     separator.separate_audio_file(song)

@@ -133,7 +133,8 @@ def test_two_stems_methods(tmp_path, tiny_repo, capsys):
         assert code == 0, err
         assert stdout == ""  # -q
         files = sorted(p.name for p in (out / "tiny" / "a").iterdir())
-        expected = ["vocals.wav"] if method == "none" else ["no_vocals.wav", "vocals.wav"]
+        rest = {"add": ["no_vocals.wav"], "minus": ["minus_vocals.wav"], "none": []}[method]
+        expected = sorted(["vocals.wav", *rest])
         assert files == expected
         np.testing.assert_allclose(_read_float(out / "tiny/a/vocals.wav"), full["vocals"],
                                    atol=1e-6)
@@ -141,7 +142,7 @@ def test_two_stems_methods(tmp_path, tiny_repo, capsys):
     np.testing.assert_allclose(_read_float(tmp_path / "add/tiny/a/no_vocals.wav"), others,
                                atol=1e-5)
     mix = _read_float(tmp_path / "a.wav")
-    np.testing.assert_allclose(_read_float(tmp_path / "minus/tiny/a/no_vocals.wav"),
+    np.testing.assert_allclose(_read_float(tmp_path / "minus/tiny/a/minus_vocals.wav"),
                                mix - full["vocals"], atol=1e-5)
 
 
