@@ -25,11 +25,12 @@ from demucs.api import Separator  # noqa: E402
 from demucs.htdemucs import HTDemucs  # noqa: E402
 from demucs.onnx_runtime import OnnxSeparator, SegmentSpec  # noqa: E402
 from demucs.states import save_model  # noqa: E402
-from demucs.stream import (ArraySource, TrackStats, onnx_members,  # noqa: E402
-                           stream_separate)
+from demucs.core import BlockInput, TrackStats, separate  # noqa: E402
+from demucs.onnx.runtime import onnx_members  # noqa: E402
+from demucs.stream import ArraySource  # noqa: E402
 from tests.configs import TINY_HTDEMUCS  # noqa: E402
 from tests.test_separate import run_main, write_mix  # noqa: E402
-from tests.test_stream import traced_stream_peak  # noqa: E402
+from tests.helpers import traced_stream_peak  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = int(TINY_HTDEMUCS["samplerate"])
@@ -304,18 +305,18 @@ def test_runtime_errors_become_runtime_error():
 
 
 def test_stream_core_equals_runtime(onnx_file):
-    """stream_separate with the graph's member == OnnxSeparator.separate (2 shifts,
+    """The core streaming the graph's member == OnnxSeparator.separate (2 shifts,
     blocks smaller than a segment, a length that is not a multiple of anything)."""
     runtime = OnnxSeparator(onnx_file, threads=1)
     mix = np.random.default_rng(1).standard_normal((2, 21001)).astype(np.float32) * 0.1
     stats = TrackStats.of_blocks([mix])
     random.seed(3)
-    blocks = [stems for _, stems in stream_separate(
-        onnx_members(runtime), ArraySource(mix, RATE, block=3000).blocks(), mix.shape[1],
-        sources=4, channels=2, samplerate=RATE, shifts=2, overlap=0.25,
+    track = BlockInput(ArraySource(mix, RATE, block=3000).blocks(), 2, mix.shape[1])
+    blocks = [stems for _, _, stems in separate(
+        onnx_members(runtime), track, sources=4, samplerate=RATE, shifts=2, overlap=0.25,
         mean=stats.mean, std=stats.std)]
     state = random.getstate()
-    got = np.concatenate(blocks, axis=-1)
+    got = np.concatenate(blocks, axis=-1)[0]
     random.seed(3)
     expected = runtime.separate(mix, shifts=2, rng=random)
     assert random.getstate() == state
@@ -356,5 +357,5 @@ def test_memory_is_flat(tmp_path, onnx_file):
     for seconds in (4, 16):
         path = tmp_path / f"{seconds}.wav"
         write_mix(path, seconds=seconds, samplerate=RATE)
-        peaks.append(traced_stream_peak(separator, path, RATE))
+        peaks.append(traced_stream_peak(separator, path))
     assert peaks[1] < 1.25 * peaks[0], peaks
