@@ -1,27 +1,56 @@
-PYTHON ?= python
+# `make test` works from a fresh clone: it creates the virtual environment (pinned CPU
+# torch, this package with its extras) and installs the upstream oracle when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+EXTRAS ?= onnx,dev,quantized,ray,hf
 PYTEST_ARGS ?=
+STAMP := $(VENV)/.installed-$(subst /,_,$(subst $(comma),_,$(EXTRAS)))
+comma := ,
 
-.PHONY: test test-fast lint bench parity oracle
+.PHONY: setup test test-fast lint format bench parity oracle web web-test
 
-# The whole offline suite, parity tests against upstream 4.0.1 included.
-test:
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+setup: $(STAMP)
 
-test-fast:
-	$(PYTHON) -m pytest -q -x -m "not slow" $(PYTEST_ARGS) tests
+# Pinned: an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $@
 
-lint:
-	$(PYTHON) -m flake8 demucs tests bench examples
+# Upstream demucs 4.0.1 and 4.1.0 (the test oracles), outside our import path.
+oracle: .oracle/site/demucs/htdemucs.py .oracle/site410/demucs/htdemucs.py
 
-# Installs upstream demucs 4.0.1 (the test oracle) into .oracle/site, outside our package.
-oracle:
-	$(PYTHON) -m pip install -q --no-deps --target .oracle/site demucs==4.0.1 openunmix==1.3.0
+.oracle/site/demucs/htdemucs.py: | $(STAMP)
+	$(PY) -m pip install -q --no-deps --target .oracle/site demucs==4.0.1 openunmix==1.3.0
 
-bench:
-	$(PYTHON) bench/bench_onnx.py
-	$(PYTHON) bench/bench_speed.py
-	$(PYTHON) bench/profile_forward.py
+.oracle/site410/demucs/htdemucs.py: | $(STAMP)
+	$(PY) -m pip install -q --no-deps --target .oracle/site410 demucs==4.1.0
 
-# Max abs difference vs upstream 4.0.1 and conv-vs-torch STFT SNR (needs `make oracle`).
-parity:
-	$(PYTHON) bench/parity.py
+# The whole offline suite, parity tests against upstream included (the slowest 15 shown).
+test: setup oracle
+	DEMUCS_REQUIRE_ORACLE=1 $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) tests
+
+test-fast: setup
+	$(PY) -m pytest -q -x -m "not slow" $(PYTEST_ARGS) tests
+
+lint: setup
+	$(PY) -m ruff check demucs tests bench examples
+	$(PY) -m ruff format --check demucs tests bench examples
+	$(PY) -m mypy demucs
+
+format: setup
+	$(PY) -m ruff format demucs tests bench examples
+	$(PY) -m ruff check --fix demucs tests bench examples
+
+bench: setup
+	$(PY) bench/bench_onnx.py
+	$(PY) bench/bench_speed.py
+	$(PY) bench/profile_forward.py
+
+# Max abs difference vs upstream 4.0.1 and conv-vs-torch STFT SNR.
+parity: setup oracle
+	$(PY) bench/parity.py

@@ -11,7 +11,7 @@ its peak RSS (``VmHWM``, else ``ru_maxrss``) is its own:
 * ``conv``: PyTorch eager, conv STFT backend with its default (factored) implementation,
   i.e. what gets exported;
 * ``ort-fp32``, ``ort-fp16``, ``ort-int8``: the exported file in ONNX Runtime (CPU,
-  :class:`demucs.onnx_runtime.OnnxSeparator` defaults: extended graph optimisations,
+  :class:`demucs.onnx.runtime.OnnxSeparator` defaults: extended graph optimisations,
   memory arena on, memory pattern off);
 * ``ort-fp32-ortdefaults``: fp32 with ONNX Runtime's own defaults (all optimisations,
   including the NCHWc layout transformation, and the memory pattern);
@@ -131,7 +131,7 @@ def worker(backend: str, workdir: Path, reps: int, threads: int) -> tp.Dict[str,
             with torch.no_grad():
                 return model(torch.from_numpy(x)).numpy()
     else:
-        from demucs.onnx_runtime import OnnxSeparator
+        from demucs.onnx.runtime import OnnxSeparator
 
         _, precision, *variant = backend.split("-")  # e.g. ort, fp32, ortdefaults
         if variant == ["ortdefaults"]:  # ONNX Runtime's defaults, for comparison

@@ -1,7 +1,8 @@
 """Reference runner: separate an audio file with an exported Demucs ONNX graph.
 
-Dependencies: numpy, onnxruntime, soundfile (no torch, no demucs install needed: copy
-this file next to ``demucs/onnx_runtime.py`` or keep the repository layout). A template
+Dependencies: numpy, onnxruntime, soundfile and this repository's ``demucs`` package
+(its separation core and ONNX backend import no torch; run from a checkout or after
+``pip install --no-deps``). A template
 for apps: the steps are the ones to port to Swift/Kotlin/JavaScript (see README.md).
 
     python examples/separate_onnx.py htdemucs.onnx song.wav -o stems/ [--shifts 1]
@@ -20,12 +21,8 @@ import numpy as np
 import soundfile as sf
 
 _HERE = Path(__file__).resolve().parent
-# onnx_runtime.py copied next to this script, else the repository's demucs/onnx_runtime.py
-sys.path[:0] = [str(_HERE), str(_HERE.parent)]
-try:
-    from onnx_runtime import OnnxSeparator  # type: ignore
-except ImportError:
-    from demucs.onnx_runtime import OnnxSeparator
+sys.path[:0] = [str(_HERE.parent)]  # the repository's demucs package, if not installed
+from demucs.onnx.runtime import OnnxSeparator  # noqa: E402
 
 
 def load_track(path: Path, sample_rate: int, channels: int) -> np.ndarray:
