@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tests import oracle as _oracle
+from tests.helpers import build_tiny_repo
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -28,6 +29,13 @@ def any_oracle(request):
     """Each upstream version's runner in turn (4.0.1, then 4.1.0)."""
     _oracle.require(request.param)
     return _oracle.version(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory):
+    """A --repo folder with bag ``tiny`` (one tiny Demucs) and, when HTDemucs is there,
+    ``tinyht`` (tests/helpers.py ``build_tiny_repo``), upstream's checkpoint format."""
+    return build_tiny_repo(tmp_path_factory.mktemp("repo"))
 
 
 @pytest.fixture(autouse=True)
