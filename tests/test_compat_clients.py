@@ -103,6 +103,11 @@ from demucs.apply import apply_model
 from demucs.pretrained import get_model
 
 res = {}
+try:
+    api.Separator(model="nope", repo=Path("repo"))
+except RuntimeError as error:
+    res["bad_model"] = type(error).__name__
+res["cuda_deferred"] = api.Separator(model="tiny", repo=Path("repo"), device="cuda")._device
 events = []
 sep = api.Separator(model="tiny", repo=Path("repo"), device="cpu", shifts=0,
                     segment=%(segment)r, callback=events.append, callback_arg={"client": 7})
@@ -294,6 +299,21 @@ def test_separator_files_and_tensors_like_upstream(cwd, up410, separator):
     close(origin, up_origin, tol=1e-6)
     for name in SOURCES:
         close(stems[name], up_stems[name])
+
+
+def test_separator_construction_like_upstream(cwd, up410):
+    """Construction loads the model (an unknown name raises ``ModelLoadingError``, a
+    ``RuntimeError``, at once) and defers the device: ``device="cuda"`` constructs on a
+    machine without CUDA, failing only when separating."""
+    from demucs import api
+    from demucs.pretrained import ModelLoadingError
+
+    with pytest.raises(ModelLoadingError) as info:
+        api.Separator(model="nope", repo=Path("repo"))
+    assert isinstance(info.value, RuntimeError)
+    assert type(info.value).__name__ == up410["bad_model"]
+    assert up410["cuda_deferred"] == "cuda"
+    api.Separator(model="tiny", repo=Path("repo"), device="cuda")
 
 
 @OWNED_BY_API
