@@ -31,6 +31,8 @@ from tests.helpers import RATE, SOURCES, run_main, write_mix
 OWNED_BY_API = pytest.mark.xfail(reason="compat: owned by api/apply (the lead)", strict=False)
 OWNED_BY_AUDIO = pytest.mark.xfail(reason="compat: owned by audio (the I/O engineer)",
                                    strict=False)
+OWNED_BY_CLI = pytest.mark.xfail(
+    reason="compat: owned by the separate.get_parser owner (the lead)", strict=False)
 OWNED_BY_MODELS = pytest.mark.xfail(reason="compat: owned by pretrained/repo (the models "
                                     "engineer)", strict=False)
 
@@ -107,6 +109,9 @@ try:
     api.Separator(model="nope", repo=Path("repo"))
 except RuntimeError as error:
     res["bad_model"] = type(error).__name__
+from demucs.separate import get_parser
+res["parser"] = {key: repr(value)
+                 for key, value in vars(get_parser().parse_args(["x.wav"])).items()}
 res["cuda_deferred"] = api.Separator(model="tiny", repo=Path("repo"), device="cuda")._device
 events = []
 sep = api.Separator(model="tiny", repo=Path("repo"), device="cpu", shifts=0,
@@ -431,3 +436,17 @@ def test_saved_files_honour_umask(cwd):
     finally:
         os.umask(umask)
     assert (Path("mode.wav").stat().st_mode & 0o777) == 0o644
+
+
+@OWNED_BY_CLI
+def test_get_parser_defaults_like_upstream(up410):
+    """Programs build their own arguments with ``get_parser()`` and pass ``args.name`` /
+    ``args.device`` to ``Separator``/``get_model``: 4.1.0's defaults ("htdemucs"; cuda
+    when available, else cpu; 4.0.1's ``name=None`` means the same model)."""
+    from demucs.separate import get_parser
+
+    ours = {key: repr(value)
+            for key, value in vars(get_parser().parse_args(["x.wav"])).items()}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    theirs = dict(up410["parser"], device=repr(device))
+    assert {key: ours.get(key) for key in theirs} == theirs
