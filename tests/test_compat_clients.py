@@ -450,3 +450,28 @@ def test_get_parser_defaults_like_upstream(up410):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     theirs = dict(up410["parser"], device=repr(device))
     assert {key: ours.get(key) for key in theirs} == theirs
+
+
+@OWNED_BY_MODELS
+def test_repo_list_model_like_upstream(cwd, up410):
+    """4.1.0's ``ModelOnlyRepo.list_model()`` / ``BagOnlyRepo.list_model()``: name -> file."""
+    from demucs.repo import BagOnlyRepo, LocalRepo
+
+    local = LocalRepo(Path("repo"))
+    bags = BagOnlyRepo(Path("repo"), local)
+    for kind, listing in (("single", local.list_model()), ("bag", bags.list_model())):
+        assert isinstance(listing, dict)
+        assert {name: Path(path).name for name, path in listing.items()} == {
+            name: Path(path).name for name, path in up410["list_models"][kind].items()}
+
+
+@OWNED_BY_MODELS
+def test_demucs_repo_environment_variable(cwd, monkeypatch):
+    """Programs that call ``get_model(name)`` cannot pass ``--repo``: ``DEMUCS_REPO``
+    points the default catalog at a local folder (the name is not in the remote catalog,
+    so nothing is downloaded either way)."""
+    from demucs.pretrained import get_model
+
+    monkeypatch.setenv("DEMUCS_REPO", str(cwd / "repo"))
+    model = get_model("tiny")
+    assert list(model.sources) == SOURCES
