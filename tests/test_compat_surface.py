@@ -64,9 +64,13 @@ ON_PURPOSE: tp.Dict[tp.Tuple[str, str], str] = {
         "takes concurrent.futures.Executor.shutdown's (wait, *, cancel_futures); upstream "
         "takes and ignores anything",
     ("apply", "DummyPoolExecutor.shutdown"): "the same class, re-exported",
-    ("api", "Separator"):
-        "device=None picks cuda when available at call time; upstream's default is the "
-        "same choice made at import time",
+}
+
+#: Deliberately different defaults: (module, subject, parameter) -> why.
+DEFAULTS_ON_PURPOSE: tp.Dict[tp.Tuple[str, str, str], str] = {
+    ("api", "Separator", "device"):
+        "None picks cuda when available at call time; upstream's default is the same "
+        "choice made at import time",
 }
 
 #: Upstream modules used only for training; ours raise an ImportError that says so.
@@ -103,8 +107,10 @@ def theirs(version: str, tmp_path_factory) -> dict:
     return _UPSTREAM_CACHE[version]
 
 
-def signature_problems(theirs_: Params, ours_: Params) -> tp.List[str]:
-    """Why a call that binds to upstream's parameters might not bind (alike) to ours."""
+def signature_problems(theirs_: Params, ours_: Params,
+                       other_defaults: tp.Collection[str] = ()) -> tp.List[str]:
+    """Why a call that binds to upstream's parameters might not bind (alike) to ours.
+    ``other_defaults``: parameters whose default differs on purpose."""
     problems = []
     our_kinds = {p[1] for p in ours_}
     ours_by_name = {p[0]: p for p in ours_}
@@ -128,7 +134,7 @@ def signature_problems(theirs_: Params, ours_: Params) -> tp.List[str]:
             continue
         if default is not None and mine[2] is None:
             problems.append(f"`{name}` is required, upstream defaults to {default}")
-        elif default is not None and mine[2] != default:
+        elif default is not None and mine[2] != default and name not in other_defaults:
             problems.append(f"`{name}` defaults to {mine[2]}, upstream {default}")
     their_names = {p[0] for p in theirs_}
     for index, (name, kind, default) in enumerate(ours_):
@@ -147,7 +153,8 @@ def positional_only(entry: dict) -> dict:
     return dict(entry, params=params)
 
 
-def entry_problems(subject: str, their: dict, our: tp.Optional[dict]) -> tp.Dict[str, str]:
+def entry_problems(subject: str, their: dict, our: tp.Optional[dict],
+                   module: str = "") -> tp.Dict[str, str]:
     if our is None:
         return {subject: f"missing ({their['kind']})"}
     if their["kind"] == "class" and our["kind"] != "class":
@@ -158,13 +165,16 @@ def entry_problems(subject: str, their: dict, our: tp.Optional[dict]) -> tp.Dict
     if their["kind"] == "property" and our["kind"] not in ("property", "attribute"):
         return {subject: f"is a {our['kind']}, upstream a property"}
     if their.get("params") is not None and our.get("params") is not None:
-        problems = signature_problems(their["params"], our["params"])
+        on_purpose = {param for (mod, subj, param) in DEFAULTS_ON_PURPOSE
+                      if (mod, subj) == (module, subject)}
+        problems = signature_problems(their["params"], our["params"], on_purpose)
         if problems:
             return {subject: "; ".join(problems)}
     return {}
 
 
-def class_problems(prefix: str, their_members: dict, our_members: dict) -> tp.Dict[str, str]:
+def class_problems(prefix: str, their_members: dict, our_members: dict,
+                   module: str = "") -> tp.Dict[str, str]:
     out: tp.Dict[str, str] = {}
     for member, their in sorted(their_members.items()):
         if member == "__init__":
@@ -173,7 +183,7 @@ def class_problems(prefix: str, their_members: dict, our_members: dict) -> tp.Di
         if member.startswith("__") and mine is not None:
             # Dunders are called by the interpreter, positionally: names do not matter.
             their, mine = positional_only(their), positional_only(mine)
-        out.update(entry_problems(f"{prefix}.{member}", their, mine))
+        out.update(entry_problems(f"{prefix}.{member}", their, mine, module))
     return out
 
 
@@ -185,8 +195,9 @@ def module_problems(module: str, their: dict, our: dict) -> tp.Dict[str, str]:
             if mine is None:
                 out[name] = "missing"
                 continue
-            out.update(entry_problems(name, dict(klass, kind="class"), dict(mine, kind="class")))
-            out.update(class_problems(name, klass["members"], mine["members"]))
+            out.update(entry_problems(name, dict(klass, kind="class"), dict(mine, kind="class"),
+                                      module))
+            out.update(class_problems(name, klass["members"], mine["members"], module))
         return out
     if module in their["absent"]:
         return {}
@@ -199,10 +210,10 @@ def module_problems(module: str, their: dict, our: dict) -> tp.Dict[str, str]:
     out = {}
     for name, entry in sorted(their_names.items()):
         mine = our_names.get(name)
-        out.update(entry_problems(name, entry, mine))
+        out.update(entry_problems(name, entry, mine, module))
         if entry["kind"] == "class" and mine is not None and mine["kind"] == "class":
             out.update(class_problems(name, their["classes"][entry["qualname"]],
-                                      our["classes"][mine["qualname"]]))
+                                      our["classes"][mine["qualname"]], module))
     return out
 
 
@@ -259,3 +270,26 @@ def test_wdemucs_alias():
     from demucs.wdemucs import WDemucs
 
     assert WDemucs is HDemucs
+
+
+def test_signature_checker_catches_incompatible_calls():
+    upstream_params = [["a", "POSITIONAL_OR_KEYWORD", None],
+                       ["kernel_size", "POSITIONAL_OR_KEYWORD", None],
+                       ["stride", "POSITIONAL_OR_KEYWORD", "1"],
+                       ["kwargs", "VAR_KEYWORD", None]]
+    assert signature_problems(upstream_params, upstream_params) == []
+    extended = upstream_params[:3] + [["extra", "KEYWORD_ONLY", "None"],
+                                      ["kwargs", "VAR_KEYWORD", None]]
+    assert signature_problems(upstream_params, extended) == []
+    renamed = [["signal", "POSITIONAL_OR_KEYWORD", None]] + upstream_params[1:3]
+    problems = signature_problems(upstream_params[:3], renamed)
+    assert any("`signal`" in p for p in problems) and any("`a` not" in p for p in problems)
+    assert any("defaults to 2" in p for p in signature_problems(
+        upstream_params, upstream_params[:2] + [["stride", "POSITIONAL_OR_KEYWORD", "2"]]
+        + upstream_params[3:]))
+    assert any("new required" in p for p in signature_problems(
+        upstream_params, upstream_params[:3] + [["mode", "KEYWORD_ONLY", None]]
+        + upstream_params[3:]))
+    assert "no **kwargs" in signature_problems(upstream_params, upstream_params[:3])
+    assert signature_problems(upstream_params, upstream_params[:2] + [
+        ["stride", "POSITIONAL_OR_KEYWORD", "2"]] + upstream_params[3:], {"stride"}) == []
