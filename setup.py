@@ -33,7 +33,7 @@ setup(
         "quantized": ["diffq>=0.2.1"],
         "dev": ["pytest>=7", "ruff", "flake8"],
     },
-    entry_points={"console_scripts": ["demucs=demucs.separate:main"]},
+    entry_points={"console_scripts": ["demucs=demucs.separate:console_main"]},
     classifiers=[
         "License :: OSI Approved :: MIT License",
         "Topic :: Multimedia :: Sound/Audio",

@@ -1,5 +1,5 @@
 """`python -m demucs`: same as the `demucs` command."""
-from .separate import main
+from .separate import console_main
 
 if __name__ == "__main__":
-    main()
+    console_main()

@@ -482,19 +482,26 @@ class Demucs(nn.Module):
         x = center_trim(x, length)
         return x.view(x.shape[0], len(self.sources), self.audio_channels, x.shape[-1])
 
-    def load_state_dict(self, state_dict: tp.Mapping[str, tp.Any], strict: bool = True,
-                        assign: bool = False) -> tp.Any:
+    def load_state_dict(  # type: ignore[override]  # upstream names the state `state`
+        self, state: tp.Optional[tp.Mapping[str, tp.Any]] = None, strict: bool = True,
+        assign: bool = False, *, state_dict: tp.Optional[tp.Mapping[str, tp.Any]] = None,
+    ) -> tp.Any:
         """Loads a state, also accepting the key layout of older Demucs checkpoints.
 
         Very old checkpoints had no norm slot in each layer, so their rewrite conv is
-        ``{encoder,decoder}.{i}.2`` instead of ``.3``; such keys are renamed.
+        ``{encoder,decoder}.{i}.2`` instead of ``.3``; such keys are renamed. The state
+        is passed positionally or as ``state=`` (upstream's name) or ``state_dict=``
+        (torch's).
         """
-        state = dict(state_dict)
+        given = state if state is not None else state_dict
+        if given is None or (state is not None and state_dict is not None):
+            raise TypeError("load_state_dict() takes exactly one state (state= or state_dict=)")
+        keys = dict(given)
         for idx in range(self.depth):
             for part in ("encoder", "decoder"):
                 for name in ("bias", "weight"):
                     new = f"{part}.{idx}.3.{name}"
                     old = f"{part}.{idx}.2.{name}"
-                    if old in state and new not in state:
-                        state[new] = state.pop(old)
-        return super().load_state_dict(state, strict=strict, assign=assign)
+                    if old in keys and new not in keys:
+                        keys[new] = keys.pop(old)
+        return super().load_state_dict(keys, strict=strict, assign=assign)

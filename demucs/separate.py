@@ -9,6 +9,12 @@ Problems with one track (unreadable file, unwritable output...) are reported on 
 of stderr and the other tracks are still processed; the exit status is then 1. Problems
 with the model or the options stop at once with status 1; Ctrl-C exits with 130 and
 leaves no partial files behind.
+
+Called in process, :func:`main` returns ``None`` when every track was separated, as
+upstream's does, and raises ``SystemExit`` with a non-zero status only on failure (as
+argparse does for bad flags), so a program can run it and carry on; Ctrl-C raises
+``KeyboardInterrupt`` once partial files are removed. The console script is
+:func:`console_main`, which turns all of this into exit statuses.
 """
 from __future__ import annotations
 
@@ -502,8 +508,29 @@ def _run(args: argparse.Namespace, written: _Written) -> int:
     return 1 if failures else 0
 
 
-def main(opts: tp.Optional[tp.Sequence[str]] = None) -> None:
-    """Entry point of ``demucs`` / ``python -m demucs.separate``; always exits."""
+def load_track(track: tp.Union[str, Path], audio_channels: int,
+               samplerate: int) -> torch.Tensor:
+    """Reads an audio (or video) file as a float32 tensor ``(audio_channels, samples)`` at
+    ``samplerate`` (upstream 4.0.1's helper, kept for the programs that call it).
+
+    Channels are converted as :func:`demucs.audio.convert_audio_channels` does and the
+    rate with julius. A file that cannot be read is reported on one line of stderr
+    naming it, then ``SystemExit(1)`` is raised, as upstream does (upstream prints
+    each decoder's error to stdout instead).
+    """
+    from .audio import convert_audio, read_audio
+
+    try:
+        wav, rate = read_audio(track)
+    except LoadAudioError as err:
+        _error(str(err))
+        raise SystemExit(1) from None
+    return convert_audio(wav, rate, samplerate, audio_channels)
+
+
+def _main(opts: tp.Optional[tp.Sequence[str]]) -> int:
+    """Runs the command; returns its exit status. Ctrl-C: partial files are removed, then
+    ``KeyboardInterrupt`` propagates."""
     parser = get_parser()
     args = parser.parse_args(opts)
     written = _Written()
@@ -513,20 +540,42 @@ def main(opts: tp.Optional[tp.Sequence[str]] = None) -> None:
                 raise CommandError("--list-models lists the models of --repo; it does not "
                                    "take --onnx")
             _print_models(args.repo)
-            sys.exit(0)
+            return 0
         if not args.tracks:
             parser.error("the following arguments are required: tracks")
-        status = _run(args, written)
+        return _run(args, written)
     except CommandError as err:
         _error(str(err))
-        sys.exit(1)
+        return 1
     except KeyboardInterrupt:
         written.remove_all()
+        raise
+
+
+def main(opts: tp.Optional[tp.Sequence[str]] = None) -> None:
+    """Runs ``demucs`` with the arguments ``opts`` (default: ``sys.argv[1:]``).
+
+    Returns ``None`` on success, so programs can call it and continue. On failure the
+    problems are reported on stderr and ``SystemExit`` is raised with the exit status
+    (1, or 2 for bad flags, from argparse). Ctrl-C raises ``KeyboardInterrupt`` after
+    removing partial outputs.
+    """
+    status = _main(opts)
+    if status:
+        raise SystemExit(status)
+
+
+def console_main(opts: tp.Optional[tp.Sequence[str]] = None) -> tp.NoReturn:
+    """The ``demucs`` console script (and ``python -m demucs[.separate]``): :func:`main`,
+    then exits with its status: 0 success, 1 failure, 2 bad flags, 130 Ctrl-C."""
+    try:
+        main(opts)
+    except KeyboardInterrupt:
         newline = "\n" if sys.stderr.isatty() else ""  # end a progress bar's line
         print(f"{newline}{PROG}: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)
-    sys.exit(status)
+    sys.exit(0)
 
 
 if __name__ == "__main__":
-    main()
+    console_main()

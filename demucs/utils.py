@@ -6,8 +6,11 @@ shape arithmetic with Python ints and never branches on tensor values.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import typing as tp
+from collections import defaultdict
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 
 import torch
@@ -21,6 +24,10 @@ __all__ = [
     "DummyPoolExecutor",
     "temp_filenames",
     "sizeof_fmt",
+    "fatal",
+    "pull_metric",
+    "EMA",
+    "random_subset",
 ]
 
 T = tp.TypeVar("T")
@@ -79,14 +86,15 @@ def center_trim(tensor: torch.Tensor,
     return tensor[..., left:left + target]
 
 
-def unfold(signal: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+def unfold(a: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
     """Cuts the last axis into overlapping frames.
 
     The input is zero padded on the right so that every sample lands in a frame and
-    there are ``ceil(T / stride)`` frames.
+    there are ``ceil(T / stride)`` frames. (The first parameter is named ``a``, as
+    upstream names it, so keyword calls keep working.)
 
     Args:
-        signal: tensor ``(*other, T)``.
+        a: tensor ``(*other, T)``.
         kernel_size: frame length ``K``.
         stride: hop between the starts of two consecutive frames.
 
@@ -95,6 +103,7 @@ def unfold(signal: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
     """
     if kernel_size <= 0 or stride <= 0:
         raise ValueError(f"kernel_size ({kernel_size}) and stride ({stride}) must be positive")
+    signal = a
     length = signal.shape[-1]
     n_frames = ceil_div(length, stride)
     padded_length = (n_frames - 1) * stride + kernel_size
@@ -132,15 +141,84 @@ def temp_filenames(count: int, delete: bool = True) -> tp.Iterator[tp.List[str]]
                     os.unlink(name)
 
 
-class _DeferredResult(tp.Generic[T]):
-    """A "future" whose work runs, in the calling thread, when ``result()`` is asked."""
+def fatal(*args: tp.Any) -> tp.NoReturn:
+    """Prints ``args`` to stderr and exits with status 1 (``SystemExit(1)``).
 
-    def __init__(self, func: tp.Callable[..., T], *args: tp.Any, **kwargs: tp.Any) -> None:
+    Kept for programs written against upstream; this package's own code raises
+    exceptions instead, so that library callers can handle them.
+    """
+    print(*args, file=sys.stderr)
+    sys.exit(1)
+
+
+def pull_metric(history: tp.Sequence[tp.Mapping[str, tp.Any]], name: str) -> tp.List[tp.Any]:
+    """The value of the (dotted) metric ``name`` in every entry of ``history``.
+
+    ``pull_metric([{"valid": {"loss": 1}}, {"valid": {"loss": 2}}], "valid.loss")``
+    is ``[1, 2]``; a missing key raises ``KeyError``.
+    """
+    keys = name.split(".")
+    values = []
+    for entry in history:
+        value: tp.Any = entry
+        for key in keys:
+            value = value[key]
+        values.append(value)
+    return values
+
+
+def EMA(beta: float = 1) -> tp.Callable[..., tp.Dict[str, float]]:
+    """An exponential moving average of dicts of metrics.
+
+    Returns ``update(metrics, weight=1) -> averages``: every call folds ``metrics`` (name
+    -> number) in with ``weight``, older contributions being multiplied by ``beta``, and
+    returns the weighted average of every name seen so far. ``beta=1`` is a plain
+    (weighted) mean.
+    """
+    sums: tp.Dict[str, float] = defaultdict(float)
+    weights: tp.Dict[str, float] = defaultdict(float)
+
+    def update(metrics: tp.Mapping[str, tp.Any], weight: float = 1) -> tp.Dict[str, float]:
+        for key, value in metrics.items():
+            sums[key] = sums[key] * beta + weight * float(value)
+            weights[key] = weights[key] * beta + weight
+        return {key: total / weights[key] for key, total in sums.items()}
+
+    return update
+
+
+def random_subset(dataset: tp.Any, max_samples: int, seed: int = 42) -> tp.Any:
+    """At most ``max_samples`` items of ``dataset``, drawn without replacement.
+
+    The draw depends only on ``seed`` and ``len(dataset)``. Returns ``dataset`` itself
+    when it is not larger than ``max_samples``, else a ``torch.utils.data.Subset``.
+    """
+    from torch.utils.data import Subset
+
+    if max_samples >= len(dataset):
+        return dataset
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=generator)
+    return Subset(dataset, order[:max_samples].tolist())
+
+
+class _DeferredResult(tp.Generic[T]):
+    """A "future" whose work runs, in the calling thread, when ``result()`` is asked.
+
+    Once its executor was shut down with ``cancel_futures=True``, ``result()`` raises
+    ``concurrent.futures.CancelledError`` instead of running the work.
+    """
+
+    def __init__(self, func: tp.Callable[..., T], state: tp.Dict[str, bool],
+                 *args: tp.Any, **kwargs: tp.Any) -> None:
         self._func = func
+        self._state = state
         self._args = args
         self._kwargs = kwargs
 
     def result(self) -> T:
+        if self._state["cancelled"]:
+            raise CancelledError()
         return self._func(*self._args, **self._kwargs)
 
 
@@ -148,20 +226,36 @@ class DummyPoolExecutor:
     """Stand-in for ``concurrent.futures`` executors that runs jobs lazily and serially.
 
     ``submit`` returns an object with a ``result()`` method, like a ``Future``; the job
-    runs when ``result()`` is called, in the caller's thread.
+    runs when ``result()`` is called, in the caller's thread. ``shutdown`` follows
+    ``Executor.shutdown``: no new jobs afterwards, and with ``cancel_futures=True`` the
+    jobs not run yet are cancelled (their ``result()`` raises ``CancelledError``), which
+    is how ``apply_model`` stops on Ctrl-C.
     """
 
     DummyResult = _DeferredResult
 
     def __init__(self, workers: int = 0) -> None:
         del workers  # accepted for interface compatibility with real executors
+        self._state = {"cancelled": False, "shut_down": False}
 
     def submit(self, func: tp.Callable[..., T], *args: tp.Any,
                **kwargs: tp.Any) -> _DeferredResult[T]:
-        return _DeferredResult(func, *args, **kwargs)
+        if self._state["shut_down"]:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        return _DeferredResult(func, self._state, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuses new jobs; with ``cancel_futures``, cancels those not run yet.
+
+        ``wait`` has nothing to wait for (no job runs in the background).
+        """
+        del wait
+        self._state["shut_down"] = True
+        if cancel_futures:
+            self._state["cancelled"] = True
 
     def __enter__(self) -> "DummyPoolExecutor":
         return self
 
-    def __exit__(self, *exc_info: tp.Any) -> None:
-        return None
+    def __exit__(self, exc_type: tp.Any, exc_value: tp.Any, exc_tb: tp.Any) -> None:
+        self.shutdown(wait=True)

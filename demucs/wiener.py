@@ -37,6 +37,7 @@ __all__ = [
     "complex_hermitian",
     "complex_inverse_matrix",
     "unit_phasor",
+    "atan2",
     "expectation_maximization",
     "wiener",
     "apply_wiener",
@@ -168,6 +169,28 @@ def unit_phasor(z: Tensor) -> Tensor:
     return _pack(re / modulus, im / modulus)
 
 
+def atan2(y: Tensor, x: Tensor) -> Tensor:
+    """Element-wise angle of ``(x, y)`` in radians, in ``[-pi, pi]``, like ``torch.atan2``
+    but built from ``atan`` and ``where`` (ONNX has no ``atan2`` op).
+
+    The inputs are not modified. ``atan2(0, 0) = 0``; on the negative x axis the result
+    is ``+pi`` (also for ``y = -0.0``, which ``torch.atan2`` maps to ``-pi``).
+
+    Args:
+        y: tensor of ordinates.
+        x: tensor of abscissas, broadcastable with ``y``.
+    """
+    on_y_axis = x == 0
+    safe_x = torch.where(on_y_axis, torch.ones_like(x), x)
+    angle = torch.atan(y / safe_x)
+    half_turn = torch.full_like(angle, math.pi)
+    zero = torch.zeros_like(angle)
+    angle = angle + torch.where((x < 0) & (y >= 0), half_turn, zero)
+    angle = angle - torch.where((x < 0) & (y < 0), half_turn, zero)
+    axis = torch.where(y > 0, half_turn / 2, torch.where(y < 0, -half_turn / 2, zero))
+    return torch.where(on_y_axis, axis, angle)
+
+
 # --------------------------------------------------------------------------------------
 # EM refinement
 # --------------------------------------------------------------------------------------
@@ -206,7 +229,24 @@ def _mixture_covariance(psd: Tensor, covs: Tensor, regularization: float) -> Ten
     return mix_cov + diagonal
 
 
-def _em_step(sources: Tensor, mix: Tensor, eps: float) -> tp.Tuple[Tensor, Tensor, Tensor]:
+def _filter_mixture(mix: Tensor, psd: Tensor, covs: Tensor, eps: float) -> Tensor:
+    """Multichannel Wiener filter of the mixture: ``y_j = v_j R_j Cxx^{-1} x``.
+
+    Args:
+        mix: ``(F, T, C, 2)``; psd: ``(F, J, T)``; covs: ``(F, J, C, C, 2)``.
+
+    Returns:
+        ``(F, J, C, T, 2)``.
+    """
+    inv_mix_cov = complex_inverse_matrix(_mixture_covariance(psd, covs, math.sqrt(eps)))
+    # Cxx^{-1} x once for all sources: (F, T, C, 1, 2) -> (F, 1, C, T, 2).
+    whitened = complex_matmul(inv_mix_cov, mix[..., None, :])
+    whitened = whitened.squeeze(-2).transpose(1, 2)[:, None]
+    return complex_matmul(covs, whitened) * psd[:, :, None, :, None]
+
+
+def _em_step(sources: Tensor, mix: Tensor, eps: float,
+             batch_size: tp.Optional[int] = None) -> tp.Tuple[Tensor, Tensor, Tensor]:
     """One EM iteration in the internal layout.
 
     Re-estimates each source's PSD ``v_j`` and spatial covariance ``R_j`` from the
@@ -216,6 +256,8 @@ def _em_step(sources: Tensor, mix: Tensor, eps: float) -> tp.Tuple[Tensor, Tenso
     Args:
         sources: ``(F, J, C, T, 2)`` current estimates.
         mix: ``(F, T, C, 2)`` mixture STFT.
+        batch_size: filter the mixture this many frames at a time (bounds the memory of
+            the per-frame matrices); ``None``: all frames at once.
 
     Returns:
         New estimates ``(F, J, C, T, 2)``, PSDs ``(F, J, T)`` and covariances
@@ -223,11 +265,13 @@ def _em_step(sources: Tensor, mix: Tensor, eps: float) -> tp.Tuple[Tensor, Tenso
     """
     psd = complex_abs2(sources).mean(dim=2)
     covs = _spatial_covariances(sources, psd, eps)
-    inv_mix_cov = complex_inverse_matrix(_mixture_covariance(psd, covs, math.sqrt(eps)))
-    # Cxx^{-1} x once for all sources: (F, T, C, 1, 2) -> (F, 1, C, T, 2).
-    whitened = complex_matmul(inv_mix_cov, mix[..., None, :])
-    whitened = whitened.squeeze(-2).transpose(1, 2)[:, None]
-    new_sources = complex_matmul(covs, whitened) * psd[:, :, None, :, None]
+    nb_frames = _shape(mix)[1]
+    if batch_size is None or batch_size >= nb_frames:
+        return _filter_mixture(mix, psd, covs, eps), psd, covs
+    parts = [_filter_mixture(mix[:, start:start + batch_size],
+                             psd[:, :, start:start + batch_size], covs, eps)
+             for start in range(0, nb_frames, batch_size)]
+    new_sources = torch.cat(parts, dim=3)
     return new_sources, psd, covs
 
 
@@ -236,6 +280,7 @@ def expectation_maximization(
     x: Tensor,
     iterations: int = 2,
     eps: float = 1e-10,
+    batch_size: tp.Optional[int] = 200,
 ) -> tp.Tuple[Tensor, Tensor, Tensor]:
     """Refines source STFT estimates with the simplified multichannel EM algorithm.
 
@@ -250,6 +295,10 @@ def expectation_maximization(
         iterations: number of EM iterations (0 returns ``y`` unchanged).
         eps: regularisation: added to the covariance weights, and ``sqrt(eps)`` to the
             diagonal of the mixture covariance before inversion.
+        batch_size: frames filtered together in each iteration (> 0), which bounds the
+            memory of the per-frame matrices; the result does not depend on it.
+            ``None``: all frames at once (what :func:`wiener` does: one graph op per
+            step when exported).
 
     Returns:
         ``(y, v, R)``: refined estimates ``(T, F, C, 2, J)``, the PSDs ``(T, F, J)`` and
@@ -266,6 +315,8 @@ def expectation_maximization(
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
+    if batch_size is not None and batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
     nb_frames, nb_bins, nb_channels = x_shape[:3]
     nb_sources = y_shape[-1]
     if iterations > 0 and nb_channels not in (1, 2):
@@ -276,7 +327,7 @@ def expectation_maximization(
     psd = y.new_zeros(nb_bins, nb_sources, nb_frames)
     covs = y.new_zeros(nb_bins, nb_sources, nb_channels, nb_channels, 2)
     for _ in range(iterations):
-        sources, psd, covs = _em_step(sources, mix, eps)
+        sources, psd, covs = _em_step(sources, mix, eps, batch_size)
     return (
         sources.permute(3, 0, 2, 4, 1),
         psd.permute(2, 0, 1),
@@ -364,7 +415,8 @@ def wiener(
         return y
 
     max_abs = torch.clamp(complex_abs2(mix_stft).max().sqrt() / scale_factor, min=1.0)
-    y = expectation_maximization(y / max_abs, mix_stft / max_abs, iterations, eps=eps)[0]
+    y = expectation_maximization(y / max_abs, mix_stft / max_abs, iterations, eps=eps,
+                                 batch_size=None)[0]
     return y * max_abs
 
 

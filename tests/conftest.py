@@ -5,19 +5,37 @@ import pytest
 import torch
 
 from tests import oracle as _oracle
+from tests.helpers import build_tiny_repo
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
 def oracle():
-    """The upstream 4.0.1 runner (tests/oracle.py). Skips locally if not installed;
-    fails in CI (DEMUCS_REQUIRE_ORACLE=1)."""
-    if not _oracle.available():
-        if os.environ.get("DEMUCS_REQUIRE_ORACLE"):
-            pytest.fail("upstream oracle missing: run `make oracle`")
-        pytest.skip("upstream oracle not installed (make oracle)")
+    """The upstream 4.0.1 runner (tests/oracle.py), under ``oracle.require``."""
+    _oracle.require()
     return _oracle
+
+
+@pytest.fixture(scope="session")
+def oracle410():
+    """The upstream 4.1.0 runner (``oracle.version("4.1.0")``), under ``oracle.require``."""
+    _oracle.require("4.1.0")
+    return _oracle.version("4.1.0")
+
+
+@pytest.fixture(scope="session", params=_oracle.VERSIONS)
+def any_oracle(request):
+    """Each upstream version's runner in turn (4.0.1, then 4.1.0)."""
+    _oracle.require(request.param)
+    return _oracle.version(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory):
+    """A --repo folder with bag ``tiny`` (one tiny Demucs) and, when HTDemucs is there,
+    ``tinyht`` (tests/helpers.py ``build_tiny_repo``), upstream's checkpoint format."""
+    return build_tiny_repo(tmp_path_factory.mktemp("repo"))
 
 
 @pytest.fixture(autouse=True)

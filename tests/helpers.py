@@ -1,12 +1,103 @@
-"""Helpers shared by test modules (test modules never import each other)."""
+"""Helpers shared by the command, API and compatibility tests: tiny checkpoints in
+upstream's format, a --repo folder of them, short mixes, running the command in process.
+
+The checkpoints are made by upstream 4.0.1 (the oracle) when it is installed, else by our
+own ``serialize_model``; both are the upstream format. Audio is short and at 8 kHz.
+"""
 from __future__ import annotations
 
+import importlib
 import tracemalloc
 import typing as tp
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
+
+from tests import oracle as _oracle
+
+SOURCES = ["drums", "bass", "other", "vocals"]
+RATE = 8000
+TINY_DEMUCS = dict(sources=SOURCES, audio_channels=2, channels=4, depth=2, samplerate=RATE,
+                   segment=1, lstm_layers=0, dconv_comp=2)
+TINY_HTDEMUCS = dict(sources=SOURCES, audio_channels=2, channels=4, nfft=256, depth=2,
+                     t_layers=1, t_heads=2, samplerate=RATE, segment=1, dconv_comp=4)
+
+
+def make_checkpoint(klass: str, kwargs: dict, path: Path) -> None:
+    """Saves ``klass(**kwargs)`` (seed 0; e.g. "demucs.Demucs") as an upstream checkpoint."""
+    if _oracle.available():
+        _oracle.make_model(klass, kwargs, None, path.parent / "work", checkpoint=path)
+        return
+    from demucs.states import serialize_model
+
+    module, name = klass.rsplit(".", 1)
+    torch.manual_seed(0)
+    model = getattr(importlib.import_module(f"demucs.{module}"), name)(**kwargs)
+    torch.save(serialize_model(model, {}), path)
+
+
+def htdemucs_importable() -> bool:
+    try:
+        import demucs.htdemucs  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def build_tiny_repo(repo: Path) -> Path:
+    """Fills ``repo`` with bag ``tiny`` (one tiny Demucs, signature ``tinyd``) and, when
+    HTDemucs is there, ``tinyht`` (one tiny HTDemucs, ``tinyh``). Returns ``repo``."""
+    make_checkpoint("demucs.Demucs", TINY_DEMUCS, repo / "tinyd.th")
+    (repo / "tiny.yaml").write_text("models: ['tinyd']\n")
+    if htdemucs_importable():
+        make_checkpoint("htdemucs.HTDemucs", TINY_HTDEMUCS, repo / "tinyh.th")
+        (repo / "tinyht.yaml").write_text("models: ['tinyh']\n")
+    return repo
+
+
+def write_mix(path: Path, seconds: float = 1.5, channels: int = 2, amplitude: float = 0.2,
+              seed: int = 0, samplerate: int = RATE) -> np.ndarray:
+    """Writes float32 noise to ``path``; returns it as ``(samples, channels)``."""
+    rng = np.random.default_rng(seed)
+    data = (rng.standard_normal((int(seconds * samplerate), channels)) * amplitude)
+    data = np.clip(data, -0.9, 0.9).astype(np.float32)
+    sf.write(str(path), data, samplerate, subtype="FLOAT")
+    return data
+
+
+def run_main(args: tp.Sequence[tp.Any], capsys: tp.Any) -> tp.Tuple[int, str, str]:
+    """Runs ``demucs.separate.main`` in process, as library callers do; returns (exit
+    status, stdout, stderr). Success must return (``None``), not raise."""
+    from demucs import separate
+
+    try:
+        returned = separate.main([str(arg) for arg in args])
+    except SystemExit as exit_:
+        code = exit_.code
+        assert code not in (0, None), "main() raised SystemExit on success"
+        status = code if isinstance(code, int) else 1
+    else:
+        assert returned is None
+        status = 0
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def run_console(args: tp.Sequence[tp.Any], capsys: tp.Any) -> tp.Tuple[int, str, str]:
+    """Runs the console script ``demucs.separate.console_main`` in process (it always
+    exits); returns (exit status, stdout, stderr)."""
+    from demucs import separate
+
+    try:
+        separate.console_main([str(arg) for arg in args])
+    except SystemExit as exit_:
+        code = exit_.code
+    else:
+        raise AssertionError("console_main() returned instead of exiting")
+    captured = capsys.readouterr()
+    return (code if isinstance(code, int) else 1), captured.out, captured.err
 
 
 def noise(length: int, channels: int = 2, seed: int = 0, amplitude: float = 0.2) -> torch.Tensor:

@@ -1,12 +1,16 @@
-"""Runs upstream demucs 4.0.1 (the reference) in a subprocess.
+"""Runs upstream demucs (the reference: 4.0.1 by default, or 4.1.0) in a subprocess.
 
 Upstream and our package are both called ``demucs``, and pickled checkpoints name
-``demucs.*`` classes, so the two must never share an interpreter. The oracle lives in
-``.oracle/site`` (``make oracle``) or wherever ``DEMUCS_ORACLE_SITE`` points, and runs
-with stub ``torchaudio``/``dora``/``omegaconf`` modules from ``tests/oracle_stubs``.
+``demucs.*`` classes, so the two must never share an interpreter. Each upstream version
+lives in its own folder (``make oracle``): 4.0.1 in ``.oracle/site`` (or wherever
+``DEMUCS_ORACLE_SITE`` points), 4.1.0 in ``.oracle/site410`` (``DEMUCS_ORACLE_SITE_410``).
+Both run with stub ``torchaudio``/``dora``/``omegaconf``/``sphn`` modules from
+``tests/oracle_stubs``.
 
-Data goes in and out through files written with ``torch.save`` (plain tensors and
-dicts), which our side reads back with ``weights_only=True``.
+Module-level functions run 4.0.1; :func:`version` gives the same functions for another
+version (``oracle.version("4.1.0").run(...)``). Data goes in and out through files
+written with ``torch.save`` (plain tensors and dicts), which our side reads back with
+``weights_only=True``.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import torch
@@ -22,41 +27,65 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 STUBS = Path(__file__).resolve().parent / "oracle_stubs"
 
+DEFAULT_VERSION = "4.0.1"
+#: Upstream version -> (environment variable overriding its folder, default folder).
+SITES = {
+    "4.0.1": ("DEMUCS_ORACLE_SITE", ROOT / ".oracle" / "site"),
+    "4.1.0": ("DEMUCS_ORACLE_SITE_410", ROOT / ".oracle" / "site410"),
+}
+VERSIONS = tuple(SITES)
 
-def oracle_site() -> Path:
-    return Path(os.environ.get("DEMUCS_ORACLE_SITE", ROOT / ".oracle" / "site"))
+
+def oracle_site(version: str = DEFAULT_VERSION) -> Path:
+    if version not in SITES:
+        raise ValueError(f"unknown upstream version {version!r}, expected one of {VERSIONS}")
+    variable, default = SITES[version]
+    return Path(os.environ.get(variable, default))
 
 
-def available() -> bool:
-    return (oracle_site() / "demucs" / "htdemucs.py").exists()
+def available(version: str = DEFAULT_VERSION) -> bool:
+    return (oracle_site(version) / "demucs" / "htdemucs.py").exists()
 
 
-def env() -> dict:
-    """Environment for a subprocess that imports upstream ``demucs``."""
+def require(version: str = DEFAULT_VERSION) -> None:
+    """The one oracle policy, for every version: a missing install skips the calling
+    test locally and fails it in CI (``DEMUCS_REQUIRE_ORACLE=1``)."""
+    import pytest
+
+    if not available(version):
+        if os.environ.get("DEMUCS_REQUIRE_ORACLE"):
+            pytest.fail(f"upstream oracle {version} missing: run `make oracle`")
+        pytest.skip(f"upstream oracle {version} not installed (make oracle)")
+
+
+def env(version: str = DEFAULT_VERSION) -> dict:
+    """Environment for a subprocess that imports upstream ``demucs`` of ``version``."""
     out = dict(os.environ)
-    out["PYTHONPATH"] = os.pathsep.join([str(STUBS), str(oracle_site())])
-    # Upstream 4.0.1 calls torch.load without weights_only; only ever on files tests made.
+    out["PYTHONPATH"] = os.pathsep.join([str(STUBS), str(oracle_site(version))])
+    # Upstream calls torch.load without weights_only; only ever on files tests made.
     out["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     out.setdefault("OMP_NUM_THREADS", "1")
     return out
 
 
-def run(code: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def run(code: str, cwd: Path, timeout: float = 600,
+        version: str = DEFAULT_VERSION) -> subprocess.CompletedProcess:
     """Runs ``code`` with upstream demucs importable; raises with its stderr on failure."""
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=str(cwd), env=env(), capture_output=True, text=True, timeout=timeout,
+        cwd=str(cwd), env=env(version), capture_output=True, text=True, timeout=timeout,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"oracle failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
-def run_cli(args: list, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(args: list, cwd: Path, timeout: float = 600,
+            version: str = DEFAULT_VERSION) -> subprocess.CompletedProcess:
     """Runs upstream's ``python -m demucs.separate ARGS``."""
     proc = subprocess.run(
         [sys.executable, "-m", "demucs.separate", *map(str, args)],
-        cwd=str(cwd), env=env(), capture_output=True, text=True, timeout=timeout,
+        cwd=str(cwd), env=env(version), capture_output=True, text=True, timeout=timeout,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"oracle CLI failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -141,3 +170,34 @@ def make_model_dict(jobs: dict, workdir: Path) -> dict:
 
 def load_result(path: Path) -> Any:
     return torch.load(path, weights_only=True)
+
+
+def run_script(script: Path, args: list, cwd: Path, timeout: float = 600,
+               version: str = DEFAULT_VERSION) -> subprocess.CompletedProcess:
+    """Runs ``python SCRIPT ARGS`` with upstream demucs importable (script from tests/)."""
+    proc = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        cwd=str(cwd), env=env(version), capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"oracle script failed ({proc.returncode}):\n{proc.stdout}\n"
+                           f"{proc.stderr}")
+    return proc
+
+
+def version(name: str) -> SimpleNamespace:
+    """The runners of this module bound to upstream ``name`` (e.g. "4.1.0")."""
+    oracle_site(name)  # validates the name
+
+    def bind(func: Any) -> Any:
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, version=name, **kwargs)
+        bound.__doc__ = func.__doc__
+        return bound
+
+    return SimpleNamespace(
+        name=name, site=oracle_site(name), available=lambda: available(name),
+        require=lambda: require(name),
+        env=lambda: env(name), run=bind(run), run_cli=bind(run_cli),
+        run_script=bind(run_script), load_result=load_result,
+    )

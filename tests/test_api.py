@@ -8,7 +8,7 @@ import torch
 
 from demucs import api
 from demucs.api import LoadAudioError, ModelLoadingError, Separator, list_models, save_audio
-from tests.test_separate import RATE, SOURCES, run_main, tiny_repo, write_mix  # noqa: F401
+from tests.helpers import RATE, SOURCES, run_main, write_mix
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ def test_wheel_ships_catalog_and_console_script(tmp_path):
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "demucs = demucs.separate:main" in text
+    assert "demucs = demucs.separate:console_main" in text
 
 
 def test_python_m_demucs_help():

@@ -1,0 +1,4 @@
+"""Upstream's training module ``demucs.augment``: not part of this inference fork."""
+from .errors import training_only
+
+training_only(__name__)
