@@ -534,11 +534,13 @@ class Separator:
                             ) -> tp.Tuple[Array, tp.Dict[str, Array]]:
         """Reads and separates an audio (or video) file; see :meth:`separate_tensor`.
 
-        With ``split`` (the default) the file is decoded and separated block by block
-        (:meth:`stream_track`): only the returned arrays grow with the track's length.
-        Tensors for a PyTorch model, numpy arrays for an ONNX graph.
+        With ``split`` (the default) and no callback, the file is decoded and separated
+        block by block (:meth:`stream_track`): only the returned arrays grow with the
+        track's length. Tensors for a PyTorch model, numpy arrays for an ONNX graph.
         """
-        if not self._split:
+        if not self._split or self._callback is not None:
+            # Callbacks hear the segments in upstream's order (model by model), which
+            # needs the whole track in memory, as upstream holds it.
             return self.separate_tensor(self.load_audio(file), self.samplerate)
         track = self.open_track(file)
         origin = np.empty((self.audio_channels, track.length), np.float32)
@@ -561,15 +563,37 @@ class Separator:
                 f"sources={self.sources}, device={str(self._device)!r})")
 
 
-def list_models(repo: tp.Optional[tp.Union[str, Path]] = None) -> tp.Dict[str, tp.List[str]]:
+def list_models(repo: tp.Optional[tp.Union[str, Path]] = None
+                ) -> tp.Dict[str, tp.Dict[str, tp.Union[str, Path]]]:
     """Models available without downloading anything (upstream 4.1.0's shape).
 
-    Returns ``{"single": [signatures...], "bag": [bag names...]}`` for the local ``repo``
-    folder, or for the remote catalog when ``repo`` is None.
+    Returns ``{"single": {signature: file or URL}, "bag": {name: yaml file}}`` for the local
+    ``repo`` folder, or for the remote catalog when ``repo`` is None. Iterating over
+    either dict gives the names.
     """
     from . import pretrained
 
     folder = Path(repo) if repo is not None else None
-    bags = pretrained.list_models(folder, signatures=False)
-    everything = pretrained.list_models(folder, signatures=True)
-    return {"single": [name for name in everything if name not in bags], "bag": bags}
+    model_repo, bag_repo = pretrained.repos(folder)
+    return {"single": model_repo.list_model(), "bag": bag_repo.list_model()}
+
+
+#: Upstream 4.1.0 re-exports these from ``demucs.api``; loaded on first use, so that
+#: importing this module does not import PyTorch.
+_REEXPORTS = {
+    "AudioFile": "audio", "convert_audio": "audio", "apply_model": "apply",
+    "BagOnlyRepo": "repo", "LocalRepo": "repo", "ModelOnlyRepo": "repo", "RemoteRepo": "repo",
+    "REMOTE_ROOT": "pretrained", "get_model": "pretrained", "fatal": "utils",
+}
+
+
+def __getattr__(name: str) -> tp.Any:
+    if name in _REEXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_REEXPORTS[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> tp.List[str]:
+    return sorted(list(globals()) + list(_REEXPORTS))

@@ -367,3 +367,16 @@ def apply_model(model: tp.Union[BagOfModels, nn.Module],
             own_pool.shutdown(wait=False, cancel_futures=True)
     assert out is not None
     return out
+
+
+#: Model classes upstream's ``demucs.apply`` exposes, loaded on first use (the model
+#: modules are not needed to apply a model that is already built).
+_MODEL_CLASSES = {"Demucs": "demucs", "HDemucs": "hdemucs", "HTDemucs": "htdemucs"}
+
+
+def __getattr__(name: str) -> tp.Any:
+    if name in _MODEL_CLASSES:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_MODEL_CLASSES[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

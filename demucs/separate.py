@@ -45,6 +45,26 @@ PROG = "demucs"
 TEMPLATE_KEYS = ("track", "trackext", "stem", "ext")
 
 
+class Default(str):
+    """A flag's default value, as opposed to the same value given on the command line."""
+
+
+def default_device() -> str:
+    """``cuda`` when PyTorch sees a GPU, else ``cpu``, without importing PyTorch on a
+    machine that has no NVIDIA driver (the ``--onnx`` path never needs it)."""
+    if "torch" not in sys.modules and not os.path.exists("/dev/nvidiactl"):
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _given(value: tp.Any) -> bool:
+    return value is not None and not isinstance(value, Default)
+
+
 class CommandError(Exception):
     """A problem that stops the whole command (one line, exit status 1)."""
 
@@ -54,7 +74,8 @@ def get_parser() -> argparse.ArgumentParser:
         PROG, description="Separate the sources for the given tracks")
     parser.add_argument("tracks", nargs="*", type=Path, default=[], help="Path to tracks")
     add_model_flags(parser)
-    parser.set_defaults(name=None)  # DEFAULT_MODEL, unless --onnx (see _model_flags_given)
+    # Upstream's defaults, marked so that --onnx can tell them from values the user gave.
+    parser.set_defaults(name=Default(DEFAULT_MODEL), device=Default(default_device()))
     parser.add_argument("--onnx", type=Path, default=None, metavar="FILE",
                         help="Separate with this ONNX graph (python -m demucs.export_onnx) "
                         "through ONNX Runtime instead of a PyTorch model; replaces "
@@ -73,7 +94,7 @@ def get_parser() -> argparse.ArgumentParser:
                         '"{stem}", "{ext}" to use variables of track name without extension, '
                         "track extension, stem name and default output file extension. "
                         'Default is "{track}/{stem}.{ext}".')
-    parser.add_argument("-d", "--device", default=None,
+    parser.add_argument("-d", "--device",
                         help="Device to use, default is cuda if available else cpu "
                         "(with --onnx: cuda needs onnxruntime-gpu)")
     parser.add_argument("--shifts", default=1, type=int,
@@ -198,13 +219,13 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
 
 
 def _model_name(args: argparse.Namespace) -> str:
-    return str(getattr(args, "sig", None) or args.name or DEFAULT_MODEL)
+    return str(getattr(args, "sig", None) or args.name or DEFAULT_MODEL)  # str: no Default
 
 
 def _check_onnx_flags(args: argparse.Namespace) -> None:
     """Raises CommandError for the flags that do not apply to ``--onnx``."""
     given = [flag for flag, value in (("-n/--name", args.name), ("-s/--sig", args.sig),
-                                      ("--repo", args.repo)) if value is not None]
+                                      ("--repo", args.repo)) if _given(value)]
     if given:
         raise CommandError(f"--onnx replaces {', '.join(given)}: the graph is the model; "
                            "give one or the other")
@@ -241,7 +262,8 @@ def _onnx_separator(args: argparse.Namespace, progress: bool) -> Separator:
     bound_allocator()  # steady peak RSS across segments (see demucs.allocator)
     providers = [p for p in (args.onnx_providers or "").split(",") if p.strip()]
     try:
-        separator = Separator(onnx=args.onnx, device=args.device, shifts=args.shifts,
+        device = args.device if _given(args.device) else None  # None: the best providers
+        separator = Separator(onnx=args.onnx, device=device, shifts=args.shifts,
                               overlap=args.overlap, progress=progress,
                               onnx_providers=providers or None)
     except (ModelLoadingError, ValueError) as err:
@@ -258,13 +280,11 @@ def _check_stem(args: argparse.Namespace, separator: Separator) -> None:
 
 
 def _torch_separator(args: argparse.Namespace, progress: bool) -> Separator:
-    import torch
-
     from .apply import BagOfModels, max_allowed_segment
 
     if args.onnx_providers:
         raise CommandError("--onnx-providers needs --onnx")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(args.device) if args.device else default_device()
     _check_device(device)
     model = _load_model(args)
     limit = max_allowed_segment(model)
@@ -579,3 +599,20 @@ def console_main(opts: tp.Optional[tp.Sequence[str]] = None) -> tp.NoReturn:
 
 if __name__ == "__main__":
     console_main()
+
+
+#: Names upstream's ``demucs.separate`` exposes (imports of its own), loaded on first use
+#: so that ``demucs --onnx`` never imports PyTorch.
+_REEXPORTS = {
+    "AudioFile": "audio", "convert_audio": "audio", "save_audio": "audio",
+    "BagOfModels": "apply", "apply_model": "apply", "HTDemucs": "htdemucs",
+    "fatal": "utils", "get_model_from_args": "pretrained", "list_models": "api",
+}
+
+
+def __getattr__(name: str) -> tp.Any:
+    if name in _REEXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_REEXPORTS[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
