@@ -1,0 +1,1 @@
+"""Audio input/output (torch-free); see the submodules."""
