@@ -239,6 +239,7 @@ class Mp3Writer(TempFileWriter):
         try:
             self._put(data)
         except OSError as err:
+            self.abort()  # a failed write leaves nothing behind
             raise output_error(err, self.path) from None
 
     def _put(self, data: bytes) -> None:

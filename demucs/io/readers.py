@@ -54,6 +54,15 @@ class NoAudioStream(ValueError):
     """The container holds no audio track (e.g. a video without sound)."""
 
 
+class PartialDecode(Exception):
+    """A decoder failed after ``produced`` samples (a truncated or damaged file)."""
+
+    def __init__(self, produced: int, error: BaseException) -> None:
+        self.produced = produced
+        self.error = error
+        super().__init__(f"failed after {produced} samples: {one_line(error)}")
+
+
 @contextlib.contextmanager
 def quiet_native_stderr() -> tp.Iterator[None]:
     """Silences C libraries (mpg123 inside libsndfile) that print notes on file descriptor 2."""
@@ -140,11 +149,16 @@ class ArraySource:
 
 class _FileSource:
     """What the file readers share: the non-finite policy and the truncation check, with
-    warnings on the first complete pass only."""
+    warnings on the first complete pass only.
+
+    A decoding error after some samples raises :class:`PartialDecode`; with ``tolerant``
+    set, the samples before it are the whole track instead (and a warning says so).
+    """
 
     path: Path
     block: int
     declared: tp.Optional[int] = None
+    tolerant = False
     _warned = False
 
     def _raw_blocks(self) -> tp.Iterator[Array]:
@@ -153,13 +167,29 @@ class _FileSource:
     def blocks(self) -> tp.Iterator[Array]:
         nonfinite = NonFinite()
         produced = 0
-        for block in self._raw_blocks():
+        failure: tp.Optional[BaseException] = None
+        raw = self._raw_blocks()
+        while True:
+            try:
+                block = next(raw)
+            except StopIteration:
+                break
+            except Exception as err:  # noqa: BLE001 - decoders raise all sorts
+                if produced == 0:
+                    raise
+                if not self.tolerant:
+                    raise PartialDecode(produced, err) from err
+                failure = err
+                break
             produced += block.shape[1]
             yield nonfinite.clean(block)
         if not self._warned:
             self._warned = True
             nonfinite.report(self.path)
-            if self.declared and produced + TRUNCATION_TOLERANCE < self.declared:
+            if failure is not None:
+                warn(self.path, f"file is truncated or damaged: decoding stopped after "
+                     f"{produced} samples ({one_line(failure)})")
+            elif self.declared and produced + TRUNCATION_TOLERANCE < self.declared:
                 warn(self.path, f"file is truncated: decoded {produced} of the "
                      f"{self.declared} samples its header declares")
 
@@ -241,7 +271,16 @@ class PyAVSource(_FileSource):
         pending: tp.List[Array] = []
         size = 0
         with open_container(self.path) as container:
-            for frame in decode_stream(container, container.streams.audio[0]):
+            frames = decode_stream(container, container.streams.audio[0])
+            while True:
+                try:
+                    frame = next(frames, None)
+                except Exception:
+                    if size:  # what was decoded before the damage, then the error
+                        yield np.concatenate(pending, axis=1)
+                    raise
+                if frame is None:
+                    break
                 if remaining is not None:
                     frame = frame[:, :remaining]
                     remaining -= frame.shape[1]
@@ -346,9 +385,13 @@ def open_track(path: PathLike, samplerate: tp.Optional[int] = None,
     check_input(path)
     errors: tp.List[str] = []
     no_audio = False
-    for name, decoder in decoder_order(path):
+    best: tp.Tuple[int, tp.Optional[tp.Tuple[str, Decoder]]] = (0, None)
+    attempts = decoder_order(path)
+    for attempt, (name, decoder) in enumerate(attempts):
         try:
             raw = decoder(path, block)
+            if attempt >= len(DECODERS):  # the retry below: keep what could be decoded
+                tp.cast(_FileSource, raw).tolerant = True
             if raw.samplerate <= 0 or raw.channels <= 0:
                 raise ValueError(f"invalid sample rate ({raw.samplerate}) or channels "
                                  f"({raw.channels})")
@@ -367,8 +410,17 @@ def open_track(path: PathLike, samplerate: tp.Optional[int] = None,
             no_audio = True
             errors.append(f"{name}: {one_line(err)}")
             continue
+        except PartialDecode as err:
+            errors.append(f"{name}: {one_line(err)}")
+            if err.produced > best[0]:
+                best = (err.produced, (name, decoder))
+            if attempt == len(attempts) - 1 and best[1] is not None:
+                attempts.append(best[1])  # every decoder failed midway: retry the best one
+            continue
         except Exception as err:  # noqa: BLE001 - any decoder failure means "try the next"
             errors.append(f"{name}: {one_line(err)}")
+            if attempt == len(attempts) - 1 and best[1] is not None:
+                attempts.append(best[1])
             continue
         if counter[0] == 0:
             if errors:  # a fallback decoder "succeeding" with nothing: keep the first error

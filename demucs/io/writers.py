@@ -15,6 +15,7 @@ replaced (:mod:`demucs.io.errors`), then the clip mode is applied:
 """
 from __future__ import annotations
 
+import contextlib
 import typing as tp
 from pathlib import Path
 
@@ -157,10 +158,13 @@ class SoundfileWriter(TempFileWriter):
             block = np.clip(block, -1, 1)
         try:
             self._file.write(np.ascontiguousarray(block.T, dtype=np.float32))
-        except Exception:
             self._check()
+        except Exception:
+            error = self._raw.error
+            self.abort()  # a failed write leaves nothing behind
+            if error is not None:
+                raise output_error(error, self.path) from None
             raise
-        self._check()
 
     def _finish(self) -> None:
         try:
@@ -168,6 +172,11 @@ class SoundfileWriter(TempFileWriter):
         finally:
             self._check()
         self._raw.close()
+
+    def abort(self) -> None:
+        super().abort()
+        with contextlib.suppress(Exception):
+            self._raw.close()  # releases the space of the removed file
 
 
 def _final_writer(path: Path, suffix: str, samplerate: int, channels: int, bitrate: int,
@@ -228,6 +237,7 @@ class RescalingWriter(TempFileWriter):
         try:
             self._file.write(block.tobytes())
         except OSError as err:
+            self.abort()  # a failed write leaves nothing behind
             raise output_error(err, self.path) from None
 
     def _publish(self) -> None:
