@@ -330,33 +330,22 @@ def test_track_output_not_writable(tmp_path, tiny_repo, capsys):
 @pytest.mark.parametrize("streaming", [True, False])
 def test_ctrl_c_leaves_no_partial_files(tmp_path, tiny_repo, capsys, monkeypatch, streaming):
     """Interrupted while writing the third stem: exit 130, the track's finished stems
-    are removed and no temporary file is left. The default (streaming) path writes
-    through ``soundfile.SoundFile.write``, ``--no-split`` through ``soundfile.write``."""
+    are removed and no temporary file is left. Both paths (streaming and ``--no-split``)
+    write through :class:`demucs.io.writers.SoundfileWriter`."""
+    from demucs.io import writers
+
     write_mix(tmp_path / "a.wav")
     calls = {"n": 0}
+    real_method = writers.SoundfileWriter.write
 
-    def interrupt_third(file: tp.Any) -> None:
+    def flaky_method(self, block, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
-            Path(file).write_bytes(b"RIFF partial")
+            real_method(self, block)  # a partial temporary file exists
             raise KeyboardInterrupt
+        return real_method(self, block, *args, **kwargs)
 
-    if streaming:
-        real_method = sf.SoundFile.write
-
-        def flaky_method(self, data, *args, **kwargs):
-            interrupt_third(self.name)
-            return real_method(self, data, *args, **kwargs)
-
-        monkeypatch.setattr(sf.SoundFile, "write", flaky_method)
-    else:
-        real_write = sf.write
-
-        def flaky_write(file, data, *args, **kwargs):
-            interrupt_third(file)
-            return real_write(file, data, *args, **kwargs)
-
-        monkeypatch.setattr(sf, "write", flaky_write)
+    monkeypatch.setattr(writers.SoundfileWriter, "write", flaky_method)
     extra = [] if streaming else ["--no-split"]
     code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "-q", *extra,
                              "-o", tmp_path / "out", tmp_path / "a.wav"], capsys)

@@ -74,3 +74,20 @@ class NonFinite:
         if self.count:
             warn(path, f"{self.count} non-finite samples (NaN/Inf) replaced by 0 / +-1")
             self.count = 0
+
+
+def install_warning_format(prog: str = "demucs") -> None:
+    """Shows :class:`AudioWarning` as one line ``"<prog>: warning: <message>"`` on stderr
+    (for command-line programs); other warnings keep Python's format."""
+    import sys
+
+    previous = warnings.showwarning
+
+    def show(message: tp.Any, category: tp.Type[Warning], filename: str, lineno: int,
+             file: tp.Any = None, line: tp.Optional[str] = None) -> None:
+        if issubclass(category, AudioWarning):
+            print(f"{prog}: warning: {message}", file=file or sys.stderr, flush=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show

@@ -43,8 +43,8 @@ def write_with_ffmpeg(wav: np.ndarray, path: PathLike, samplerate: int) -> None:
             with open_output(tmp) as handle, av.open(handle, "w",
                                                      format=container_format) as out:
                 layout = av.AudioLayout(LAYOUTS.get(channels, f"{channels}c"))
-                stream = out.add_stream(out.default_audio_codec, rate=int(samplerate),
-                                        layout=layout.name)
+                stream: tp.Any = out.add_stream(out.default_audio_codec, rate=int(samplerate),
+                                                layout=layout.name)
                 for start in range(0, data.shape[1], FRAME):
                     frame = av.AudioFrame.from_ndarray(
                         np.ascontiguousarray(data[:, start:start + FRAME]), format="fltp",

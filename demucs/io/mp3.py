@@ -243,22 +243,24 @@ class Mp3Writer(TempFileWriter):
             raise output_error(err, self.path) from None
 
     def _put(self, data: bytes) -> None:
+        handle = tp.cast(tp.BinaryIO, self._file)
         self._stats.feed(data)
         if self._head is not None:
             self._head += data
             if self._stats.first is None:
                 return
-            self._file.write(bytes(_info_frame_size(self._stats.first)))  # reserved
+            handle.write(bytes(_info_frame_size(self._stats.first)))  # reserved
             data, self._head = bytes(self._head), None  # type: ignore[assignment]
-        self._file.write(data)
+        handle.write(data)
 
     def _finish(self) -> None:
         """Flushes the encoder and writes the LAME Info tag into the reserved space."""
         self._emit(bytes(self._encoder.flush()))
         tag = _lame_info_frame_for(self._stats, self.samples, self.bitrate)
+        handle = tp.cast(tp.BinaryIO, self._file)
         try:
-            self._file.seek(0)
-            self._file.write(tag)
-            self._file.close()
+            handle.seek(0)
+            handle.write(tag)
+            handle.close()
         except OSError as err:
             raise output_error(err, self.path) from None
