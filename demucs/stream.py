@@ -3,20 +3,15 @@
 The whole pipeline works on blocks of samples, so peak memory is the model plus a few
 segments, whatever the track's length:
 
-1. **Decode** blockwise (:class:`SoundfileSource`, :class:`PyAVSource`), convert the
-   channels and resample blockwise in numpy (:class:`BlockResampler`, equal to
-   whole-file ``julius.resample_frac`` to float precision).
+1. **Decode** blockwise, convert the channels and resample blockwise in numpy
+   (:mod:`demucs.io.readers`, :mod:`demucs.io.resample`).
 2. **First pass** (:func:`open_track`): decode the whole track once to validate it and to
    compute the mean and standard deviation of its mono mix (the normalisation of
    ``demucs.separate``; unbiased std as ``torch.std``).
 3. **Second pass** (:func:`stream_separate`): overlapping segments are separated and
    overlap-added with the triangular weights of :func:`demucs.apply.apply_model`; each
    output block is final as soon as no later segment covers it.
-4. **Write** every stem incrementally (:func:`open_stem_writer`: wav/flac through
-   ``soundfile``, mp3 through :class:`demucs.audio.Mp3Writer`). Clip mode ``rescale``
-   needs the stem's global peak: the stem is first written as raw float32 to a hidden
-   temporary file, then converted in a second streaming pass. Outputs appear only when
-   complete (temporary file + rename); temporaries are removed on any error or Ctrl-C.
+4. **Write** every stem incrementally (:func:`demucs.io.writers.open_stem_writer`).
 
 Equality with the in-memory path. :func:`stream_separate` reproduces ``apply_model`` with
 ``split=True``: per-segment context padding with the real neighbouring audio (zeros past
@@ -36,8 +31,9 @@ The pluggable hook. The core only needs, per model of the bag, a :class:`StreamM
   ``random.randrange`` calls one forward pass makes (HTDemucs: ``(sin_random_shift + 1,)``);
   ``max_batch``: how many segments one call of ``run`` may take.
 
-The core itself (this module without :func:`torch_runner`, :class:`BlockResampler` and the
-:class:`Separator` glue) uses numpy only; torch is imported lazily where needed.
+The core itself (this module without :func:`torch_runner` and the :class:`Separator`
+glue) uses numpy only; torch is imported lazily where needed. The I/O names this module
+used to define (sources, resampler, writers) are re-exported from :mod:`demucs.io`.
 """
 from __future__ import annotations
 
