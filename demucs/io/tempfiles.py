@@ -37,6 +37,7 @@ _RANDOM_CHARS = 8  # token_hex(4)
 
 _live: tp.Set[Path] = set()
 _lock = threading.Lock()
+_terminating = threading.Event()  # set by remove_all_temporaries: no new files after it
 
 
 def live_temporary_files() -> tp.List[Path]:
@@ -87,8 +88,11 @@ def create_temporary(path: PathLike) -> Path:
             raise output_error(err, path) from None
         os.close(fd)
         with _lock:
-            _live.add(tmp)
-        return tmp
+            if not _terminating.is_set():
+                _live.add(tmp)
+                return tmp
+        os.unlink(tmp)  # a signal asked to stop: no new outputs (e.g. from worker threads)
+        raise OSError(errno.EINTR, f"{path}: not written, the program is terminating")
 
 
 def open_output(tmp: Path) -> tp.BinaryIO:
@@ -116,8 +120,9 @@ def publish(tmp: Path, path: PathLike) -> None:
 
 
 def remove_all_temporaries() -> None:
-    """Removes every live temporary file (used on termination)."""
+    """Removes every live temporary file and refuses new ones (used on termination)."""
     with _lock:
+        _terminating.set()
         files = list(_live)
         _live.clear()
     for tmp in files:
