@@ -218,3 +218,36 @@ def test_odd_rate_through_ffmpeg(tmp_path):
             out.mux(packet)
     track = open_track(path, 44100, 1)
     assert track.length == output_length(wav.shape[1], 44101, 44100)
+
+
+def test_io_layer_does_not_import_torch(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import demucs.io, demucs.io.audiofile, demucs.io.ffmpeg, demucs.io.mp3
+        from demucs.io import open_track, write_array
+        write_array(np.zeros((2, 800), np.float32), {str(tmp_path / "x.mp3")!r}, 8000)
+        open_track({str(tmp_path / "x.mp3")!r}, 16000, 1)
+        assert "torch" not in sys.modules and "julius" not in sys.modules
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_warning_format_for_the_command_line(tmp_path, capsys):
+    from demucs.io.errors import install_warning_format
+
+    path = tmp_path / "nan.wav"
+    sf.write(str(path), np.full((10, 1), np.nan, np.float32), 8000, subtype="FLOAT")
+    previous = warnings.showwarning
+    try:
+        install_warning_format("demucs")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            read_array(path)
+    finally:
+        warnings.showwarning = previous
+    err = capsys.readouterr().err
+    assert err == f"demucs: warning: {path}: 10 non-finite samples (NaN/Inf) replaced " \
+        "by 0 / +-1\n"
