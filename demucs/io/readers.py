@@ -396,7 +396,7 @@ def open_track(path: PathLike, samplerate: tp.Optional[int] = None,
                 raise ValueError(f"invalid sample rate ({raw.samplerate}) or channels "
                                  f"({raw.channels})")
             target = raw.channels if channels is None else int(channels)
-            if target != raw.channels and raw.channels != 1 and target > raw.channels:
+            if raw.channels != 1 and target > raw.channels:
                 raise LoadAudioError(path, f"cannot convert {raw.channels}-channel audio to "
                                      f"{target} channels (only mono can be upmixed)")
             converted = ConvertedSource(raw, samplerate or raw.samplerate, target)
@@ -410,17 +410,12 @@ def open_track(path: PathLike, samplerate: tp.Optional[int] = None,
             no_audio = True
             errors.append(f"{name}: {one_line(err)}")
             continue
-        except PartialDecode as err:
-            errors.append(f"{name}: {one_line(err)}")
-            if err.produced > best[0]:
-                best = (err.produced, (name, decoder))
-            if attempt == len(attempts) - 1 and best[1] is not None:
-                attempts.append(best[1])  # every decoder failed midway: retry the best one
-            continue
         except Exception as err:  # noqa: BLE001 - any decoder failure means "try the next"
             errors.append(f"{name}: {one_line(err)}")
-            if attempt == len(attempts) - 1 and best[1] is not None:
-                attempts.append(best[1])
+            if isinstance(err, PartialDecode) and err.produced > best[0]:
+                best = (err.produced, (name, decoder))
+            if attempt == len(DECODERS) - 1 and best[1] is not None:
+                attempts.append(best[1])  # every decoder failed midway: retry the best one
             continue
         if counter[0] == 0:
             if errors:  # a fallback decoder "succeeding" with nothing: keep the first error
