@@ -39,6 +39,9 @@ FFMPEG_FIRST = frozenset({
 #: Samples a decoder may fall short of the declared length before the file counts as
 #: truncated (codec priming and padding are not always declared exactly).
 TRUNCATION_TOLERANCE = 4096
+#: Formats whose headers state the exact length (libsndfile and FFmpeg names): only
+#: these are checked for truncation (mp3 or ogg lengths are often estimates).
+EXACT_LENGTH_FORMATS = frozenset({"WAV", "FLAC", "wav", "flac", "mp4", "mov", "m4a"})
 #: Leading bytes that identify a format, for "not a FLAC file" style messages.
 _MAGIC: tp.Dict[str, tp.Tuple[str, tp.Tuple[bytes, ...]]] = {
     ".wav": ("a WAV", (b"RIFF", b"RF64", b"BW64")),
@@ -158,6 +161,7 @@ class _FileSource:
     path: Path
     block: int
     declared: tp.Optional[int] = None
+    exact_length = False  # whether ``declared`` is exact (not estimated from a bit rate)
     tolerant = False
     _warned = False
 
@@ -189,7 +193,8 @@ class _FileSource:
             if failure is not None:
                 warn(self.path, f"file is truncated or damaged: decoding stopped after "
                      f"{produced} samples ({one_line(failure)})")
-            elif self.declared and produced + TRUNCATION_TOLERANCE < self.declared:
+            elif (self.exact_length and self.declared
+                  and produced + TRUNCATION_TOLERANCE < self.declared):
                 warn(self.path, f"file is truncated: decoded {produced} of the "
                      f"{self.declared} samples its header declares")
 
@@ -207,6 +212,7 @@ class SoundfileSource(_FileSource):
         self.samplerate = int(info.samplerate)
         self.channels = int(info.channels)
         self.declared = _wav_declared_frames(path) if info.format == "WAV" else int(info.frames)
+        self.exact_length = info.format in EXACT_LENGTH_FORMATS
 
     def _raw_blocks(self) -> tp.Iterator[Array]:
         import soundfile as sf
@@ -265,6 +271,8 @@ class PyAVSource(_FileSource):
             self.samplerate = int(stream.codec_context.sample_rate or stream.rate or 0)
             self.channels = int(stream.codec_context.channels or 0)
             self.declared = _declared_length(stream, self.samplerate)
+            self.exact_length = bool(set(container.format.name.split(","))
+                                     & EXACT_LENGTH_FORMATS)
 
     def _raw_blocks(self) -> tp.Iterator[Array]:
         remaining = self.declared if self.declared else None
