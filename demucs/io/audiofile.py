@@ -22,6 +22,9 @@ from .readers import check_input, open_container
 from .resample import convert_channels, resample
 
 Array = np.ndarray
+#: Seconds decoded (and dropped) before a seek position: mp3 and AAC frames depend on the
+#: previous ones, so decoding starts that much earlier.
+SEEK_PREROLL = 0.5
 
 
 def _stream_duration(stream: tp.Any) -> tp.Optional[float]:
@@ -129,17 +132,20 @@ class MediaFile:
             end = None if count is None else start + count
             if declared is not None:
                 end = declared if end is None else min(end, declared)
-            if start > 0:
+            origin = stream.start_time or 0  # time 0 of the track (e.g. after encoder delay)
+            if start > SEEK_PREROLL * rate:  # decoders need a few frames to settle
                 try:
-                    container.seek(int(start / rate / stream.time_base), stream=stream,
-                                   backward=True, any_frame=False)
+                    target = (start / rate - SEEK_PREROLL) / stream.time_base
+                    container.seek(origin + int(target), stream=stream, backward=True,
+                                   any_frame=False)
                 except av.error.FFmpegError:
                     container.seek(0)
             converter = av.AudioResampler(format="fltp")
             position: tp.Optional[int] = None
             for frame in container.decode(stream):
                 if position is None:
-                    position = 0 if frame.time is None else max(0, round(frame.time * rate))
+                    position = 0 if frame.pts is None else max(0, round(
+                        float((frame.pts - origin) * stream.time_base) * rate))
                 for out in converter.resample(frame):
                     data = out.to_ndarray()
                     begin, stop = position, position + data.shape[1]
