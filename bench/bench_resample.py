@@ -56,15 +56,15 @@ def main() -> None:
         start = time.perf_counter()
         out = soxr.resample(wav.T, old, new, quality=quality).T
         took = time.perf_counter() - start
-        print(f"soxr {quality:3s} (whole array)    {took:6.2f} s, vs julius {snr(ref, out):6.1f} dB,"
-              f" vs ideal {snr(ideal, out):6.1f} dB")
+        print(f"soxr {quality:3s} (whole array)    {took:6.2f} s, "
+              f"vs julius {snr(ref, out):6.1f} dB, vs ideal {snr(ideal, out):6.1f} dB")
     for rate in (44101, 48001):
         wav = tones(rate, 1.0)
         start = time.perf_counter()
         out = resample(wav, rate, 44100)
         print(f"1 s at {rate} Hz -> 44100: {time.perf_counter() - start:.3f} s, "
-              f"{out.shape[1]} samples, peak RSS so far "
-              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
+              f"{out.shape[1]} samples (peak RSS of the whole run so far: "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB)")
 
 
 if __name__ == "__main__":
