@@ -27,6 +27,7 @@ setup(
         "soundfile>=0.12",
         "av>=11",
         "lameenc>=1.2",
+        "soxr>=0.3",
     ],
     extras_require={
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript"],

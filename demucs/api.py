@@ -33,7 +33,7 @@ from .core.plan import Member, check_split_params
 from .core.stats import TrackStats
 from .errors import ModelLoadingError
 from .flags import DEFAULT_MODEL
-from .stream import Track, open_track
+from .io import AudioTrack, open_track
 
 if tp.TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -424,7 +424,7 @@ class Separator:
                 raise ValueError(f"expected audio of shape [channels, time], got {wav.shape}")
             if (sr is not None and int(sr) != self.samplerate) or \
                     wav.shape[0] != self.audio_channels:
-                from .stream import ArraySource, ConvertedSource
+                from .io import ArraySource, ConvertedSource
 
                 source = ConvertedSource(ArraySource(wav, int(sr or self.samplerate)),
                                          self.samplerate, self.audio_channels)
@@ -487,12 +487,14 @@ class Separator:
         return wav, self._select(out[0])
 
     # ------------------------------------------------------------------ files
-    def open_track(self, path: tp.Union[str, Path]) -> Track:
-        """Validates ``path`` and computes its normalisation statistics in one streaming
-        pass (at the model's rate and channel count). Raises :class:`LoadAudioError`."""
-        return open_track(path, self.samplerate, self.audio_channels)
+    def open_track(self, path: tp.Union[str, Path]) -> "AudioTrack[TrackStats]":
+        """Validates ``path`` and computes its normalisation statistics (``.scanned``) in
+        one streaming pass, at the model's rate and channel count. Raises
+        :class:`LoadAudioError`."""
+        return open_track(path, self.samplerate, self.audio_channels, scan=TrackStats.of_blocks)
 
-    def stream_track(self, track: Track) -> tp.Iterator[tp.Tuple[np.ndarray, np.ndarray]]:
+    def stream_track(self, track: "AudioTrack[TrackStats]"
+                     ) -> tp.Iterator[tp.Tuple[np.ndarray, np.ndarray]]:
         """Separates ``track`` (from :meth:`open_track`) block by block.
 
         Yields ``(origin (C, n), stems (S, C, n))`` numpy blocks in order, ``S`` being
@@ -511,8 +513,8 @@ class Separator:
                     members, engine.BlockInput(track.source.blocks(), self.audio_channels,
                                                track.length),
                     sources=len(self.sources), samplerate=self.samplerate,
-                    shifts=self._shifts, overlap=self._overlap, mean=track.stats.mean,
-                    std=track.stats.std, min_length=backend.min_length, order="stream",
+                    shifts=self._shifts, overlap=self._overlap, mean=track.scanned.mean,
+                    std=track.scanned.std, min_length=backend.min_length, order="stream",
                     hook=self._hook(track.length, backend.models), progress=progress):
                 selected = stems[0] if len(wanted) == len(self.sources) else stems[0][wanted]
                 yield origin[0], selected

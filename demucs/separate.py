@@ -33,7 +33,7 @@ from .api import Separator
 from .audio import LoadAudioError
 from .errors import ModelLoadingError
 from .flags import DEFAULT_MODEL, add_model_flags
-from .stream import StemWriter, open_stem_writer
+from .io import StemWriter, open_stem_writer
 
 if tp.TYPE_CHECKING:  # pragma: no cover
     import torch

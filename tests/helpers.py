@@ -123,9 +123,11 @@ class GeneratedSource:
 def traced_stream_peak(separator: tp.Any, path: Path) -> int:
     """Peak of Python-traced memory while ``separator`` streams the file ``path``
     (decoded in blocks of 4096 samples, so that a block is smaller than the tracks)."""
-    from demucs.stream import open_track
+    from demucs.core import TrackStats
+    from demucs.io import open_track
 
-    track = open_track(path, separator.samplerate, separator.audio_channels, block=4096)
+    track = open_track(path, separator.samplerate, separator.audio_channels, block=4096,
+                       scan=TrackStats.of_blocks)
     tracemalloc.start()
     try:
         for _ in separator.stream_track(track):

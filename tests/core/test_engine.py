@@ -20,7 +20,7 @@ from demucs.api import Separator
 from demucs.apply import BagOfModels, TensorChunk, apply_model, torch_members
 from demucs.core import BlockInput, Member, TrackStats, separate
 from demucs.htdemucs import HTDemucs
-from demucs.stream import ArraySource, open_stem_writer
+from demucs.io import ArraySource, open_stem_writer
 from tests.compare import snr_db
 from tests.configs import TINY_HTDEMUCS
 from tests.helpers import GeneratedSource, noise, traced_stream_peak
