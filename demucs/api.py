@@ -433,6 +433,23 @@ class Separator:
             raise ValueError("cannot separate audio with no samples")
         return wav
 
+    @staticmethod
+    def _finite(wav: Array, host: np.ndarray, tensor: bool) -> tp.Tuple[Array, np.ndarray]:
+        """The input with NaN/Inf samples replaced (the policy of :mod:`demucs.io`:
+        0, +1, -1, with one warning), so that one bad sample cannot spoil every stem."""
+        from .io.errors import NonFinite
+
+        policy = NonFinite()
+        clean = policy.clean(host)
+        if clean is host:
+            return wav, host
+        policy.report("input audio")
+        if tensor:
+            import torch
+
+            return torch.from_numpy(clean).to(wav.device), clean
+        return clean, clean
+
     def separate_tensor(self, wav: Array, sr: tp.Optional[int] = None
                         ) -> tp.Tuple[Array, tp.Dict[str, Array]]:
         """Separates ``wav`` (``[channels, time]`` or ``[time]``, a tensor or an array).
@@ -446,6 +463,7 @@ class Separator:
         wav = self._prepare(wav, sr)
         tensor = _is_tensor(wav)
         host = wav.detach().cpu().numpy() if tensor else wav
+        wav, host = self._finite(wav, host, tensor)
         stats = TrackStats.of_array(host)
         backend = self._require_backend()
         pool = None

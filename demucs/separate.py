@@ -588,6 +588,10 @@ def main(opts: tp.Optional[tp.Sequence[str]] = None) -> None:
 def console_main(opts: tp.Optional[tp.Sequence[str]] = None) -> tp.NoReturn:
     """The ``demucs`` console script (and ``python -m demucs[.separate]``): :func:`main`,
     then exits with its status: 0 success, 1 failure, 2 bad flags, 130 Ctrl-C."""
+    from .io import install_signal_cleanup, install_warning_format
+
+    install_signal_cleanup()  # SIGTERM/SIGHUP remove the temporary stems, as Ctrl-C does
+    install_warning_format(PROG)
     try:
         main(opts)
     except KeyboardInterrupt:
@@ -596,9 +600,6 @@ def console_main(opts: tp.Optional[tp.Sequence[str]] = None) -> tp.NoReturn:
         sys.exit(130)
     sys.exit(0)
 
-
-if __name__ == "__main__":
-    console_main()
 
 
 #: Names upstream's ``demucs.separate`` exposes (imports of its own), loaded on first use
@@ -616,3 +617,7 @@ def __getattr__(name: str) -> tp.Any:
 
         return getattr(importlib.import_module(f".{_REEXPORTS[name]}", __package__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if __name__ == "__main__":
+    console_main()
