@@ -601,7 +601,6 @@ def console_main(opts: tp.Optional[tp.Sequence[str]] = None) -> tp.NoReturn:
     sys.exit(0)
 
 
-
 #: Names upstream's ``demucs.separate`` exposes (imports of its own), loaded on first use
 #: so that ``demucs --onnx`` never imports PyTorch.
 _REEXPORTS = {
