@@ -1,7 +1,8 @@
 """The ``demucs`` command end to end, with tiny models in a --repo folder.
 
-The checkpoints are made by upstream 4.0.1 (the oracle) when it is installed, else by our
-own ``serialize_model``; both are the upstream format. Audio is short and at 8 kHz.
+Fixtures and helpers (tiny checkpoints, ``tiny_repo``, ``run_main``) are in tests/helpers.py
+and tests/conftest.py. ``run_main`` calls ``main()`` as library callers do: it returns on
+success and raises ``SystemExit`` only on failure.
 """
 from __future__ import annotations
 
@@ -14,69 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from demucs import separate
 from tests import oracle as _oracle
+from tests.helpers import (  # noqa: F401  (re-exported for the other command tests)
+    RATE, SOURCES, TINY_DEMUCS, TINY_HTDEMUCS, run_console, run_main, write_mix,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["drums", "bass", "other", "vocals"]
-RATE = 8000
-TINY_DEMUCS = dict(sources=SOURCES, audio_channels=2, channels=4, depth=2, samplerate=RATE,
-                   segment=1, lstm_layers=0, dconv_comp=2)
-TINY_HTDEMUCS = dict(sources=SOURCES, audio_channels=2, channels=4, nfft=256, depth=2,
-                     t_layers=1, t_heads=2, samplerate=RATE, segment=1, dconv_comp=4)
-
-
-def _make_checkpoint(klass: str, kwargs: dict, path: Path) -> None:
-    if _oracle.available():
-        _oracle.make_model(klass, kwargs, None, path.parent / "work", checkpoint=path)
-        return
-    import importlib
-
-    from demucs.states import serialize_model
-    module, name = klass.rsplit(".", 1)
-    torch.manual_seed(0)
-    model = getattr(importlib.import_module(f"demucs.{module}"), name)(**kwargs)
-    torch.save(serialize_model(model, {}), path)
-
-
-def _htdemucs_importable() -> bool:
-    try:
-        import demucs.htdemucs  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-@pytest.fixture(scope="session")
-def tiny_repo(tmp_path_factory) -> Path:
-    """A repo with bag ``tiny`` (one tiny Demucs) and, when HTDemucs is there, ``tinyht``."""
-    repo = tmp_path_factory.mktemp("repo")
-    _make_checkpoint("demucs.Demucs", TINY_DEMUCS, repo / "tinyd.th")
-    (repo / "tiny.yaml").write_text("models: ['tinyd']\n")
-    if _htdemucs_importable():
-        _make_checkpoint("htdemucs.HTDemucs", TINY_HTDEMUCS, repo / "tinyh.th")
-        (repo / "tinyht.yaml").write_text("models: ['tinyh']\n")
-    return repo
-
-
-def write_mix(path: Path, seconds: float = 1.5, channels: int = 2, amplitude: float = 0.2,
-              seed: int = 0, samplerate: int = RATE) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    data = (rng.standard_normal((int(seconds * samplerate), channels)) * amplitude)
-    data = np.clip(data, -0.9, 0.9).astype(np.float32)
-    sf.write(str(path), data, samplerate, subtype="FLOAT")
-    return data
-
-
-def run_main(args: tp.Sequence[tp.Any], capsys) -> tp.Tuple[int, str, str]:
-    """Runs ``demucs.separate.main`` in process; returns (exit status, stdout, stderr)."""
-    with pytest.raises(SystemExit) as info:
-        separate.main([str(arg) for arg in args])
-    captured = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
 
 
 def run_cli(args: tp.Sequence[tp.Any], cwd: Path) -> subprocess.CompletedProcess:
@@ -133,7 +79,8 @@ def test_two_stems_methods(tmp_path, tiny_repo, capsys):
         assert code == 0, err
         assert stdout == ""  # -q
         files = sorted(p.name for p in (out / "tiny" / "a").iterdir())
-        expected = ["vocals.wav"] if method == "none" else ["no_vocals.wav", "vocals.wav"]
+        rest = {"add": ["no_vocals.wav"], "minus": ["minus_vocals.wav"], "none": []}[method]
+        expected = sorted(["vocals.wav", *rest])
         assert files == expected
         np.testing.assert_allclose(_read_float(out / "tiny/a/vocals.wav"), full["vocals"],
                                    atol=1e-6)
@@ -141,7 +88,7 @@ def test_two_stems_methods(tmp_path, tiny_repo, capsys):
     np.testing.assert_allclose(_read_float(tmp_path / "add/tiny/a/no_vocals.wav"), others,
                                atol=1e-5)
     mix = _read_float(tmp_path / "a.wav")
-    np.testing.assert_allclose(_read_float(tmp_path / "minus/tiny/a/no_vocals.wav"),
+    np.testing.assert_allclose(_read_float(tmp_path / "minus/tiny/a/minus_vocals.wav"),
                                mix - full["vocals"], atol=1e-5)
 
 
@@ -329,9 +276,9 @@ def test_track_output_not_writable(tmp_path, tiny_repo, capsys):
 
 @pytest.mark.parametrize("streaming", [True, False])
 def test_ctrl_c_leaves_no_partial_files(tmp_path, tiny_repo, capsys, monkeypatch, streaming):
-    """Interrupted while writing the third stem: exit 130, the track's finished stems
-    are removed and no temporary file is left. Both paths (streaming and ``--no-split``)
-    write through :class:`demucs.io.writers.SoundfileWriter`."""
+    """Interrupted while writing the third stem: the console script exits 130, the
+    track's finished stems are removed and no temporary file is left. Both paths
+    (streaming and ``--no-split``) write through :class:`demucs.io.writers.SoundfileWriter`."""
     from demucs.io import writers
 
     write_mix(tmp_path / "a.wav")
@@ -347,8 +294,8 @@ def test_ctrl_c_leaves_no_partial_files(tmp_path, tiny_repo, capsys, monkeypatch
 
     monkeypatch.setattr(writers.SoundfileWriter, "write", flaky_method)
     extra = [] if streaming else ["--no-split"]
-    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "-q", *extra,
-                             "-o", tmp_path / "out", tmp_path / "a.wav"], capsys)
+    code, _, err = run_console(["--repo", tiny_repo, "-n", "tiny", "-q", *extra,
+                                "-o", tmp_path / "out", tmp_path / "a.wav"], capsys)
     assert code == 130 and "interrupted" in err and "Traceback" not in err
     track = tmp_path / "out" / "tiny" / "a"
     assert list(track.iterdir()) == []
@@ -423,3 +370,45 @@ def test_finish_writers_reports_the_first_failure_after_the_others(tmp_path):
         separate.finish_writers(writers, done, workers=2)
     assert done == [tmp_path / "a.wav", tmp_path / "c.wav"]
     assert writers[0].closed and writers[2].closed
+
+
+def test_main_returns_on_success_and_raises_only_on_failure(tmp_path, tiny_repo, capsys):
+    """Library callers run ``main`` and carry on: ``None`` on success, ``SystemExit(1)``
+    (one line on stderr) on failure; the console script turns both into statuses."""
+    write_mix(tmp_path / "a.wav")
+    args = ["--repo", str(tiny_repo), "-n", "tiny", "-q", "-o", str(tmp_path / "out")]
+    assert separate.main([*args, str(tmp_path / "a.wav")]) is None
+    assert separate.main(["--list-models", "--repo", str(tiny_repo)]) is None
+    with pytest.raises(SystemExit) as info:
+        separate.main([*args, str(tmp_path / "missing.wav")])
+    assert info.value.code == 1
+    assert "missing.wav" in capsys.readouterr().err
+    assert run_console([*args, tmp_path / "a.wav"], capsys)[0] == 0
+    assert run_console([*args, tmp_path / "missing.wav"], capsys)[0] == 1
+    assert run_console(["--shifts", "x"], capsys)[0] == 2
+
+
+def test_main_ctrl_c_in_process_raises_keyboard_interrupt(tmp_path, tiny_repo, monkeypatch):
+    """In process, Ctrl-C is not turned into an exit status (a caller that handles
+    failures must still stop): partial outputs are removed, then it propagates."""
+    write_mix(tmp_path / "a.wav")
+
+    def interrupt(*args: tp.Any, **kwargs: tp.Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sf.SoundFile, "write", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        separate.main(["--repo", str(tiny_repo), "-n", "tiny", "-q", "-o",
+                       str(tmp_path / "out"), str(tmp_path / "a.wav")])
+    assert list((tmp_path / "out" / "tiny" / "a").iterdir()) == []
+
+
+def test_console_script_and_python_m_exit_statuses(tmp_path):
+    ok = run_cli(["--list-models", "--repo", tmp_path], tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    bad = run_cli(["--repo", tmp_path / "nope", "-n", "x", tmp_path / "a.wav"], tmp_path)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "demucs", "--shifts", "x"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
