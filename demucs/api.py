@@ -595,7 +595,13 @@ def list_models(repo: tp.Optional[tp.Union[str, Path]] = None
 
     folder = Path(repo) if repo is not None else None
     model_repo, bag_repo = pretrained.repos(folder)
-    return {"single": model_repo.list_model(), "bag": bag_repo.list_model()}
+
+    def listing(repo: tp.Any) -> tp.Dict[str, tp.Union[str, Path]]:
+        if hasattr(repo, "list_model"):
+            return dict(repo.list_model())
+        return {name: name for name in repo.list_models()}
+
+    return {"single": listing(model_repo), "bag": listing(bag_repo)}
 
 
 #: Upstream 4.1.0 re-exports these from ``demucs.api``; loaded on first use, so that

@@ -65,7 +65,9 @@ def _parse_remote_files(remote_file_list: tp.Union[str, Path]) -> tp.Dict[str, s
     return models
 
 
-def _repos(repo: tp.Optional[Path]) -> tp.Tuple[ModelOnlyRepo, BagOnlyRepo]:
+def repos(repo: tp.Optional[Path] = None) -> tp.Tuple[ModelOnlyRepo, BagOnlyRepo]:
+    """The model repository and the bag repository of a local folder, or of the remote
+    catalog when ``repo`` is None."""
     model_repo: ModelOnlyRepo
     if repo is None:
         model_repo = RemoteRepo(_parse_remote_files(REMOTE_ROOT / "files.txt"))
@@ -93,7 +95,7 @@ def get_model(name: str, repo: tp.Optional[Path] = None,
     if name == "demucs_unittest":
         model: nn.Module = demucs_unittest()
     else:
-        model_repo, bag_repo = _repos(repo)
+        model_repo, bag_repo = repos(repo)
         try:
             model = AnyModelRepo(model_repo, bag_repo).get_model(name)
         except DownloadError as exc:
@@ -125,7 +127,7 @@ def list_models(repo: tp.Optional[Path] = None,
     Returns:
         Bag names (sorted), followed by signatures (sorted) when requested.
     """
-    model_repo, bag_repo = _repos(repo)
+    model_repo, bag_repo = repos(repo)
     if signatures is None:
         signatures = repo is not None
     names = bag_repo.list_models()
