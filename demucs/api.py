@@ -542,7 +542,11 @@ class Separator:
     def load_audio(self, path: tp.Union[str, Path]) -> Array:
         """Reads ``path`` at the model's rate and channel count (raises LoadAudioError):
         a tensor for a PyTorch model, a numpy array for an ONNX graph."""
-        track = self.open_track(path)
+        return self.track_audio(self.open_track(path))
+
+    def track_audio(self, track: "AudioTrack[TrackStats]") -> Array:
+        """The whole track from :meth:`open_track` (a tensor for a PyTorch model, a
+        numpy array for an ONNX graph)."""
         wav = np.concatenate(list(track.source.blocks()), axis=1)[:, :track.length]
         if isinstance(self._backend, _TorchBackend):
             import torch

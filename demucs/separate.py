@@ -34,6 +34,7 @@ from .audio import LoadAudioError
 from .errors import ModelLoadingError
 from .flags import DEFAULT_MODEL, add_model_flags
 from .io import StemWriter, open_stem_writer
+from .io.writers import ResamplingWriter
 
 if tp.TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -141,6 +142,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("-j", "--jobs", default=0, type=int,
                         help="Number of jobs. This can increase memory usage but will "
                         "be much faster when multiple cores are available.")
+    parser.add_argument("--keep-samplerate", action="store_true",
+                        help="Write the stems at the input's sample rate and length (e.g. "
+                        "48 kHz in, 48 kHz out) instead of the model's rate.")
     parser.add_argument("--seed", type=int, default=None,
                         help="Seed of the shift trick's random offsets, set before each "
                         "track: runs with the same seed give identical stems.")
@@ -340,23 +344,6 @@ def rest_name(args: argparse.Namespace) -> str:
     return ("minus_" if args.other_method == "minus" else "no_") + args.stem
 
 
-def _stems_to_save(stems: tp.Dict[str, tp.Any], origin: tp.Any,
-                   args: argparse.Namespace) -> tp.List[tp.Tuple[str, tp.Any]]:
-    if args.stem is None:
-        return list(stems.items())
-    selected = stems[args.stem]
-    result = [(args.stem, selected)]
-    if args.other_method == "add":
-        others = [wav for name, wav in stems.items() if name != args.stem]
-        rest = others[0]
-        for wav in others[1:]:
-            rest = rest + wav
-        result.append((rest_name(args), rest))
-    elif args.other_method == "minus":
-        result.append((rest_name(args), origin - selected))
-    return result
-
-
 def _save_options(args: argparse.Namespace, samplerate: int) -> tp.Dict[str, tp.Any]:
     return {
         "samplerate": samplerate,
@@ -386,7 +373,8 @@ def _stem_names(sources: tp.Sequence[str], args: argparse.Namespace) -> tp.List[
 
 def _stem_blocks(stems: np.ndarray, origin: np.ndarray, sources: tp.Sequence[str],
                  args: argparse.Namespace) -> tp.List[np.ndarray]:
-    """Blocks to write, in the order of :func:`_stem_names` (as :func:`_stems_to_save`)."""
+    """Blocks to write, in the order of :func:`_stem_names`: the stems, or STEM and the
+    rest (sum of the other stems, or mix minus STEM) for --two-stems."""
     if args.stem is None:
         return list(stems)
     index = list(sources).index(args.stem)
@@ -400,44 +388,32 @@ def _stem_blocks(stems: np.ndarray, origin: np.ndarray, sources: tp.Sequence[str
 
 def separate_track(track: Path, separator: Separator, args: argparse.Namespace, out: Path,
                    written: _Written) -> None:
-    """Separates one track and writes its stems; raises LoadAudioError / OSError."""
+    """Separates one track and writes its stems; raises LoadAudioError / OSError.
+
+    The track is decoded, separated and written block by block (memory does not grow
+    with its length), or separated in memory with ``-j N`` / ``--no-split``. Every stem
+    goes to a hidden temporary file renamed at the end; on any error (or Ctrl-C) the
+    temporaries are removed and the stems already renamed are listed in ``written`` for
+    the caller to remove.
+    """
     if args.seed is not None:
         random.seed(args.seed)
-    parallel = args.jobs and not args.onnx  # -j N: upstream's parallel segments, in memory
-    if args.split and not parallel:
-        _separate_streaming(track, separator, args, out, written)
-        return
-    from .audio import save_audio
-
-    wav = separator.load_audio(track)
-    if not args.quiet:
-        print(f"Separating track {track}", flush=True)
-    origin, stems = separator.separate_tensor(wav, separator.samplerate)
-    options = _save_options(args, separator.samplerate)
-    for stem, source in _stems_to_save(stems, origin, args):
-        path = _output_path(track, stem, args, out)
-        save_audio(source, path, **options)
-        written.paths.append(path)
-
-
-def _separate_streaming(track: Path, separator: Separator, args: argparse.Namespace,
-                        out: Path, written: _Written) -> None:
-    """Decodes, separates and writes block by block: memory does not grow with length.
-
-    Every stem goes to a hidden temporary file renamed at the end; on any error (or
-    Ctrl-C) the temporaries are removed and the stems already renamed are listed in
-    ``written`` for the caller to remove.
-    """
     opened = separator.open_track(track)
     if not args.quiet:
         print(f"Separating track {track}", flush=True)
-    options = _save_options(args, separator.samplerate)
+    rate, channels = separator.samplerate, separator.audio_channels
+    keep = getattr(args, "keep_samplerate", False) and opened.input_samplerate != rate
+    options = _save_options(args, opened.input_samplerate if keep else rate)
     writers: tp.List[StemWriter] = []
     try:
         for stem in _stem_names(separator.sources, args):
-            writers.append(open_stem_writer(_output_path(track, stem, args, out),
-                                            channels=separator.audio_channels, **options))
-        for origin, stems in separator.stream_track(opened):
+            writer = open_stem_writer(_output_path(track, stem, args, out), channels=channels,
+                                      **options)
+            if keep:
+                writer = ResamplingWriter(writer, rate, opened.input_samplerate, channels,
+                                          opened.input_length)
+            writers.append(writer)
+        for origin, stems in _separated_blocks(separator, opened, args):
             for writer, block in zip(writers, _stem_blocks(stems, origin, separator.stems,
                                                            args)):
                 writer.write(block)
@@ -446,6 +422,22 @@ def _separate_streaming(track: Path, separator: Separator, args: argparse.Namesp
         for writer in writers:
             writer.abort()  # no-op for the stems already finished
         raise
+
+
+def _separated_blocks(separator: Separator, opened: tp.Any, args: argparse.Namespace
+                      ) -> tp.Iterator[tp.Tuple[np.ndarray, np.ndarray]]:
+    """``(origin (C, n), stems (S, C, n))`` blocks: streamed, or the whole track at once
+    with ``-j N`` (upstream's parallel segments) or ``--no-split``."""
+    parallel = args.jobs and not args.onnx
+    if args.split and not parallel:
+        yield from separator.stream_track(opened)
+        return
+    origin, stems = separator.separate_tensor(separator.track_audio(opened))
+    yield _numpy(origin), np.stack([_numpy(stems[name]) for name in separator.stems])
+
+
+def _numpy(array: tp.Any) -> np.ndarray:
+    return array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
 
 
 def finish_writers(writers: tp.Sequence[StemWriter], done: tp.List[Path],

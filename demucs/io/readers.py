@@ -364,6 +364,25 @@ class AudioTrack(tp.Generic[T]):
     source: BlockSource
     length: int  # samples of the converted track
     scanned: T  # what ``scan`` returned on the validation pass
+    input_samplerate: int = 0  # the file's own rate
+    input_length: int = 0  # samples at the file's own rate
+
+
+class _CountingSource:
+    """``source``, counting the samples of the last full pass (the file's own length)."""
+
+    def __init__(self, source: BlockSource) -> None:
+        self.source = source
+        self.samplerate = source.samplerate
+        self.channels = source.channels
+        self.length = 0
+
+    def blocks(self) -> tp.Iterator[Array]:
+        count = 0
+        for block in self.source.blocks():
+            count += block.shape[1]
+            yield block
+        self.length = count
 
 
 def _count(blocks: tp.Iterable[Array], counter: tp.List[int]) -> tp.Iterator[Array]:
@@ -407,7 +426,8 @@ def open_track(path: PathLike, samplerate: tp.Optional[int] = None,
             if raw.channels != 1 and target > raw.channels:
                 raise LoadAudioError(path, f"cannot convert {raw.channels}-channel audio to "
                                      f"{target} channels (only mono can be upmixed)")
-            converted = ConvertedSource(raw, samplerate or raw.samplerate, target)
+            counting = _CountingSource(raw)
+            converted = ConvertedSource(counting, samplerate or raw.samplerate, target)
             counter = [0]
             scanned = (scan or _consume)(_count(converted.blocks(), counter))
         except LoadAudioError:
@@ -431,7 +451,8 @@ def open_track(path: PathLike, samplerate: tp.Optional[int] = None,
                 break
             raise LoadAudioError(path, "contains no audio samples")
         return AudioTrack(path=path, source=converted, length=counter[0],
-                          scanned=tp.cast(T, scanned))
+                          scanned=tp.cast(T, scanned), input_samplerate=raw.samplerate,
+                          input_length=counting.length)
     if no_audio:
         raise LoadAudioError(path, "has no audio track (a video without sound?)", errors)
     wrong = _not_what_it_says(path)

@@ -262,6 +262,41 @@ class RescalingWriter(TempFileWriter):
         super().abort()
 
 
+class ResamplingWriter:
+    """Resamples blocks from ``old_sr`` to ``new_sr`` before handing them to ``inner``,
+    and pads or trims the stem to exactly ``length`` samples (the input's own length, for
+    stems written at the input's rate)."""
+
+    def __init__(self, inner: StemWriter, old_sr: int, new_sr: int, channels: int,
+                 length: int) -> None:
+        from .resample import make_resampler
+
+        self.inner = inner
+        self.path = inner.path
+        self._resampler = make_resampler(old_sr, new_sr, channels)
+        self._channels = channels
+        self._left = length
+
+    def _forward(self, block: Array) -> None:
+        block = block[:, :self._left]
+        if block.shape[1]:
+            self.inner.write(block)
+            self._left -= block.shape[1]
+
+    def write(self, block: Array) -> None:
+        self._forward(self._resampler.push(block))
+
+    def close(self) -> None:
+        self._forward(self._resampler.finish())
+        if self._left > 0:
+            self.inner.write(np.zeros((self._channels, self._left), np.float32))
+            self._left = 0
+        self.inner.close()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+
 def open_stem_writer(path: PathLike, samplerate: int, channels: int, *,
                      bitrate: int = 320, preset: int = 2, clip: tp.Optional[str] = "rescale",
                      bits_per_sample: int = 16, as_float: bool = False,
