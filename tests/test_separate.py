@@ -412,3 +412,70 @@ def test_console_script_and_python_m_exit_statuses(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "demucs", "--shifts", "x"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
+
+
+# ---------------------------------------------------------------------- 4.1.0 and new flags
+
+def _float_stems(folder: Path) -> tp.Dict[str, np.ndarray]:
+    return {p.stem: sf.read(str(p), dtype="float32")[0] for p in sorted(folder.glob("*.wav"))}
+
+
+def test_keep_samplerate(tmp_path, tiny_repo, capsys):
+    """48 kHz in -> 48 kHz out, same length, close to the model-rate stems resampled."""
+    from demucs.io import resample
+
+    mix = write_mix(tmp_path / "a.wav", seconds=1.3, samplerate=48000)
+    base = ["--repo", tiny_repo, "-n", "tiny", "--shifts", "0", "--float32", "--clip-mode",
+            "none", "-q", tmp_path / "a.wav"]
+    assert run_main([*base, "-o", tmp_path / "model"], capsys)[0] == 0
+    assert run_main([*base, "--keep-samplerate", "-o", tmp_path / "kept"], capsys)[0] == 0
+    for jobs in ([], ["-j", "2"]):
+        code, _, err = run_main([*base, *jobs, "--keep-samplerate", "-o", tmp_path / "j"],
+                                capsys)
+        assert code == 0, err
+    at_model = _float_stems(tmp_path / "model/tiny/a")
+    kept = _float_stems(tmp_path / "kept/tiny/a")
+    assert sf.info(str(tmp_path / "kept/tiny/a/vocals.wav")).samplerate == 48000
+    assert sf.info(str(tmp_path / "model/tiny/a/vocals.wav")).samplerate == RATE
+    for name, wav in kept.items():
+        assert wav.shape == mix.shape
+        back = resample(at_model[name].T, RATE, 48000)[:, :mix.shape[0]].T
+        err = np.abs(back - wav)[200:-200].max()  # edges: the resampler's padding
+        assert err < 1e-4, (name, err)
+        np.testing.assert_allclose(_float_stems(tmp_path / "j/tiny/a")[name], wav, atol=1e-5)
+
+
+def test_seed_makes_runs_identical(tmp_path, tiny_repo, capsys):
+    write_mix(tmp_path / "a.wav", seconds=2)
+    outs = []
+    for run, seed in enumerate((["--seed", "7"], ["--seed", "7"], [])):
+        out = tmp_path / f"o{run}"
+        assert run_main(["--repo", tiny_repo, "-n", "tiny", "--shifts", "1", "--float32", "-q",
+                         *seed, "-o", out, tmp_path / "a.wav"], capsys)[0] == 0
+        outs.append(_float_stems(out / "tiny/a"))
+    for name in outs[0]:
+        assert np.array_equal(outs[0][name], outs[1][name])
+    assert any(not np.array_equal(outs[0][n], outs[2][n]) for n in outs[0])
+
+
+def test_clip_mode_none_writes_as_computed(tmp_path, tiny_repo, capsys):
+    """--clip-mode none (upstream 4.1.0): the float32 stems are the separation's output,
+    untouched (the writers' tests check values beyond 1 are kept)."""
+    from demucs.api import Separator
+
+    write_mix(tmp_path / "a.wav")
+    assert run_main(["--repo", tiny_repo, "-n", "tiny", "--shifts", "0", "--float32", "-q",
+                     "--clip-mode", "none", "-o", tmp_path / "o", tmp_path / "a.wav"],
+                    capsys)[0] == 0
+    _, stems = Separator("tiny", repo=tiny_repo, device="cpu", shifts=0).separate_audio_file(
+        tmp_path / "a.wav")
+    for name, wav in _float_stems(tmp_path / "o/tiny/a").items():
+        np.testing.assert_allclose(wav, stems[name].numpy().T, atol=1e-6)
+
+
+def test_single_model_is_not_called_a_bag(tmp_path, tiny_repo, capsys):
+    write_mix(tmp_path / "a.wav")
+    code, out, err = run_main(["--repo", tiny_repo, "-n", "tiny", "--shifts", "0",
+                               "-o", tmp_path / "o", tmp_path / "a.wav"], capsys)
+    assert code == 0, err
+    assert "bag of" not in out
