@@ -13,9 +13,11 @@ test-fast:
 lint:
 	$(PYTHON) -m flake8 demucs tests bench examples
 
-# Installs upstream demucs 4.0.1 (the test oracle) into .oracle/site, outside our package.
+# Installs upstream demucs 4.0.1 (the test oracle) into .oracle/site, and 4.1.0 (its
+# safetensors model format, tests/test_hf.py) into .oracle/site410, outside our package.
 oracle:
 	$(PYTHON) -m pip install -q --no-deps --target .oracle/site demucs==4.0.1 openunmix==1.3.0
+	$(PYTHON) -m pip install -q --no-deps --target .oracle/site410 demucs==4.1.0
 
 bench:
 	$(PYTHON) bench/bench_onnx.py
