@@ -29,13 +29,10 @@ import typing as tp
 from fractions import Fraction
 from pathlib import Path
 
+from .apply import BagOfModels, Model
 from .errors import ModelLoadingError
 from .model_checks import check_name
-
-if tp.TYPE_CHECKING:
-    from torch import nn
-
-    from .apply import BagOfModels
+from .states import build_model, import_diffq, load_model, model_classes  # noqa: F401
 
 __all__ = ["DEFAULT_NAMESPACE", "HF_SCHEME", "hf_repo_name", "load_safetensors_model",
            "save_safetensors_model", "get_hf_model", "hf_download", "export_bag"]
@@ -133,8 +130,6 @@ def _diffq_class(name: tp.Any, origin: str) -> type:
             "refused")
     import importlib
 
-    from .states import import_diffq
-
     import_diffq()  # MissingDiffQError with the install hint
     module, _, attr = str(name).rpartition(".")
     return getattr(importlib.import_module(module), attr)
@@ -174,8 +169,6 @@ def _unflatten_state(node: Node, tensors: tp.Dict[str, tp.Any], origin: str) -> 
 # --------------------------------------------------------------------------------------
 
 def _class_by_name(name: tp.Any, origin: str) -> type:
-    from .states import model_classes
-
     classes = {f"{klass.__module__}.{klass.__qualname__}": klass for klass in model_classes()}
     if name not in classes:
         raise ModelLoadingError(f"{origin}: model class {str(name)[:80]!r} is not one of "
@@ -226,15 +219,13 @@ def read_safetensors_package(path: tp.Union[str, Path]) -> tp.Dict[str, tp.Any]:
     return {"klass": klass, "args": args, "kwargs": kwargs, "state": state}
 
 
-def load_safetensors_model(path: tp.Union[str, Path]) -> "nn.Module":
+def load_safetensors_model(path: tp.Union[str, Path]) -> Model:
     """Loads one model from a ``SIG.safetensors`` file (upstream 4.1.0's format).
 
     Raises:
         ModelLoadingError: not a safetensors file, a class outside our allowlist, or
             any value that fails the checks of :func:`demucs.states.build_model`.
     """
-    from .states import build_model
-
     return build_model(read_safetensors_package(path), str(path))
 
 
@@ -301,11 +292,10 @@ def split_hf_name(name: str) -> tp.Tuple[str, str]:
     return namespace, name
 
 
-def get_hf_model(name: str) -> "BagOfModels":
+def get_hf_model(name: str) -> BagOfModels:
     """Loads ``[hf://][namespace/]name`` from the HuggingFace hub (namespace
     :data:`DEFAULT_NAMESPACE` by default): ``NAME.yaml``, then one
     ``SIG.safetensors`` per member, from repository ``namespace/hf_repo_name(name)``."""
-    from .apply import BagOfModels
     from .repo import apply_bag_segment, read_bag
 
     namespace, name = split_hf_name(name)

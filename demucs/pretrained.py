@@ -24,6 +24,7 @@ from pathlib import Path
 from torch import nn
 
 from .apply import Model
+from .hdemucs import HDemucs  # noqa: F401 (upstream's pretrained module exposes it)
 from .hf import HF_SCHEME, get_hf_model
 from .repo import (AnyModel, AnyModelRepo, BagOnlyRepo, DownloadError,  # noqa: F401
                    LocalRepo, ModelLoadingError, ModelOnlyRepo, RemoteRepo)
@@ -50,7 +51,6 @@ def root_url() -> str:
 
 def demucs_unittest() -> nn.Module:
     """A tiny untrained HDemucs, for tests (``-n demucs_unittest``)."""
-    from .hdemucs import HDemucs
     return HDemucs(channels=4, sources=SOURCES)
 
 
