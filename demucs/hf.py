@@ -323,9 +323,10 @@ def export_bag(name: str, out_dir: tp.Union[str, Path],
 
     from .pretrained import find_model_package
 
+    check_name(name, "model name", "export")
+    bag, packages = find_model_package(name, repo)  # everything is read before writing
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    bag, packages = find_model_package(name, repo)
     for sig, package in packages.items():
         save_safetensors_model(package, out_dir / f"{sig}.safetensors")
     description: tp.Dict[str, tp.Any] = {"models": list(bag["models"])}
@@ -334,3 +335,32 @@ def export_bag(name: str, out_dir: tp.Union[str, Path],
             description[key] = bag[key]
     (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(description), encoding="utf-8")
     return out_dir
+
+
+def main(argv: tp.Optional[tp.List[str]] = None) -> int:
+    """``python -m demucs.hf NAME OUT_DIR [--repo DIR]``: writes ``NAME`` (a bag name or
+    a signature) in upstream 4.1.0's layout. Returns the exit status."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m demucs.hf",
+        description="Write a model in upstream 4.1.0's safetensors layout "
+                    "(NAME.yaml and one SIG.safetensors per member).")
+    parser.add_argument("name", help="bag name or model signature")
+    parser.add_argument("out_dir", type=Path, help="folder to write (created if needed)")
+    parser.add_argument("--repo", type=Path, default=None,
+                        help="folder of .th/.yaml files (default: $DEMUCS_REPO or the "
+                             "remote catalog)")
+    args = parser.parse_args(argv)
+    try:
+        out = export_bag(args.name, args.out_dir, repo=args.repo)
+    except (ModelLoadingError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.name} to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -88,7 +88,9 @@ def default_repo() -> tp.Optional[Path]:
     return path
 
 
-def _repos(repo: tp.Optional[Path]) -> tp.Tuple[ModelOnlyRepo, BagOnlyRepo]:
+def model_repos(repo: tp.Optional[Path] = None) -> tp.Tuple[ModelOnlyRepo, BagOnlyRepo]:
+    """The single-model and bag repositories that :func:`get_model` searches: ``repo``,
+    else ``$DEMUCS_REPO``, else the remote catalog."""
     model_repo: ModelOnlyRepo
     if repo is None:
         repo = default_repo()
@@ -122,7 +124,7 @@ def get_model(name: str, repo: tp.Optional[Path] = None,
     elif name == "demucs_unittest":
         model = demucs_unittest()
     else:
-        model_repo, bag_repo = _repos(repo)
+        model_repo, bag_repo = model_repos(repo)
         try:
             model = AnyModelRepo(model_repo, bag_repo).get_model(name)
         except DownloadError as exc:
@@ -142,7 +144,7 @@ def get_model_from_sig(sig: str, repo: tp.Optional[Path] = None) -> Model:
     package has no training code, so ``sig`` is looked up like :func:`get_model` does
     (``repo``, ``$DEMUCS_REPO`` or the catalog).
     """
-    model_repo, _ = _repos(repo)
+    model_repo, _ = model_repos(repo)
     if not model_repo.has_model(sig):
         raise ModelLoadingError(
             f"no single model with signature {sig} (training experiments are not "
@@ -157,7 +159,7 @@ def find_model_package(name: str, repo: tp.Optional[Path] = None
                        ) -> tp.Tuple[tp.Dict[str, tp.Any], tp.Dict[str, tp.Any]]:
     """The bag description and the checkpoint dict of each member of ``name``, read
     safely without building any model (a signature gives a one-model bag)."""
-    model_repo, bag_repo = _repos(repo)
+    model_repo, bag_repo = model_repos(repo)
     if model_repo.has_model(name):
         bag: tp.Dict[str, tp.Any] = {"models": [name], "weights": None, "segment": None}
     else:
@@ -186,10 +188,14 @@ def list_models(repo: tp.Optional[Path] = None,
     """
     if repo is None:
         repo = default_repo()
-    model_repo, bag_repo = _repos(repo)
+    model_repo, bag_repo = model_repos(repo)
     if signatures is None:
         signatures = repo is not None
     names = bag_repo.list_models()
     if signatures:
         names += [sig for sig in model_repo.list_models() if sig not in names]
     return names
+
+
+#: Former name of :func:`model_repos`.
+_repos = model_repos

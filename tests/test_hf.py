@@ -306,3 +306,11 @@ def test_safetensors_is_preferred_to_th_in_one_folder(hf_repo, tmp_path):
     (tmp_path / "ht-0123abcd.th").write_bytes(b"not even a checkpoint")
     bag = get_model("htdemucs", repo=tmp_path)
     assert isinstance(bag.models[0], HTDemucs)
+
+
+def test_export_command_line(th_repo, tmp_path, capsys):
+    assert hf.main(["htdemucs", str(tmp_path / "out"), "--repo", str(th_repo)]) == 0
+    assert (tmp_path / "out" / "ht.safetensors").is_file()
+    assert hf.main(["nope", str(tmp_path / "out2"), "--repo", str(th_repo)]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
