@@ -19,7 +19,8 @@ from fractions import Fraction
 from .errors import ModelArgumentsError, ModelLoadingError
 
 __all__ = ["MAX_NAME_BYTES", "MAX_SOURCES", "MAX_PARAMETERS", "MAX_WIDTH",
-           "SAMPLERATE_RANGE", "MAX_SEGMENT_SECONDS", "check_name", "check_sources",
+           "SAMPLERATE_RANGE", "MAX_SEGMENT_SECONDS", "MAX_TRAIN_SEGMENT_SECONDS",
+           "check_name", "check_sources",
            "check_samplerate", "check_audio_channels", "check_segment", "check_model_kwargs",
            "count_parameters", "check_parameter_count"]
 
@@ -39,6 +40,10 @@ SAMPLERATE_RANGE = (1, 768000)
 MAX_AUDIO_CHANNELS = 16
 #: Longest training / bag segment, in seconds.
 MAX_SEGMENT_SECONDS = 3600.0
+#: Longest training segment of a model that pads every input to it (HTDemucs with
+#: ``use_train_segment``; its attention cost grows with the square of the segment).
+#: Released models use 7.8 s.
+MAX_TRAIN_SEGMENT_SECONDS = 60.0
 
 _FORBIDDEN_NAMES = ("", ".", "..")
 
@@ -225,6 +230,11 @@ def check_model_kwargs(klass: type, args: tp.Any, kwargs: tp.Any,
             _check_multi_freqs(value, origin)
         else:
             _check_bounds(name, value, origin)
+    if values.get("use_train_segment") and "segment" in values \
+            and float(values["segment"]) > MAX_TRAIN_SEGMENT_SECONDS:
+        raise ModelLoadingError(
+            f"{origin}: {klass.__name__} runs every input at its training segment, "
+            f"{float(values['segment']):g} s here (at most {MAX_TRAIN_SEGMENT_SECONDS:g} s)")
     if "depth" in values and "channels" in values:
         growth = float(values.get("growth", 1) or 1)
         widest = max(values["channels"], values.get("channels_time") or 0) \

@@ -122,6 +122,13 @@ def test_parameter_count_is_bounded_on_the_meta_device(tmp_path):
     assert time.monotonic() - start < 20
 
 
+def test_htdemucs_training_segment_is_bounded(tmp_path):
+    kwargs = dict(configs.TINY_HTDEMUCS, segment=3000)
+    package = {"klass": HTDemucs, "args": [], "kwargs": kwargs, "state": {},
+               "training_args": {}}
+    _refused(_write(tmp_path, package), "training segment")
+
+
 def test_count_parameters_matches_the_real_model():
     model = HDemucs(**TINY)
     real = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
