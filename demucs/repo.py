@@ -200,7 +200,10 @@ class LocalRepo(ModelOnlyRepo):
                 continue
             if file.suffix != ".th":
                 continue
-            sig, sep, checksum = file.stem.partition("-")
+            # The checksum follows the last "-" (as upstream 4.1.0 reads it).
+            sig, sep, checksum = file.stem.rpartition("-")
+            if not sep:
+                sig = checksum
             if sig in self._models:
                 if self._models[sig].suffix == SAFETENSORS_SUFFIX:
                     continue

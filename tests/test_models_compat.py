@@ -25,7 +25,7 @@ import torch
 from demucs import pretrained, repo
 from demucs.errors import ModelLoadingError
 from demucs.htdemucs import HTDemucs
-from demucs.states import save_model
+from demucs.states import save_model, serialize_model
 from tests import configs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,3 +223,15 @@ def test_modules_keep_upstream_attributes():
         for name in names:
             assert hasattr(loaded, name), f"{module}.{name}"
     assert inspect.signature(pretrained.get_model).parameters["repo"].default is None
+
+
+def test_local_repo_checksum_follows_the_last_dash(folder):
+    """``my-model-CHECKSUM.th`` is signature ``my-model``, as upstream 4.1.0 reads it."""
+    from demucs.states import save_with_checksum
+
+    torch.manual_seed(0)
+    save_with_checksum(serialize_model(HTDemucs(**configs.TINY_HTDEMUCS), {}),
+                       folder / "my-model.th")
+    local = repo.LocalRepo(folder)
+    assert local.has_model("my-model")
+    assert isinstance(local.get_model("my-model"), HTDemucs)
