@@ -312,12 +312,13 @@ class MultiWrap(nn.Module):
         for _ in range(len(split_ratios) + 1):
             replica = copy.deepcopy(layer)
             if isinstance(replica, HEncLayer):
-                replica.conv.padding = (0, 0)  # padding is done on the band edges only
+                setattr(replica.conv, "padding", (0, 0))  # padding is done on the band edges
             else:
                 replica.pad = 0  # the band edges are trimmed here instead
             for module in replica.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+                reset = getattr(module, "reset_parameters", None)
+                if callable(reset):
+                    reset()
             self.layers.append(replica)
 
     def forward(self, x: torch.Tensor, skip: tp.Optional[torch.Tensor] = None,
@@ -345,7 +346,7 @@ class MultiWrap(nn.Module):
         ratios = list(self.split_ratios) + [1]
         start = 0
         outs = []
-        for ratio, layer in zip(ratios, self.layers):
+        for ratio, layer in zip(ratios, tp.cast(tp.List[HEncLayer], list(self.layers))):
             kernel, stride = layer.kernel_size, layer.stride
             pad = kernel // 4
             if ratio == 1:
@@ -374,14 +375,14 @@ class MultiWrap(nn.Module):
         start = 0
         outs: tp.List[torch.Tensor] = []
         last = False
-        for ratio, layer in zip(ratios, self.layers):
+        for ratio, layer in zip(ratios, tp.cast(tp.List[HDecLayer], list(self.layers))):
             stride = layer.stride
             limit = freqs if ratio == 1 else int(round(freqs * ratio))
             out, _ = layer.decode(x[:, :, start:limit], skip[:, :, start:limit], None)
             if outs:
                 # The first `stride` rows overlap the previous band's last ones: sum them,
                 # with the bias counted once.
-                bias = layer.conv_tr.bias.view(1, -1, 1, 1)
+                bias = tp.cast(torch.Tensor, getattr(layer.conv_tr, "bias")).view(1, -1, 1, 1)
                 prev = outs[-1]
                 outs[-1] = torch.cat(
                     [prev[:, :, :prev.shape[2] - stride],
@@ -481,23 +482,20 @@ class HybridUNetMixin:
                 chout = chout_z
             with_time = hybrid and freq
 
-            enc: nn.Module = HEncLayer(chin_z, chout_z, dconv=bool(dconv_mode & 1),
-                                       context=context_enc, **kw)
+            enc_layer = HEncLayer(chin_z, chout_z, dconv=bool(dconv_mode & 1),
+                                  context=context_enc, **kw)
             if with_time:
                 self.tencoder.append(HEncLayer(chin, chout, dconv=bool(dconv_mode & 1),
                                                context=context_enc, empty=last_freq,
                                                **kw_time))
-            if multi:
-                enc = MultiWrap(enc, multi_freqs or ())
-            self.encoder.append(enc)
+            self.encoder.append(MultiWrap(enc_layer, multi_freqs or ()) if multi else enc_layer)
 
             if index == 0:
                 chin = self.audio_channels * len(self.sources)
                 chin_z = chin * spec_channels
-            dec: nn.Module = HDecLayer(chout_z, chin_z, dconv=bool(dconv_mode & 2),
-                                       last=index == 0, context=self.context, **kw_dec)
-            if multi:
-                dec = MultiWrap(dec, multi_freqs or ())
+            dec_layer = HDecLayer(chout_z, chin_z, dconv=bool(dconv_mode & 2),
+                                  last=index == 0, context=self.context, **kw_dec)
+            dec: nn.Module = MultiWrap(dec_layer, multi_freqs or ()) if multi else dec_layer
             if with_time:
                 self.tdecoder.insert(0, HDecLayer(chout, chin, dconv=bool(dconv_mode & 2),
                                                   empty=last_freq, last=index == 0,

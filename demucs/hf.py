@@ -226,7 +226,7 @@ def load_safetensors_model(path: tp.Union[str, Path]) -> Model:
         ModelLoadingError: not a safetensors file, a class outside our allowlist, or
             any value that fails the checks of :func:`demucs.states.build_model`.
     """
-    return build_model(read_safetensors_package(path), str(path))
+    return tp.cast(Model, build_model(read_safetensors_package(path), str(path)))
 
 
 def save_safetensors_model(package_or_model: tp.Any, path: tp.Union[str, Path]) -> Path:

@@ -134,7 +134,7 @@ def get_model(name: str, repo: tp.Optional[Path] = None,
     if use_conv_stft is not None:
         set_stft_backend(model, use_conv_stft)
     model.eval()
-    return model
+    return tp.cast(AnyModel, model)
 
 
 def get_model_from_sig(sig: str, repo: tp.Optional[Path] = None) -> Model:

@@ -168,7 +168,7 @@ class RemoteRepo(ModelOnlyRepo):
         return target
 
     def get_model(self, sig: str) -> Model:
-        return load_model(self.model_file(sig))
+        return tp.cast(Model, load_model(self.model_file(sig)))
 
     def model_package(self, sig: str) -> tp.Dict[str, tp.Any]:
         return load_package(self.model_file(sig))
@@ -238,7 +238,7 @@ class LocalRepo(ModelOnlyRepo):
         file = self.model_file(sig)
         if file.suffix == SAFETENSORS_SUFFIX:
             return load_safetensors_model(file)
-        return load_model(file)
+        return tp.cast(Model, load_model(file))
 
     def model_package(self, sig: str) -> tp.Dict[str, tp.Any]:
         file = self.model_file(sig)

@@ -87,7 +87,7 @@ def capture_init(init: tp.Callable) -> tp.Callable:
 
     @functools.wraps(init)
     def __init__(self: torch.nn.Module, *args: tp.Any, **kwargs: tp.Any) -> None:
-        self._init_args_kwargs = (args, kwargs)
+        object.__setattr__(self, "_init_args_kwargs", (args, kwargs))
         init(self, *args, **kwargs)
 
     return __init__
@@ -390,7 +390,7 @@ def set_stft_backend(model: nn.Module, use_conv_stft: bool) -> nn.Module:
     """
     for module in model.modules():
         if hasattr(module, "use_conv_stft"):
-            module.use_conv_stft = bool(use_conv_stft)
+            setattr(module, "use_conv_stft", bool(use_conv_stft))
     return model
 
 
@@ -531,7 +531,8 @@ def serialize_model(model: nn.Module, training_args: tp.Any, quantizer: tp.Any =
     if not hasattr(model, "_init_args_kwargs"):
         raise ValueError(
             f"{type(model).__name__} was not built with a @capture_init constructor")
-    args, kwargs = model._init_args_kwargs
+    args, kwargs = tp.cast(tp.Tuple[tp.Sequence[tp.Any], tp.Dict[str, tp.Any]],
+                           getattr(model, "_init_args_kwargs"))
     kwargs = {key: value for key, value in kwargs.items() if key not in FORK_ONLY_KWARGS}
     return {
         "klass": model.__class__,
