@@ -241,3 +241,34 @@ def test_bag_segment_longer_than_htdemucs_training_segment_is_ignored(repo):
     assert bag.models[1].segment == 44
     (repo / "short.yaml").write_text("models: [ht]\nsegment: 0.25\n")
     assert get_model("short", repo=repo).models[0].segment == 0.25
+
+
+def test_command_line_refuses_a_crafted_model_in_one_line(tmp_path):
+    """A source named ``../../x`` once wrote stems outside ``-o`` with exit 0."""
+    import subprocess
+    import sys
+    import wave
+
+    models = tmp_path / "models"
+    models.mkdir()
+    sources = ["drums", "../../escaped", "other", "vocals"]
+    torch.save(_package(kwargs=dict(sources=sources)), models / "evil.th")
+    track = tmp_path / "track.wav"
+    with wave.open(str(track), "wb") as file:
+        file.setnchannels(2)
+        file.setsampwidth(2)
+        file.setframerate(44100)
+        file.writeframes(b"\x00\x00" * 2 * 4410)
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "demucs.separate", "-n", "evil", "--repo", str(models),
+         "-o", str(out), str(track)],
+        cwd=str(root), capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1"))
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "source name" in lines[0] and "evil.th" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.rglob("*"))
+    assert not any(tmp_path.rglob("escaped*"))
