@@ -24,7 +24,7 @@ from .spec import SpectralMixin, pad1d
 from .states import capture_init
 
 __all__ = ["pad1d", "ScaledEmbedding", "HEncLayer", "HDecLayer", "MultiWrap", "UNetSkips",
-           "HybridUNetMixin", "HDemucs"]
+           "HybridUNetMixin", "HDemucs", "standardize"]
 
 
 class ScaledEmbedding(nn.Module):
@@ -401,6 +401,15 @@ class MultiWrap(nn.Module):
         return out
 
 
+def standardize(x: torch.Tensor, dims: tp.Tuple[int, ...]
+                ) -> tp.Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x - mean) / (1e-5 + std)`` over ``dims``, as both hybrid models normalize
+    their branch inputs; returns the result, mean and std (kept to undo it)."""
+    mean = x.mean(dim=dims, keepdim=True)
+    std = x.std(dim=dims, keepdim=True)
+    return (x - mean) / (1e-5 + std), mean, std
+
+
 class UNetSkips:
     """Skip connections and pre-layer lengths that the encoders keep for the decoders."""
 
@@ -711,15 +720,10 @@ class HDemucs(HybridUNetMixin, SpectralMixin, nn.Module):
         batch, _, n_freqs, n_frames = x.shape
 
         # The frequency branch input is always normalized.
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        std = x.std(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) / (1e-5 + std)
-
+        x, mean, std = standardize(x, dims=(1, 2, 3))
         xt = mix
         if self.hybrid:
-            mean_t = mix.mean(dim=(1, 2), keepdim=True)
-            std_t = mix.std(dim=(1, 2), keepdim=True)
-            xt = (mix - mean_t) / (1e-5 + std_t)
+            xt, mean_t, std_t = standardize(mix, dims=(1, 2))
 
         x, xt, skips = self._encode(x, xt)
         # The decoders start from zeros: the signal comes through the skips.

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .demucs import rescale_module
-from .hdemucs import HybridUNetMixin, ScaledEmbedding
+from .hdemucs import HybridUNetMixin, ScaledEmbedding, standardize
 from .spec import SpectralMixin
 from .states import capture_init
 from .transformer import CrossTransformerEncoder
@@ -239,8 +239,8 @@ class HTDemucs(HybridUNetMixin, SpectralMixin, nn.Module):
                     work_length = length
 
         z = self._spec(mix)
-        x, mean, std = _normalize(self._magnitude(z).to(mix.device), dims=(1, 2, 3))
-        xt, meant, stdt = _normalize(mix, dims=(1, 2))
+        x, mean, std = standardize(self._magnitude(z).to(mix.device), dims=(1, 2, 3))
+        xt, meant, stdt = standardize(mix, dims=(1, 2))
         B, _, Fq, T = x.shape
 
         x, xt, skips = self._encode(x, xt)
@@ -273,13 +273,6 @@ class HTDemucs(HybridUNetMixin, SpectralMixin, nn.Module):
                           "b c (f t) -> b c f t", f=f)
             xt = self.channel_downsampler_t(xt)
         return x, xt
-
-
-def _normalize(x: Tensor, dims: tp.Tuple[int, ...]) -> tp.Tuple[Tensor, Tensor, Tensor]:
-    """``(x - mean) / (1e-5 + std)`` over ``dims``; returns the result, mean and std."""
-    mean = x.mean(dim=dims, keepdim=True)
-    std = x.std(dim=dims, keepdim=True)
-    return (x - mean) / (1e-5 + std), mean, std
 
 
 __all__ = ["HTDemucs", "RUNTIME_ONLY_KWARGS"]
