@@ -32,7 +32,9 @@ setup(
     extras_require={
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript"],
         "quantized": ["diffq>=0.2.1"],
-        "dev": ["pytest>=7", "ruff", "flake8"],
+        "dev": ["pytest>=7", "ruff", "mypy"],
+        "hf": ["huggingface_hub", "safetensors"],
+        "ray": ["ray[data]>=2.9"],
     },
     entry_points={"console_scripts": ["demucs=demucs.separate:console_main"]},
     classifiers=[

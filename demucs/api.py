@@ -598,7 +598,7 @@ def list_models(repo: tp.Optional[tp.Union[str, Path]] = None
     from . import pretrained
 
     folder = Path(repo) if repo is not None else None
-    model_repo, bag_repo = pretrained.repos(folder)
+    model_repo, bag_repo = pretrained.model_repos(folder)
 
     def listing(repo: tp.Any) -> tp.Dict[str, tp.Union[str, Path]]:
         if hasattr(repo, "list_model"):

@@ -1,7 +1,7 @@
 """Exceptions shared by the model loaders and the ONNX path (no torch import here)."""
 import typing as tp
 
-__all__ = ["ModelLoadingError", "TrainingOnlyError", "training_only"]
+__all__ = ["ModelLoadingError", "ModelArgumentsError", "TrainingOnlyError", "training_only"]
 
 
 class ModelLoadingError(RuntimeError):
@@ -25,3 +25,10 @@ def training_only(module: str) -> tp.NoReturn:
         "train or evaluate models, install upstream demucs in a separate environment.",
         name=module,
     )
+
+
+class ModelArgumentsError(ModelLoadingError, TypeError):
+    """A model file gives constructor arguments its model class does not take.
+
+    Also a ``TypeError``, which is what upstream raised for the same file.
+    """

@@ -16,6 +16,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-s", "-sig", "--sig", "--signature", dest="sig", default=None,
                        help="Signature of a single model (in --repo, or the remote catalog).")
     group.add_argument("-n", "--name", default=DEFAULT_MODEL,
-                       help=f"Pretrained model name or signature. Default is {DEFAULT_MODEL}.")
+                       help="Pretrained model name or signature, or hf://[namespace/]name "
+                            "for upstream 4.1.0's HuggingFace repositories (needs "
+                            f"demucs[hf]). Default is {DEFAULT_MODEL}.")
     parser.add_argument("--repo", type=Path, default=None,
-                        help="Folder containing all pre-trained models for use with -n.")
+                        help="Folder containing all pre-trained models for use with -n "
+                             "(SIG.th or SIG.safetensors files, NAME.yaml bags). "
+                             "Default: $DEMUCS_REPO if set, else the remote catalog.")

@@ -23,7 +23,8 @@ from .demucs import DConv, rescale_module
 from .spec import SpectralMixin, pad1d
 from .states import capture_init
 
-__all__ = ["pad1d", "ScaledEmbedding", "HEncLayer", "HDecLayer", "MultiWrap", "HDemucs"]
+__all__ = ["pad1d", "ScaledEmbedding", "HEncLayer", "HDecLayer", "MultiWrap", "UNetSkips",
+           "HybridUNetMixin", "HDemucs", "standardize"]
 
 
 class ScaledEmbedding(nn.Module):
@@ -311,12 +312,13 @@ class MultiWrap(nn.Module):
         for _ in range(len(split_ratios) + 1):
             replica = copy.deepcopy(layer)
             if isinstance(replica, HEncLayer):
-                replica.conv.padding = (0, 0)  # padding is done on the band edges only
+                setattr(replica.conv, "padding", (0, 0))  # padding is done on the band edges
             else:
                 replica.pad = 0  # the band edges are trimmed here instead
             for module in replica.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+                reset = getattr(module, "reset_parameters", None)
+                if callable(reset):
+                    reset()
             self.layers.append(replica)
 
     def forward(self, x: torch.Tensor, skip: tp.Optional[torch.Tensor] = None,
@@ -344,7 +346,7 @@ class MultiWrap(nn.Module):
         ratios = list(self.split_ratios) + [1]
         start = 0
         outs = []
-        for ratio, layer in zip(ratios, self.layers):
+        for ratio, layer in zip(ratios, tp.cast(tp.List[HEncLayer], list(self.layers))):
             kernel, stride = layer.kernel_size, layer.stride
             pad = kernel // 4
             if ratio == 1:
@@ -373,14 +375,14 @@ class MultiWrap(nn.Module):
         start = 0
         outs: tp.List[torch.Tensor] = []
         last = False
-        for ratio, layer in zip(ratios, self.layers):
+        for ratio, layer in zip(ratios, tp.cast(tp.List[HDecLayer], list(self.layers))):
             stride = layer.stride
             limit = freqs if ratio == 1 else int(round(freqs * ratio))
             out, _ = layer.decode(x[:, :, start:limit], skip[:, :, start:limit], None)
             if outs:
                 # The first `stride` rows overlap the previous band's last ones: sum them,
                 # with the bias counted once.
-                bias = layer.conv_tr.bias.view(1, -1, 1, 1)
+                bias = tp.cast(torch.Tensor, getattr(layer.conv_tr, "bias")).view(1, -1, 1, 1)
                 prev = outs[-1]
                 outs[-1] = torch.cat(
                     [prev[:, :, :prev.shape[2] - stride],
@@ -399,7 +401,171 @@ class MultiWrap(nn.Module):
         return out
 
 
-class HDemucs(SpectralMixin, nn.Module):
+def standardize(x: torch.Tensor, dims: tp.Tuple[int, ...]
+                ) -> tp.Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x - mean) / (1e-5 + std)`` over ``dims``, as both hybrid models normalize
+    their branch inputs; returns the result, mean and std (kept to undo it)."""
+    mean = x.mean(dim=dims, keepdim=True)
+    std = x.std(dim=dims, keepdim=True)
+    return (x - mean) / (1e-5 + std), mean, std
+
+
+class UNetSkips:
+    """Skip connections and pre-layer lengths that the encoders keep for the decoders."""
+
+    def __init__(self) -> None:
+        self.saved: tp.List[torch.Tensor] = []  # frequency branch outputs
+        self.saved_t: tp.List[torch.Tensor] = []  # time branch outputs
+        self.lengths: tp.List[int] = []  # frequency branch input lengths
+        self.lengths_t: tp.List[int] = []  # time branch input lengths
+
+
+class HybridUNetMixin:
+    """The two U-Nets (frequency and time branch) shared by :class:`HDemucs` and
+    :class:`~demucs.htdemucs.HTDemucs`: construction, encoding and decoding.
+
+    The host class sets ``audio_channels``, ``sources``, ``cac``, ``nfft``,
+    ``kernel_size``, ``stride``, ``context`` and ``depth`` before calling
+    :meth:`_build_unets`, and owns ``encoder``/``decoder``/``tencoder``/``tdecoder``.
+    The layers are created in upstream's order, so a given seed gives upstream's
+    initial weights, and under upstream's attribute names, so checkpoints load unchanged.
+    """
+
+    audio_channels: int
+    sources: tp.List[str]
+    cac: bool
+    nfft: int
+    kernel_size: int
+    stride: int
+    context: int
+    depth: int
+    encoder: nn.ModuleList
+    decoder: nn.ModuleList
+    tencoder: nn.ModuleList
+    tdecoder: nn.ModuleList
+    freq_emb: tp.Optional[ScaledEmbedding]
+    freq_emb_scale: float
+
+    def _build_unets(self, *, channels: int, channels_time: tp.Optional[int],
+                     growth: float, rewrite: bool,
+                     multi_freqs: tp.Optional[tp.Sequence[float]], multi_freqs_depth: int,
+                     freq_emb: float, emb_scale: float, emb_smooth: bool, time_stride: int,
+                     context_enc: int, norm_starts: int, norm_groups: int, dconv_mode: int,
+                     dconv_kw: tp.Callable[[int], tp.Dict[str, tp.Any]],
+                     hybrid: bool = True) -> None:
+        """Creates the encoder/decoder layers of both branches, outermost first.
+
+        The frequency axis shrinks by ``stride`` per layer; once it is no longer than
+        the kernel, one layer collapses it to 1 and the time branch's matching layer is
+        ``empty`` (just its strided convolution) so the two branches merge there. Later
+        layers work over time only. ``dconv_kw(index)`` gives the DConv settings of
+        layer ``index``; ``hybrid=False`` builds the frequency branch only.
+        """
+        spec_channels = 2 if self.cac else 1  # channels per audio channel, freq. branch
+        chin = self.audio_channels
+        chin_z = chin * spec_channels
+        chout = channels_time or channels
+        chout_z = channels
+        freqs = self.nfft // 2
+
+        for index in range(self.depth):
+            freq = freqs > 1
+            last_freq = freq and freqs <= self.kernel_size
+            kw: tp.Dict[str, tp.Any] = {
+                "kernel_size": (freqs if last_freq else self.kernel_size) if freq
+                else time_stride * 2,
+                "stride": self.stride if freq else time_stride,
+                "freq": freq,
+                "pad": not last_freq,
+                "norm": index >= norm_starts,
+                "rewrite": rewrite,
+                "norm_groups": norm_groups,
+                "dconv_kw": dconv_kw(index),
+            }
+            kw_time = dict(kw, freq=False, kernel_size=self.kernel_size, stride=self.stride,
+                           pad=True)
+            multi = bool(multi_freqs) and index < multi_freqs_depth
+            kw_dec = dict(kw, context_freq=False) if multi else dict(kw)
+            if last_freq:
+                chout_z = max(chout, chout_z)
+                chout = chout_z
+            with_time = hybrid and freq
+
+            enc_layer = HEncLayer(chin_z, chout_z, dconv=bool(dconv_mode & 1),
+                                  context=context_enc, **kw)
+            if with_time:
+                self.tencoder.append(HEncLayer(chin, chout, dconv=bool(dconv_mode & 1),
+                                               context=context_enc, empty=last_freq,
+                                               **kw_time))
+            self.encoder.append(MultiWrap(enc_layer, multi_freqs or ()) if multi else enc_layer)
+
+            if index == 0:
+                chin = self.audio_channels * len(self.sources)
+                chin_z = chin * spec_channels
+            dec_layer = HDecLayer(chout_z, chin_z, dconv=bool(dconv_mode & 2),
+                                  last=index == 0, context=self.context, **kw_dec)
+            dec: nn.Module = MultiWrap(dec_layer, multi_freqs or ()) if multi else dec_layer
+            if with_time:
+                self.tdecoder.insert(0, HDecLayer(chout, chin, dconv=bool(dconv_mode & 2),
+                                                  empty=last_freq, last=index == 0,
+                                                  context=self.context, **kw_time))
+            self.decoder.insert(0, dec)
+
+            chin, chin_z = chout, chout_z
+            chout, chout_z = int(growth * chout), int(growth * chout_z)
+            if freq:
+                freqs = 1 if freqs <= self.kernel_size else freqs // self.stride
+            if index == 0 and freq_emb:
+                self.freq_emb = ScaledEmbedding(freqs, chin_z, smooth=emb_smooth,
+                                                scale=emb_scale)
+                self.freq_emb_scale = freq_emb
+
+    def _encode(self, x: torch.Tensor, xt: torch.Tensor
+                ) -> tp.Tuple[torch.Tensor, torch.Tensor, UNetSkips]:
+        """Runs both encoders; the time branch merges into the frequency branch
+        (``inject``) at the layer where its encoder is ``empty``."""
+        skips = UNetSkips()
+        n_time_layers = len(self.tencoder)
+        for idx, encode in enumerate(self.encoder):
+            skips.lengths.append(x.shape[-1])
+            inject = None
+            if idx < n_time_layers:
+                skips.lengths_t.append(xt.shape[-1])
+                tenc = self.tencoder[idx]
+                xt = tenc(xt)
+                if tenc.empty:
+                    inject = xt
+                else:
+                    skips.saved_t.append(xt)
+            x = encode(x, inject)
+            if idx == 0 and self.freq_emb is not None:
+                # Lets the convolutions over frequencies depend on the absolute frequency.
+                bins = torch.arange(x.shape[-2], device=x.device)
+                emb = self.freq_emb(bins).t()[None, :, :, None].expand_as(x)
+                x = x + self.freq_emb_scale * emb
+            skips.saved.append(x)
+        return x, xt, skips
+
+    def _decode(self, x: torch.Tensor, xt: torch.Tensor, skips: UNetSkips
+                ) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+        """Runs both decoders; the time branch splits off where its decoder is
+        ``empty``, starting from the frequency decoder's pre-activation output
+        (a single frequency row)."""
+        offset = self.depth - len(self.tdecoder)
+        for idx, decode in enumerate(self.decoder):
+            x, pre = decode(x, skips.saved.pop(-1), skips.lengths.pop(-1))
+            if idx < offset:
+                continue
+            tdec = self.tdecoder[idx - offset]
+            length_t = skips.lengths_t.pop(-1)
+            if tdec.empty:
+                xt, _ = tdec(pre[:, :, 0], None, length_t)
+            else:
+                xt, _ = tdec(xt, skips.saved_t.pop(-1), length_t)
+        return x, xt
+
+
+class HDemucs(HybridUNetMixin, SpectralMixin, nn.Module):
     """Hybrid Demucs (v3): a spectrogram U-Net with an optional parallel waveform U-Net.
 
     The frequency branch convolves over frequencies until a single one is left, then
@@ -529,71 +695,19 @@ class HDemucs(SpectralMixin, nn.Module):
 
         self.encoder = nn.ModuleList()
         self.decoder = nn.ModuleList()
-        if hybrid:
-            self.tencoder = nn.ModuleList()
-            self.tdecoder = nn.ModuleList()
+        self.tencoder = nn.ModuleList()  # stay empty without the time branch
+        self.tdecoder = nn.ModuleList()
 
-        spec_channels = 2 if cac else 1  # channels per audio channel in the freq. branch
-        chin = audio_channels
-        chin_z = chin * spec_channels
-        chout = channels_time or channels
-        chout_z = channels
-        freqs = nfft // 2
+        def layer_dconv_kw(index: int) -> tp.Dict[str, tp.Any]:
+            return dict(lstm=index >= dconv_lstm, attn=index >= dconv_attn,
+                        depth=dconv_depth, compress=dconv_comp, init=dconv_init, gelu=True)
 
-        for index in range(depth):
-            freq = freqs > 1
-            ker, stri = (kernel_size, stride) if freq else (time_stride * 2, time_stride)
-            pad = True
-            last_freq = freq and freqs <= kernel_size
-            if last_freq:
-                # The last frequency layer collapses all remaining frequencies.
-                ker, pad = freqs, False
-                chout_z = max(chout, chout_z)
-                chout = chout_z
-
-            kw: tp.Dict[str, tp.Any] = dict(
-                kernel_size=ker, stride=stri, freq=freq, pad=pad, norm=index >= norm_starts,
-                rewrite=rewrite, norm_groups=norm_groups,
-                dconv_kw=dict(lstm=index >= dconv_lstm, attn=index >= dconv_attn,
-                              depth=dconv_depth, compress=dconv_comp, init=dconv_init,
-                              gelu=True))
-            kw_time = dict(kw, freq=False, kernel_size=kernel_size, stride=stride, pad=True)
-            kw_dec = dict(kw)
-            multi = bool(multi_freqs) and index < multi_freqs_depth
-            if multi:
-                kw_dec["context_freq"] = False
-
-            enc: nn.Module = HEncLayer(chin_z, chout_z, dconv=bool(dconv_mode & 1),
-                                       context=context_enc, **kw)
-            if hybrid and freq:
-                self.tencoder.append(HEncLayer(chin, chout, dconv=bool(dconv_mode & 1),
-                                               context=context_enc, empty=last_freq,
-                                               **kw_time))
-            if multi:
-                enc = MultiWrap(enc, multi_freqs)
-            self.encoder.append(enc)
-
-            if index == 0:
-                chin = audio_channels * len(sources)
-                chin_z = chin * spec_channels
-            dec: nn.Module = HDecLayer(chout_z, chin_z, dconv=bool(dconv_mode & 2),
-                                       last=index == 0, context=context, **kw_dec)
-            if multi:
-                dec = MultiWrap(dec, multi_freqs)
-            if hybrid and freq:
-                self.tdecoder.insert(0, HDecLayer(chout, chin, dconv=bool(dconv_mode & 2),
-                                                  empty=last_freq, last=index == 0,
-                                                  context=context, **kw_time))
-            self.decoder.insert(0, dec)
-
-            chin, chin_z = chout, chout_z
-            chout, chout_z = int(growth * chout), int(growth * chout_z)
-            if freq:
-                freqs = 1 if freqs <= kernel_size else freqs // stride
-            if index == 0 and freq_emb:
-                self.freq_emb = ScaledEmbedding(freqs, chin_z, smooth=emb_smooth,
-                                                scale=emb_scale)
-                self.freq_emb_scale = freq_emb
+        self._build_unets(
+            channels=channels, channels_time=channels_time, growth=growth, rewrite=rewrite,
+            multi_freqs=multi_freqs, multi_freqs_depth=multi_freqs_depth, freq_emb=freq_emb,
+            emb_scale=emb_scale, emb_smooth=emb_smooth, time_stride=time_stride,
+            context_enc=context_enc, norm_starts=norm_starts, norm_groups=norm_groups,
+            dconv_mode=dconv_mode, dconv_kw=layer_dconv_kw, hybrid=hybrid)
 
         if rescale:
             rescale_module(self, reference=rescale)
@@ -606,58 +720,14 @@ class HDemucs(SpectralMixin, nn.Module):
         batch, _, n_freqs, n_frames = x.shape
 
         # The frequency branch input is always normalized.
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        std = x.std(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) / (1e-5 + std)
-
+        x, mean, std = standardize(x, dims=(1, 2, 3))
         xt = mix
         if self.hybrid:
-            mean_t = mix.mean(dim=(1, 2), keepdim=True)
-            std_t = mix.std(dim=(1, 2), keepdim=True)
-            xt = (mix - mean_t) / (1e-5 + std_t)
+            xt, mean_t, std_t = standardize(mix, dims=(1, 2))
 
-        saved: tp.List[torch.Tensor] = []  # skips, frequency branch
-        saved_t: tp.List[torch.Tensor] = []  # skips, time branch
-        lengths: tp.List[int] = []  # input lengths, frequency branch
-        lengths_t: tp.List[int] = []  # input lengths, time branch
-        n_time_layers = len(self.tencoder) if self.hybrid else 0
-        for idx, encode in enumerate(self.encoder):
-            lengths.append(x.shape[-1])
-            inject = None
-            if idx < n_time_layers:
-                # Branches not merged yet.
-                lengths_t.append(xt.shape[-1])
-                tenc = self.tencoder[idx]
-                xt = tenc(xt)
-                if tenc.empty:
-                    # Just the strided conv: the time branch now has the frequency
-                    # branch's shape and merges into it.
-                    inject = xt
-                else:
-                    saved_t.append(xt)
-            x = encode(x, inject)
-            if idx == 0 and self.freq_emb is not None:
-                # Frequency embedding: lets the convolutions over frequencies depend
-                # on the absolute frequency.
-                bins = torch.arange(x.shape[-2], device=x.device)
-                emb = self.freq_emb(bins).t()[None, :, :, None].expand_as(x)
-                x = x + self.freq_emb_scale * emb
-            saved.append(x)
-
+        x, xt, skips = self._encode(x, xt)
         # The decoders start from zeros: the signal comes through the skips.
-        x = torch.zeros_like(x)
-        offset = self.depth - (len(self.tdecoder) if self.hybrid else 0)
-        for idx, decode in enumerate(self.decoder):
-            x, pre = decode(x, saved.pop(-1), lengths.pop(-1))
-            if self.hybrid and idx >= offset:
-                tdec = self.tdecoder[idx - offset]
-                length_t = lengths_t.pop(-1)
-                if tdec.empty:
-                    # Branches split: the time branch starts from the input of the
-                    # last transposed conv of the frequency branch (single frequency).
-                    xt, _ = tdec(pre[:, :, 0], None, length_t)
-                else:
-                    xt, _ = tdec(xt, saved_t.pop(-1), length_t)
+        x, xt = self._decode(torch.zeros_like(x), xt, skips)
 
         n_sources = len(self.sources)
         x = x.view(batch, n_sources, -1, n_freqs, n_frames)

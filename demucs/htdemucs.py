@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .demucs import rescale_module
-from .hdemucs import HDecLayer, HEncLayer, MultiWrap, ScaledEmbedding
+from .hdemucs import HybridUNetMixin, ScaledEmbedding, standardize
 from .spec import SpectralMixin
 from .states import capture_init
 from .transformer import CrossTransformerEncoder
@@ -35,7 +35,7 @@ Tensor = torch.Tensor
 RUNTIME_ONLY_KWARGS = ("use_conv_stft",)
 
 
-class HTDemucs(SpectralMixin, nn.Module):
+class HTDemucs(HybridUNetMixin, SpectralMixin, nn.Module):
     """Hybrid Transformer Demucs.
 
     Args (the same as upstream 4.0.1, same defaults):
@@ -174,8 +174,8 @@ class HTDemucs(SpectralMixin, nn.Module):
             freq_emb=freq_emb, emb_scale=emb_scale, emb_smooth=emb_smooth,
             time_stride=time_stride, context_enc=context_enc, norm_starts=norm_starts,
             norm_groups=norm_groups, dconv_mode=dconv_mode,
-            dconv_kw={"depth": dconv_depth, "compress": dconv_comp, "init": dconv_init,
-                      "gelu": True},
+            dconv_kw=lambda index: {"depth": dconv_depth, "compress": dconv_comp,
+                                    "init": dconv_init, "gelu": True},
         )
         if rescale:
             rescale_module(self, reference=rescale)
@@ -206,76 +206,6 @@ class HTDemucs(SpectralMixin, nn.Module):
                 sparse_attn_window=t_sparse_attn_window, global_window=t_global_window,
                 sparsity=t_sparsity, auto_sparsity=t_auto_sparsity,
             )
-
-    # ------------------------------------------------------------------ construction
-
-    def _build_unets(self, *, channels: int, channels_time: tp.Optional[int],
-                     growth: float, rewrite: bool, multi_freqs: tp.Optional[tp.List[float]],
-                     multi_freqs_depth: int, freq_emb: float, emb_scale: float,
-                     emb_smooth: bool, time_stride: int, context_enc: int,
-                     norm_starts: int, norm_groups: int, dconv_mode: int,
-                     dconv_kw: dict) -> None:
-        """Creates the encoder/decoder layers of both branches, outermost first.
-
-        The frequency axis shrinks by ``stride`` per layer; once it is no longer than
-        the kernel, one layer collapses it to 1 and the time branch's matching layer
-        is ``empty`` (just its first convolution) so the two branches merge there.
-        """
-        chin = self.audio_channels
-        chin_z = chin * 2 if self.cac else chin
-        chout = channels_time or channels
-        chout_z = channels
-        freqs = self.nfft // 2
-
-        for index in range(self.depth):
-            freq = freqs > 1
-            last_freq = freq and freqs <= self.kernel_size
-            kw = {
-                "kernel_size": (freqs if last_freq else self.kernel_size) if freq
-                else time_stride * 2,
-                "stride": self.stride if freq else time_stride,
-                "freq": freq,
-                "pad": not last_freq,
-                "norm": index >= norm_starts,
-                "rewrite": rewrite,
-                "norm_groups": norm_groups,
-                "dconv_kw": dconv_kw,
-            }
-            kw_time = dict(kw, freq=0, kernel_size=self.kernel_size, stride=self.stride,
-                           pad=True)
-            multi = bool(multi_freqs) and index < multi_freqs_depth
-            kw_dec = dict(kw, context_freq=False) if multi else dict(kw)
-            if last_freq:
-                chout_z = max(chout, chout_z)
-                chout = chout_z
-
-            enc: nn.Module = HEncLayer(chin_z, chout_z, dconv=dconv_mode & 1,
-                                       context=context_enc, **kw)
-            if freq:
-                self.tencoder.append(HEncLayer(chin, chout, dconv=dconv_mode & 1,
-                                               context=context_enc, empty=last_freq,
-                                               **kw_time))
-            self.encoder.append(MultiWrap(enc, multi_freqs) if multi else enc)
-
-            if index == 0:
-                chin = self.audio_channels * len(self.sources)
-                chin_z = chin * 2 if self.cac else chin
-            dec: nn.Module = HDecLayer(chout_z, chin_z, dconv=dconv_mode & 2,
-                                       last=index == 0, context=self.context, **kw_dec)
-            if freq:
-                self.tdecoder.insert(0, HDecLayer(chout, chin, dconv=dconv_mode & 2,
-                                                  empty=last_freq, last=index == 0,
-                                                  context=self.context, **kw_time))
-            self.decoder.insert(0, MultiWrap(dec, multi_freqs) if multi else dec)
-
-            chin, chin_z = chout, chout_z
-            chout, chout_z = int(growth * chout), int(growth * chout_z)
-            if freq:
-                freqs = 1 if freqs <= self.kernel_size else freqs // self.stride
-            if index == 0 and freq_emb:
-                self.freq_emb = ScaledEmbedding(freqs, chin_z, smooth=emb_smooth,
-                                                scale=emb_scale)
-                self.freq_emb_scale = freq_emb
 
     # ------------------------------------------------------------------ inference API
 
@@ -309,8 +239,8 @@ class HTDemucs(SpectralMixin, nn.Module):
                     work_length = length
 
         z = self._spec(mix)
-        x, mean, std = _normalize(self._magnitude(z).to(mix.device), dims=(1, 2, 3))
-        xt, meant, stdt = _normalize(mix, dims=(1, 2))
+        x, mean, std = standardize(self._magnitude(z).to(mix.device), dims=(1, 2, 3))
+        xt, meant, stdt = standardize(mix, dims=(1, 2))
         B, _, Fq, T = x.shape
 
         x, xt, skips = self._encode(x, xt)
@@ -328,27 +258,6 @@ class HTDemucs(SpectralMixin, nn.Module):
 
     # ------------------------------------------------------------------ forward parts
 
-    def _encode(self, x: Tensor, xt: Tensor) -> tp.Tuple[Tensor, Tensor, "_Skips"]:
-        """Runs both encoders; the time branch merges into the frequency branch
-        (``inject``) at the layer where its encoder is ``empty``."""
-        skips = _Skips()
-        for idx, encode in enumerate(self.encoder):
-            skips.lengths.append(x.shape[-1])
-            inject = None
-            if idx < len(self.tencoder):
-                skips.lengths_t.append(xt.shape[-1])
-                tenc = self.tencoder[idx]
-                xt = tenc(xt)
-                if tenc.empty:
-                    inject = xt
-                else:
-                    skips.saved_t.append(xt)
-            x = encode(x, inject)
-            if idx == 0 and self.freq_emb is not None:
-                x = x + self.freq_emb_scale * _freq_embedding(self.freq_emb, x)
-            skips.saved.append(x)
-        return x, xt, skips
-
     def _bottleneck(self, x: Tensor, xt: Tensor) -> tp.Tuple[Tensor, Tensor]:
         """Cross-domain transformer between x (B, C, Fr, T) and xt (B, C, T')."""
         if self.crosstransformer is None:
@@ -364,45 +273,6 @@ class HTDemucs(SpectralMixin, nn.Module):
                           "b c (f t) -> b c f t", f=f)
             xt = self.channel_downsampler_t(xt)
         return x, xt
-
-    def _decode(self, x: Tensor, xt: Tensor, skips: "_Skips") -> tp.Tuple[Tensor, Tensor]:
-        """Runs both decoders; the time branch splits off where its decoder is
-        ``empty``, starting from the frequency decoder's pre-activation output."""
-        offset = self.depth - len(self.tdecoder)
-        for idx, decode in enumerate(self.decoder):
-            x, pre = decode(x, skips.saved.pop(-1), skips.lengths.pop(-1))
-            if idx < offset:
-                continue
-            tdec = self.tdecoder[idx - offset]
-            length_t = skips.lengths_t.pop(-1)
-            if tdec.empty:
-                xt, _ = tdec(pre[:, :, 0], None, length_t)
-            else:
-                xt, _ = tdec(xt, skips.saved_t.pop(-1), length_t)
-        return x, xt
-
-
-class _Skips:
-    """Skip connections and pre-layer lengths saved by the encoders for the decoders."""
-
-    def __init__(self) -> None:
-        self.saved: tp.List[Tensor] = []
-        self.saved_t: tp.List[Tensor] = []
-        self.lengths: tp.List[int] = []
-        self.lengths_t: tp.List[int] = []
-
-
-def _freq_embedding(embedding: nn.Module, x: Tensor) -> Tensor:
-    """Frequency embedding (one vector per frequency row) broadcast to ``x`` (B, C, Fr, T)."""
-    frs = torch.arange(x.shape[-2], device=x.device)
-    return embedding(frs).t()[None, :, :, None].expand_as(x)
-
-
-def _normalize(x: Tensor, dims: tp.Tuple[int, ...]) -> tp.Tuple[Tensor, Tensor, Tensor]:
-    """``(x - mean) / (1e-5 + std)`` over ``dims``; returns the result, mean and std."""
-    mean = x.mean(dim=dims, keepdim=True)
-    std = x.std(dim=dims, keepdim=True)
-    return (x - mean) / (1e-5 + std), mean, std
 
 
 __all__ = ["HTDemucs", "RUNTIME_ONLY_KWARGS"]

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .errors import ModelLoadingError
+from .model_checks import check_model_kwargs, check_parameter_count
 
 PathLike = tp.Union[str, os.PathLike]
 Package = tp.Dict[str, tp.Any]
@@ -86,7 +87,7 @@ def capture_init(init: tp.Callable) -> tp.Callable:
 
     @functools.wraps(init)
     def __init__(self: torch.nn.Module, *args: tp.Any, **kwargs: tp.Any) -> None:
-        self._init_args_kwargs = (args, kwargs)
+        object.__setattr__(self, "_init_args_kwargs", (args, kwargs))
         init(self, *args, **kwargs)
 
     return __init__
@@ -96,7 +97,7 @@ def capture_init(init: tp.Callable) -> tp.Callable:
 # DiffQ (optional dependency)
 # --------------------------------------------------------------------------------------
 
-def _import_diffq() -> tp.Any:
+def import_diffq() -> tp.Any:
     """Returns the ``diffq`` module, or raises :class:`MissingDiffQError` with the install hint."""
     try:
         return importlib.import_module("diffq")
@@ -106,7 +107,7 @@ def _import_diffq() -> tp.Any:
 
 def _check_diffq() -> None:
     """Raises :class:`MissingDiffQError` when ``diffq`` cannot be imported."""
-    _import_diffq()
+    import_diffq()
 
 
 def get_quantizer(model: nn.Module, args: tp.Any,
@@ -117,14 +118,14 @@ def get_quantizer(model: nn.Module, args: tp.Any,
     quantization-aware training, 0 disables), ``min_size`` and, for DiffQ, ``group_size``.
     """
     if getattr(args, "diffq", 0):
-        diffq = _import_diffq()
+        diffq = import_diffq()
         quantizer = diffq.DiffQuantizer(model, min_size=args.min_size,
                                         group_size=args.group_size)
         if optimizer is not None:
             quantizer.setup_optimizer(optimizer)
         return quantizer
     if getattr(args, "qat", 0):
-        diffq = _import_diffq()
+        diffq = import_diffq()
         return diffq.UniformQuantizer(model, bits=args.qat, min_size=args.min_size)
     return None
 
@@ -207,9 +208,28 @@ def _is_diffq_global(name: str) -> bool:
     return name == "diffq" or name.startswith("diffq.")
 
 
+#: First bytes of the files ``torch.save`` writes: a zip archive, or (legacy format) a
+#: pickle of protocol 2 or more.
+_CHECKPOINT_MAGICS = (b"PK\x03\x04", b"\x80")
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    """Whether ``path`` starts like a file written by ``torch.save``."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError:
+        return False
+    return any(head.startswith(magic) for magic in _CHECKPOINT_MAGICS)
+
+
 def _explain_load_failure(path: Path, allowed: tp.List[tp.Any],
                           exc: BaseException) -> ModelLoadingError:
     """Turns a failed weights-only load into a clear :class:`ModelLoadingError`."""
+    if not _looks_like_checkpoint(path):
+        return ModelLoadingError(
+            f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle): "
+            "wrong file, or corrupted")
     unsafe = _unsafe_globals(path, allowed)
     if unsafe and all(_is_diffq_global(name) for name in unsafe):
         return MissingDiffQError(f"cannot load {path}: {_DIFFQ_HINT}")
@@ -261,7 +281,13 @@ def load_package(path: PathLike, trust: tp.Optional[bool] = None) -> Package:
         except ModuleNotFoundError as exc:
             if exc.name and _is_diffq_global(exc.name):
                 raise MissingDiffQError(f"cannot load {path}: {_DIFFQ_HINT}") from exc
-            raise
+            raise ModelLoadingError(f"cannot load {path}: {exc}") from exc
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError,
+                AttributeError, KeyError, IndexError, zipfile.BadZipFile, OSError) as exc:
+            if not _looks_like_checkpoint(path):
+                raise ModelLoadingError(f"{path} is not a PyTorch checkpoint") from exc
+            raise ModelLoadingError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
+                                    f"{_first_line(exc)}") from exc
 
     allowed = safe_globals()
     try:
@@ -282,14 +308,63 @@ def load_package(path: PathLike, trust: tp.Optional[bool] = None) -> Package:
 # Building models from packages
 # --------------------------------------------------------------------------------------
 
-def _check_package(package: tp.Any, origin: str) -> Package:
+def model_classes() -> tp.List[type]:
+    """The classes a model file may name as its model: Demucs' three and the ones
+    registered with :func:`allow_model_class`."""
+    return [*_import_classes(_MODEL_CLASSES), *_EXTRA_SAFE]
+
+
+def _check_package(package: tp.Any, origin: str, any_class: bool = False) -> Package:
+    """Checks the layout of a checkpoint dict: which keys, and what kind of value where
+    (a model class as ``klass``, a dict of tensors or a quantized state as ``state``).
+
+    ``klass`` must be one of :func:`model_classes`, or with ``any_class`` (trusted files,
+    packages built in memory by the caller) any ``nn.Module`` subclass."""
     if not isinstance(package, dict):
-        raise ModelLoadingError(f"{origin} is not a Demucs checkpoint (got {type(package)})")
+        raise ModelLoadingError(
+            f"{origin} is not a Demucs checkpoint (it holds a {type(package).__name__})")
     missing = [key for key in ("klass", "args", "kwargs", "state") if key not in package]
     if missing:
         raise ModelLoadingError(
             f"{origin} is not a Demucs model checkpoint: missing {', '.join(missing)}")
+    klass = package["klass"]
+    allowed = model_classes()
+    if any_class and isinstance(klass, type) and issubclass(klass, nn.Module):
+        pass
+    elif not isinstance(klass, type) or klass not in allowed:
+        names = ", ".join(cls.__name__ for cls in allowed)
+        raise ModelLoadingError(f"{origin}: 'klass' must be a Demucs model class ({names}), "
+                                f"got {_short_repr(klass)}")
+    _check_state(package["state"], origin)
     return package
+
+
+def _short_repr(value: tp.Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_state(state: tp.Any, origin: str) -> None:
+    """A plain state is ``{name: tensor}``; a quantized one names a DiffQ quantizer."""
+    if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
+        raise ModelLoadingError(f"{origin}: 'state' must be a dict of named tensors, "
+                                f"got {type(state).__name__}")
+    if state.get("__quantized"):
+        meta = state.get("meta")
+        klass = meta.get("klass") if isinstance(meta, dict) else None
+        module = klass.__module__ if isinstance(klass, type) else ""
+        if not _is_diffq_global(module) or not isinstance(meta, dict) \
+                or not isinstance(meta.get("init_kwargs"), dict):
+            raise ModelLoadingError(f"{origin}: a quantized state must name a DiffQ "
+                                    f"quantizer class, got {_short_repr(klass)}")
+        for key in ("quantized", "float16", "others"):
+            if not isinstance(state.get(key), (list, tuple)):
+                raise ModelLoadingError(f"{origin}: quantized state without its {key!r} list")
+        return
+    bad = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if bad:
+        raise ModelLoadingError(f"{origin}: state entry {bad[0]!r} is not a tensor "
+                                f"({_short_repr(state[bad[0]])})")
 
 
 def _accepted_kwargs(klass: type, kwargs: tp.Dict[str, tp.Any],
@@ -315,7 +390,7 @@ def set_stft_backend(model: nn.Module, use_conv_stft: bool) -> nn.Module:
     """
     for module in model.modules():
         if hasattr(module, "use_conv_stft"):
-            module.use_conv_stft = bool(use_conv_stft)
+            setattr(module, "use_conv_stft", bool(use_conv_stft))
     return model
 
 
@@ -327,33 +402,78 @@ def load_model(path_or_package: tp.Union[PathLike, Package], strict: bool = Fals
     Args:
         path_or_package: path to a checkpoint, or the dict it contains.
         strict: if False (default), constructor kwargs the model class does not know are
-            dropped with a warning (as upstream does); if True they raise ``TypeError``.
+            dropped with a warning (as upstream does); if True they are refused.
         trust: see :func:`load_package` (files only).
         use_conv_stft: if not None, selects the STFT backend of the loaded model
             (``True``: convolutional, ONNX-exportable; ``False``: ``torch.stft``).
 
     Returns:
         The model, with the checkpoint's weights, in float32.
+
+    Raises:
+        ModelLoadingError: unreadable, unsafe or malformed file, or values that cannot
+            be right (see :func:`build_model`); always one line naming the file.
     """
     if isinstance(path_or_package, dict):
-        package = _check_package(path_or_package, "the given package")
+        origin = "the given package"
+        package = path_or_package
+        any_class = True
     elif isinstance(path_or_package, (str, os.PathLike)):
-        package = _check_package(load_package(path_or_package, trust=trust),
-                                 str(path_or_package))
+        origin = str(path_or_package)
+        package = load_package(path_or_package, trust=trust)
+        any_class = _trusted_by_env() if trust is None else bool(trust)
     else:
         raise ValueError(f"expected a path or a package dict, got {type(path_or_package)}")
+    return build_model(package, origin, strict=strict, use_conv_stft=use_conv_stft,
+                       any_class=any_class)
 
+
+def build_model(package: Package, origin: str, strict: bool = False,
+                use_conv_stft: tp.Optional[bool] = None,
+                any_class: bool = False) -> nn.Module:
+    """Builds the model a checked package describes (see :func:`load_model`).
+
+    The constructor arguments are validated (:func:`~demucs.model_checks.check_model_kwargs`)
+    and the parameter count is computed on the ``meta`` device before any weight is
+    allocated, so a crafted file cannot exhaust memory. Every failure is a
+    :class:`ModelLoadingError` naming ``origin``. ``any_class``: see :func:`_check_package`.
+    """
+    package = _check_package(package, origin, any_class)
     klass = package["klass"]
-    if not isinstance(klass, type):
-        raise ModelLoadingError(f"checkpoint 'klass' is not a class: {klass!r}")
-    kwargs = _accepted_kwargs(klass, package["kwargs"], strict)
+    args = package["args"]
+    if isinstance(args, tuple):
+        args = list(args)
+    kwargs = package["kwargs"]
+    if not isinstance(kwargs, dict):
+        raise ModelLoadingError(f"{origin}: 'kwargs' must be a dict, got "
+                                f"{type(kwargs).__name__}")
+    kwargs = _accepted_kwargs(klass, kwargs, strict)
+    check_model_kwargs(klass, args, kwargs, origin)
+    check_parameter_count(klass, args, kwargs, origin)
     if use_conv_stft is not None and "use_conv_stft" in inspect.signature(klass).parameters:
         kwargs["use_conv_stft"] = bool(use_conv_stft)
-    model = klass(*package["args"], **kwargs)
-    set_state(model, package["state"])
+    try:
+        model = klass(*args, **kwargs)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError,
+            ZeroDivisionError, RuntimeError) as exc:
+        raise ModelLoadingError(f"{origin}: cannot build {klass.__name__} "
+                                f"({type(exc).__name__}: {_first_line(exc)})") from None
+    try:
+        set_state(model, package["state"])
+    except MissingDiffQError as exc:
+        raise MissingDiffQError(f"cannot load {origin}: {_DIFFQ_HINT}") from exc
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError,
+            RuntimeError, AssertionError) as exc:
+        raise ModelLoadingError(f"{origin}: the weights do not fit the model "
+                                f"({type(exc).__name__}: {_first_line(exc)})") from None
     if use_conv_stft is not None:
         set_stft_backend(model, use_conv_stft)
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 # --------------------------------------------------------------------------------------
@@ -381,7 +501,7 @@ def set_state(model: nn.Module, state: State, quantizer: tp.Any = None) -> State
         if quantizer is not None:
             quantizer.restore_quantized_state(state)
         else:
-            diffq = _import_diffq()
+            diffq = import_diffq()
             diffq.restore_quantized_state(model, state)
     else:
         model.load_state_dict(state)
@@ -411,7 +531,8 @@ def serialize_model(model: nn.Module, training_args: tp.Any, quantizer: tp.Any =
     if not hasattr(model, "_init_args_kwargs"):
         raise ValueError(
             f"{type(model).__name__} was not built with a @capture_init constructor")
-    args, kwargs = model._init_args_kwargs
+    args, kwargs = tp.cast(tp.Tuple[tp.Sequence[tp.Any], tp.Dict[str, tp.Any]],
+                           getattr(model, "_init_args_kwargs"))
     kwargs = {key: value for key, value in kwargs.items() if key not in FORK_ONLY_KWARGS}
     return {
         "klass": model.__class__,

@@ -118,3 +118,15 @@ def test_training_mode_records_segment():
     model = HTDemucs(**configs.TINY_HTDEMUCS).train()
     model(torch.randn(1, 2, 4000))
     assert model.segment == Fraction(4000, 16000)
+
+
+@pytest.mark.parametrize("name", ["multi_freqs_dconv3", "cac"])
+def test_same_init_as_upstream(upstream, name):
+    """The U-Net layers shared with HDemucs are built in upstream's order (MultiWrap
+    re-initialisations included): the same seed gives upstream's initial weights."""
+    torch.manual_seed(0)
+    state = HTDemucs(**_tiny_kwargs(name)).state_dict()
+    ref = upstream[name]["state"]
+    assert list(state) == list(ref)
+    for key, value in ref.items():
+        assert (state[key] - value).abs().max() < 1e-7, key

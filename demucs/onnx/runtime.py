@@ -24,6 +24,8 @@ from ..core import engine
 from ..core.plan import Member, check_split_params
 from ..core.stats import TrackStats
 from ..errors import ModelLoadingError
+from ..model_checks import (MAX_AUDIO_CHANNELS, SAMPLERATE_RANGE, check_audio_channels,
+                            check_name, check_samplerate, check_sources)
 
 __all__ = ["OnnxSeparator", "SegmentSpec", "make_session_options", "onnx_members",
            "select_providers", "available_providers", "load_onnx", "PROVIDER_ALIASES"]
@@ -40,13 +42,9 @@ PROVIDER_ALIASES = {
 }
 #: Providers never chosen by default (they need per-model setup or long first runs).
 _OPT_IN = {"TensorrtExecutionProvider", "OpenVINOExecutionProvider"}
-#: Bounds on what a graph's metadata may declare.
-MAX_SAMPLE_RATE = 768_000
-MAX_CHANNELS = 64
-MAX_SOURCES = 64
+#: Longest graph input a metadata may declare (samples).
 MAX_INPUT_SAMPLES = 1 << 26
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
-_BAD_NAME = re.compile(r"[/\\\0]")
 
 
 class SegmentSpec(tp.NamedTuple):
@@ -171,15 +169,6 @@ def select_providers(requested: tp.Optional[tp.Sequence[str]] = None,
 
 # ------------------------------------------------------------------------ metadata
 
-def check_name(name: str, what: str, origin: tp.Union[str, os.PathLike]) -> str:
-    """``name`` if it is usable as one file-name component, else ModelLoadingError."""
-    if (not name or name in (".", "..") or _BAD_NAME.search(name) is not None
-            or len(name.encode("utf-8", "surrogatepass")) > 200 or not name.isprintable()):
-        raise ModelLoadingError(f"{origin}: invalid {what} {name!r} (it must be a plain file "
-                                "name: no path separators, not '.' or '..')")
-    return name
-
-
 def _int_meta(meta: tp.Mapping[str, str], key: str, origin: str, low: int, high: int,
               default: tp.Optional[int] = None) -> int:
     raw = meta.get(key)
@@ -218,13 +207,13 @@ def read_spec(session: tp.Any, origin: tp.Union[str, os.PathLike] = "ONNX model"
     if "sources" not in meta:
         raise ModelLoadingError(f"{origin}: the ONNX file lacks the metadata 'sources': "
                                 "export it with python -m demucs.export_onnx")
-    sources = [check_name(name, "source name", origin) for name in meta["sources"].split(",")]
-    if len(sources) > MAX_SOURCES or len(set(sources)) != len(sources):
-        raise ModelLoadingError(f"{origin}: invalid sources {meta['sources']!r}")
+    sources = check_sources(meta["sources"].split(","), origin)
     static_in = in_shape[2] if isinstance(in_shape[2], int) else None
-    sample_rate = _int_meta(meta, "sample_rate", origin, 1000, MAX_SAMPLE_RATE)
-    channels = _int_meta(meta, "audio_channels", origin, 1, MAX_CHANNELS,
-                         in_shape[1] if isinstance(in_shape[1], int) else None)
+    sample_rate = check_samplerate(_int_meta(meta, "sample_rate", origin, *SAMPLERATE_RANGE),
+                                   origin)
+    channels = check_audio_channels(_int_meta(
+        meta, "audio_channels", origin, 1, MAX_AUDIO_CHANNELS,
+        in_shape[1] if isinstance(in_shape[1], int) else None), origin)
     input_samples = _int_meta(meta, "input_samples", origin, 1, MAX_INPUT_SAMPLES, static_in)
     segment_samples = _int_meta(meta, "segment_samples", origin, 1, input_samples)
     expected = {"input channels": (in_shape[1], channels),
@@ -237,12 +226,15 @@ def read_spec(session: tp.Any, origin: tp.Union[str, os.PathLike] = "ONNX model"
             raise ModelLoadingError(f"{origin}: the graph has {actual} {what} but its metadata "
                                     f"declares {declared}")
     model_name = meta.get("model_name", "").strip()
+    try:
+        model_name = check_name(model_name, "model name", origin)
+    except ModelLoadingError:
+        model_name = ""  # the command then names the output folder after the file
     return SegmentSpec(
         sample_rate=sample_rate, audio_channels=channels, sources=sources,
         segment_samples=segment_samples, input_samples=input_samples,
         dynamic_batch=not isinstance(in_shape[0], int),
-        model_name=model_name if model_name and _BAD_NAME.search(model_name) is None
-        and model_name not in (".", "..", "?") else "",
+        model_name=model_name if model_name != "?" else "",
         precision=meta.get("precision", "fp32"))
 
 
