@@ -470,6 +470,11 @@ class Separator:
         if isinstance(backend, _TorchBackend):
             from .apply import TorchOps
 
+            limit = backend.max_segment()
+            if not self._split and host.shape[-1] > limit * self.samplerate:
+                raise ValueError(f"{host.shape[-1] / self.samplerate:.1f} s of audio do not fit "
+                                 f"in one pass of this model (at most {limit:g} s): separate "
+                                 "it in segments (split=True; drop --no-split)")
             ops: engine.Ops = TorchOps(wav.device)
             array = wav
             members = self._members(wav.device, numpy=False)

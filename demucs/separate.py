@@ -43,6 +43,8 @@ if tp.TYPE_CHECKING:  # pragma: no cover
 # command runs on numpy and ONNX Runtime alone (demucs.api's ONNX backend).
 
 PROG = "demucs"
+#: Above this many shifts, the command warns that the run will be long.
+MANY_SHIFTS = 10
 TEMPLATE_KEYS = ("track", "trackext", "stem", "ext")
 
 
@@ -101,7 +103,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shifts", default=1, type=int,
                         help="Number of random shifts for equivariant stabilization. "
                         "Increase separation time but improves quality for Demucs. "
-                        "10 was used in the original paper.")
+                        f"10 was used in the original paper. Any number is accepted; above "
+                        f"{MANY_SHIFTS} a warning says how much longer the run takes.")
     parser.add_argument("--overlap", default=0.25, type=float,
                         help="Overlap between the splits.")
     split_group = parser.add_mutually_exclusive_group()
@@ -292,7 +295,7 @@ def _torch_separator(args: argparse.Namespace, progress: bool) -> Separator:
     _check_device(device)
     model = _load_model(args)
     limit = max_allowed_segment(model)
-    if args.segment is not None and not 0 < args.segment <= limit:
+    if args.segment is not None and not args.segment <= limit:
         raise CommandError("Cannot use a Transformer model with a longer segment than it was "
                            f"trained for. Maximum segment is: {limit}")
     try:
@@ -480,8 +483,24 @@ def _describe_write_error(err: OSError) -> str:
     return f"cannot write output {target}: {reason}" if target else f"cannot write output: {reason}"
 
 
+def check_separation_flags(args: argparse.Namespace) -> None:
+    """Raises CommandError for --shifts/--overlap/--segment values that cannot work; warns
+    when --shifts makes the run very long."""
+    from .core.plan import check_split_params
+
+    try:
+        check_split_params(args.shifts, args.overlap, segment=args.segment)
+    except ValueError as err:
+        flag = next((f for f in ("shifts", "overlap", "segment") if f in str(err)), "")
+        raise CommandError(f"--{flag}: {err}" if flag else str(err)) from None
+    if args.shifts > MANY_SHIFTS:
+        print(f"{PROG}: warning: --shifts {args.shifts} runs every model {args.shifts} times "
+              f"per track (upstream's paper used 10)", file=sys.stderr, flush=True)
+
+
 def _run(args: argparse.Namespace, written: _Written) -> int:
     check_template(args.filename)
+    check_separation_flags(args)
     if args.mp3 and not 8 <= args.mp3_bitrate <= 320:
         raise CommandError(f"--mp3-bitrate must be between 8 and 320, got {args.mp3_bitrate}")
 

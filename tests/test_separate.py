@@ -479,3 +479,31 @@ def test_single_model_is_not_called_a_bag(tmp_path, tiny_repo, capsys):
                                "-o", tmp_path / "o", tmp_path / "a.wav"], capsys)
     assert code == 0, err
     assert "bag of" not in out
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--segment", "0"], "--segment"), (["--segment", "-2"], "--segment"),
+    (["--segment", "nan"], "--segment"), (["--shifts", "-1"], "--shifts"),
+    (["--overlap", "1"], "--overlap"),
+    (["-n", "tinyht", "--segment", "1e9"], "Maximum segment"),
+    (["-n", "tinyht", "--no-split"], "drop --no-split"),
+])
+def test_bad_separation_flags_get_one_line(tmp_path, tiny_repo, capsys, flags, message):
+    if "tinyht" in flags and not (tiny_repo / "tinyht.yaml").exists():
+        pytest.skip("demucs.htdemucs not importable")
+    write_mix(tmp_path / "a.wav", seconds=3)
+    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", *flags, "-q",
+                             "-o", tmp_path / "o", tmp_path / "a.wav"], capsys)
+    assert code == 1 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_huge_segment_on_a_waveform_model_is_bounded(tmp_path, tiny_repo, capsys):
+    """A segment far longer than the track (Demucs has no training limit) separates the
+    track in one segment instead of allocating for the segment; many shifts warn."""
+    write_mix(tmp_path / "a.wav")
+    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "--segment", "1e9",
+                             "--shifts", "11", "-q", "-o", tmp_path / "o", tmp_path / "a.wav"],
+                            capsys)
+    assert code == 0, err
+    assert "warning: --shifts 11" in err

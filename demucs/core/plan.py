@@ -75,14 +75,21 @@ def segment_stride(segment_length: int, overlap: float) -> int:
     return stride
 
 
-def transition_weight(segment_length: int, transition_power: float = 1.0) -> np.ndarray:
+def transition_weight(segment_length: int, transition_power: float = 1.0,
+                      count: tp.Optional[int] = None) -> np.ndarray:
     """Blending window ``(segment_length,)`` float32: a triangle ``1, 2, ..., 2, 1``
     scaled to peak at 1, to the power ``transition_power`` (higher: sharper cross-fades).
-    Never zero, so every sample covered by a segment has a positive total weight."""
+    Never zero, so every sample covered by a segment has a positive total weight.
+
+    ``count``: only the first ``count`` values (a segment longer than the track never
+    uses the rest, and a huge one would not fit in memory).
+    """
     half = segment_length // 2
-    weight = np.concatenate([np.arange(1, half + 1),
-                             np.arange(segment_length - half, 0, -1)]).astype(np.float32)
-    return (weight / weight.max()) ** np.float32(transition_power)
+    size = segment_length if count is None else min(count, segment_length)
+    index = np.arange(size)
+    weight = np.where(index < half, index + 1, segment_length - index).astype(np.float32)
+    return (weight / np.float32(max(half, segment_length - half))) ** np.float32(
+        transition_power)
 
 
 @dataclasses.dataclass
@@ -180,7 +187,8 @@ def plan_lanes(members: tp.Sequence[Member], length: int, shifts: int, overlap: 
             stride, weight = None, None
         else:
             stride = segment_stride(member.segment_length, overlap)
-            weight = transition_weight(member.segment_length, transition_power)
+            weight = transition_weight(member.segment_length, transition_power,
+                                       count=length + max_shift)
         keep_states = any(n > 1 for n in member.draws)
         for shift in range(max(shifts, 1)):
             delay = max_shift - random.randint(0, max_shift) if shifts else 0
