@@ -67,7 +67,7 @@ class _TorchBackend:
 
     kind = "model"
 
-    def __init__(self, model: "nn.Module") -> None:
+    def __init__(self, model: tp.Any) -> None:
         model.cpu()
         model.eval()
         self.model = model
@@ -85,7 +85,8 @@ class _TorchBackend:
         return max_allowed_segment(self.model)
 
     def members(self, *, device: tp.Any, out_device: tp.Any, split: bool,
-                segment: tp.Optional[float], max_batch: int, stems: tp.Sequence[str],
+                segment: tp.Optional[float], max_batch: int,
+                stems: tp.Optional[tp.Sequence[str]],
                 precision: str, numpy: bool) -> tp.List[Member]:
         import torch
 
@@ -583,7 +584,7 @@ class Separator:
         if isinstance(self._backend, _TorchBackend):
             import torch
 
-            origin, stems = torch.from_numpy(origin), torch.from_numpy(stems)
+            return torch.from_numpy(origin), dict(zip(self.stems, torch.from_numpy(stems)))
         return origin, dict(zip(self.stems, stems))
 
     def __repr__(self) -> str:

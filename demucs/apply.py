@@ -39,7 +39,7 @@ __all__ = ["BagOfModels", "TensorChunk", "tensor_chunk", "apply_model", "max_all
            "torch_members", "TorchOps", "MAX_SHIFT_SECONDS"]
 
 
-def _is_transformer(model: nn.Module) -> bool:
+def _is_transformer(model: tp.Any) -> bool:
     """True if ``model`` is an HTDemucs (limited to its training segment length)."""
     try:
         from .htdemucs import HTDemucs
@@ -70,7 +70,7 @@ class BagOfModels(nn.Module):
         super().__init__()
         if len(models) == 0:
             raise ValueError("a BagOfModels needs at least one model")
-        first = models[0]
+        first: tp.Any = models[0]
         for index, other in enumerate(models):
             for attr in ("sources", "samplerate", "audio_channels"):
                 if getattr(other, attr) != getattr(first, attr):
@@ -78,7 +78,7 @@ class BagOfModels(nn.Module):
                         f"model {index} of the bag has {attr}={getattr(other, attr)!r} but "
                         f"model 0 has {getattr(first, attr)!r}")
             if segment is not None:
-                other.segment = segment
+                setattr(other, "segment", segment)
 
         self.audio_channels: int = first.audio_channels
         self.samplerate: int = first.samplerate
@@ -102,14 +102,15 @@ class BagOfModels(nn.Module):
     @property
     def max_allowed_segment(self) -> float:
         """Longest ``segment`` usable with this bag: the shortest HTDemucs training segment."""
-        return min((float(model.segment) for model in self.models if _is_transformer(model)),
+        models: tp.List[tp.Any] = list(self.models)
+        return min((float(model.segment) for model in models if _is_transformer(model)),
                    default=float("inf"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("Call `apply_model` on this.")
 
 
-def max_allowed_segment(model: nn.Module) -> float:
+def max_allowed_segment(model: tp.Any) -> float:
     """Longest ``segment`` (seconds) that :func:`apply_model` accepts for ``model``."""
     if isinstance(model, BagOfModels):
         return model.max_allowed_segment
@@ -190,7 +191,7 @@ class TorchOps:
         return torch.cat(list(arrays), dim=axis)
 
 
-def _valid_length(model: nn.Module, length: int, segment: tp.Optional[float]) -> int:
+def _valid_length(model: tp.Any, length: int, segment: tp.Optional[float]) -> int:
     """Input length to feed ``model`` for ``length`` samples of audio."""
     if segment is not None and _is_transformer(model):
         return int(segment * model.samplerate)
@@ -199,7 +200,7 @@ def _valid_length(model: nn.Module, length: int, segment: tp.Optional[float]) ->
     return length
 
 
-def _forward_draws(model: nn.Module) -> tp.Tuple[int, ...]:
+def _forward_draws(model: tp.Any) -> tp.Tuple[int, ...]:
     """Arguments of the ``random.randrange`` calls one forward pass of ``model`` makes:
     HTDemucs's sin positional embedding draws its shift at every call."""
     transformer = getattr(model, "crosstransformer", None)
@@ -208,13 +209,13 @@ def _forward_draws(model: nn.Module) -> tp.Tuple[int, ...]:
     return ()
 
 
-def _members_and_weights(model: nn.Module) -> tp.Tuple[tp.List[nn.Module], Weights]:
+def _members_and_weights(model: tp.Any) -> tp.Tuple[tp.List[tp.Any], Weights]:
     if isinstance(model, BagOfModels):
         return list(model.models), model.weights
     return [model], [[1.0] * len(model.sources)]
 
 
-def torch_members(model: nn.Module, *, device: tp.Union[str, torch.device] = "cpu",
+def torch_members(model: tp.Any, *, device: tp.Union[str, torch.device] = "cpu",
                   out_device: tp.Union[str, torch.device, None] = None, split: bool = True,
                   segment: tp.Optional[float] = None, max_batch: int = 1,
                   sources: tp.Optional[tp.Sequence[str]] = None,
@@ -251,15 +252,17 @@ def torch_members(model: nn.Module, *, device: tp.Union[str, torch.device] = "cp
         else:
             segment_length = None
 
-        def run(batch: torch.Tensor, _sub: nn.Module = sub) -> torch.Tensor:
+        def run(batch: torch.Tensor, _sub: tp.Any = sub) -> torch.Tensor:
             with torch.no_grad(), precision_context(precision, device):
                 out = _sub(batch.to(device))
             return out.to(target, torch.float32)
 
+        def valid_length(length: int, _sub: tp.Any = sub) -> int:
+            return _valid_length(_sub, length, segment)
+
         active = wanted is None or any(sub_weights[k] != 0 for k in wanted)
         members.append(Member(
-            run=run, segment_length=segment_length,
-            valid_length=lambda n, _sub=sub: _valid_length(_sub, n, segment),
+            run=run, segment_length=segment_length, valid_length=valid_length,
             weights=list(sub_weights), draws=_forward_draws(sub), max_batch=max_batch,
             active=active))
     return members
@@ -279,7 +282,7 @@ def _input_of(mix: tp.Union[torch.Tensor, TensorChunk], shifts: int,
     return engine.ArrayInput(chunk.tensor, ops, chunk.offset, chunk.length, lo, hi)
 
 
-def apply_model(model: tp.Union[BagOfModels, nn.Module],
+def apply_model(model: tp.Any,
                 mix: tp.Union[torch.Tensor, TensorChunk],
                 shifts: int = 1, split: bool = True,
                 overlap: float = 0.25, transition_power: float = 1.,
@@ -330,11 +333,12 @@ def apply_model(model: tp.Union[BagOfModels, nn.Module],
             "Cannot use a Transformer model with a longer segment than it was trained "
             f"for: segment={float(segment)}, maximum is {max_allowed_segment(model)}")
     track = _input_of(mix, shifts, model.samplerate)
-    device = track.ops.device if device is None else torch.device(device)
+    ops = TorchOps(track.array.device)
+    device = ops.device if device is None else torch.device(device)
     own_pool = None
     if pool is None and num_workers > 0 and device.type == "cpu":
         pool = own_pool = ThreadPoolExecutor(num_workers)
-    members = torch_members(model, device=device, out_device=track.ops.device, split=split,
+    members = torch_members(model, device=device, out_device=ops.device, split=split,
                             segment=segment, precision=precision)
     hook = None
     if callback is not None:
@@ -351,14 +355,14 @@ def apply_model(model: tp.Union[BagOfModels, nn.Module],
         for start, _, stems in engine.separate(
                 members, track, sources=len(model.sources), samplerate=model.samplerate,
                 shifts=shifts, overlap=overlap, transition_power=transition_power,
-                order="memory", ops=track.ops, hook=hook, progress=bar,
+                order="memory", ops=ops, hook=hook, progress=bar,
                 pool=pool if not isinstance(pool, DummyPoolExecutor) else None):
             if start == 0 and stems.shape[-1] == track.length:
                 out = stems
             else:
                 if out is None:
-                    out = track.ops.zeros((track.batch, len(model.sources), track.channels,
-                                           track.length))
+                    out = ops.zeros((track.batch, len(model.sources), track.channels,
+                                     track.length))
                 out[..., start:start + stems.shape[-1]] = stems
     finally:
         if close is not None:

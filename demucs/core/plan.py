@@ -123,7 +123,7 @@ class Job(tp.NamedTuple):
     """One forward pass: a segment of a lane."""
 
     lane: "Lane"
-    index: int  # segment index in the lane
+    position: int  # segment index in the lane
     start: int  # first track sample the segment covers (< 0 for delayed lanes)
     length: int  # samples the segment covers
     valid: int  # model input length
