@@ -51,9 +51,6 @@ Array = tp.Any  # numpy array or torch tensor
 class _NotProvided:
     """Default of :meth:`Separator.update_parameter`: keep the current value."""
 
-    def __repr__(self) -> str:
-        return "NotProvided"
-
 
 NotProvided = _NotProvided()
 

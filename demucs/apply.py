@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from .core import engine
 from .core.hooks import Callback, callback_hook, locked_hook, progress_bar
-from .utils import DummyPoolExecutor
+from .utils import DummyPoolExecutor, center_trim  # noqa: F401 (upstream's names)
 from .core.plan import MAX_SHIFT_SECONDS, Member, check_split_params, max_shift_samples
 
 if tp.TYPE_CHECKING:  # pragma: no cover - typing only, avoids import cycles at runtime
@@ -384,3 +384,7 @@ def __getattr__(name: str) -> tp.Any:
 
         return getattr(importlib.import_module(f".{_MODEL_CLASSES[name]}", __package__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> tp.List[str]:
+    return sorted(list(globals()) + list(_MODEL_CLASSES))

@@ -230,3 +230,17 @@ def save_audio(wav: "torch.Tensor",
     """
     write_array(_numpy(f32_pcm(wav)), path, samplerate, bitrate=bitrate, clip=clip,
                 bits_per_sample=bits_per_sample, as_float=as_float, preset=preset)
+
+
+def __getattr__(name: str) -> tp.Any:
+    """``temp_filenames``: upstream's name, from :mod:`demucs.utils` (which needs torch,
+    so it is loaded on first use)."""
+    if name == "temp_filenames":
+        from .utils import temp_filenames
+
+        return temp_filenames
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> tp.List[str]:
+    return sorted(list(globals()) + ["temp_filenames"])

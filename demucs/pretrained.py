@@ -23,6 +23,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .utils import fatal  # noqa: F401 (upstream's name)
 from .apply import Model
 from .hdemucs import HDemucs  # noqa: F401 (upstream's pretrained module exposes it)
 from .hf import HF_SCHEME, get_hf_model

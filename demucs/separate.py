@@ -629,5 +629,9 @@ def __getattr__(name: str) -> tp.Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> tp.List[str]:
+    return sorted(list(globals()) + list(_REEXPORTS))
+
+
 if __name__ == "__main__":
     console_main()

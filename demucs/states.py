@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .errors import ModelLoadingError
+from .utils import fatal  # noqa: F401 (upstream's name)
 from .model_checks import check_model_kwargs, check_parameter_count
 
 PathLike = tp.Union[str, os.PathLike]

@@ -98,7 +98,9 @@ def describe_class(klass: type) -> dict:
 
 def describe_module(module: tp.Any, classes: dict) -> dict:
     names: dict = {}
-    for name, obj in vars(module).items():
+    # dir(): names a module loads on first use (PEP 562 ``__getattr__``) count too.
+    for name in dir(module):
+        obj = getattr(module, name, None)
         if name.startswith("_") or inspect.ismodule(obj):
             continue
         if inspect.isclass(obj):

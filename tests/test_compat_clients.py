@@ -9,9 +9,7 @@ touch), ``list_models``, the progress callback, ``apply_model``'s pool/lock/call
 ``demucs.api.save_audio``.
 
 Each upstream version runs ONE subprocess (module-scoped fixture) that records every
-result; the tests compare ours with those records. Tests of features that another area
-owns are marked with one of the ``OWNED_BY_*`` xfail marks (non strict); the lead
-removes a mark once that area's branch is merged and the test passes.
+result; the tests compare ours with those records.
 """
 from __future__ import annotations
 
@@ -27,14 +25,6 @@ import torch
 
 from tests import oracle as upstream
 from tests.helpers import RATE, SOURCES, run_main, write_mix
-
-OWNED_BY_API = pytest.mark.xfail(reason="compat: owned by api/apply (the lead)", strict=False)
-OWNED_BY_AUDIO = pytest.mark.xfail(reason="compat: owned by audio (the I/O engineer)",
-                                   strict=False)
-OWNED_BY_CLI = pytest.mark.xfail(
-    reason="compat: owned by the separate.get_parser owner (the lead)", strict=False)
-OWNED_BY_MODELS = pytest.mark.xfail(reason="compat: owned by pretrained/repo (the models "
-                                    "engineer)", strict=False)
 
 CALLBACK_KEYS = {"model_idx_in_bag", "shift_idx", "segment_offset", "state", "audio_length",
                  "models"}
@@ -248,7 +238,6 @@ def test_separate_main_in_process_then_continue(cwd, up401, capsys):
     assert status == 1 and "missing.wav" in err
 
 
-@OWNED_BY_AUDIO
 def test_audiofile_read_shapes_and_seek(cwd):
     """``AudioFile(path).read(seek_time, duration, streams, samplerate, channels)``:
     ``(streams, channels, samples)`` for a slice of streams, ``(channels, samples)`` for
@@ -321,7 +310,6 @@ def test_separator_construction_like_upstream(cwd, up410):
     api.Separator(model="tiny", repo=Path("repo"), device="cuda")
 
 
-@OWNED_BY_API
 def test_separator_members_clients_touch(cwd, up410, separator):
     """``_samplerate``, ``_audio_channels``, ``_repo``, ``_load_audio``, ``_load_model``,
     ``separate_audio_file(file=...)``, ``update_parameter`` with ``NotProvided``."""
@@ -343,7 +331,6 @@ def test_separator_members_clients_touch(cwd, up410, separator):
     assert issubclass(api.LoadAudioError, Exception)
 
 
-@OWNED_BY_API
 def test_callback_dicts_like_upstream(cwd, up410, separator, events):
     """The progress callback gets upstream's dicts, in upstream's order: every key,
     ``callback_arg``'s entries, one start/end pair per segment and model."""
@@ -358,7 +345,6 @@ def test_callback_dicts_like_upstream(cwd, up410, separator, events):
     assert events == up410["tensor_events"]
 
 
-@OWNED_BY_API
 def test_callback_shift_and_bag_indices(cwd, up410, workdir):
     from demucs import api
 
@@ -379,7 +365,6 @@ def test_callback_shift_and_bag_indices(cwd, up410, workdir):
     assert all(CALLBACK_KEYS <= set(e) for e in events)
 
 
-@OWNED_BY_API
 def test_apply_model_pool_lock_callback(cwd, up410):
     """``apply_model(..., pool=None, lock=None, callback=..., callback_arg=...)``."""
     from demucs.apply import apply_model
@@ -394,7 +379,6 @@ def test_apply_model_pool_lock_callback(cwd, up410):
     assert events == up410["apply_events"]
 
 
-@OWNED_BY_API
 def test_list_models_shape_like_upstream(cwd, up410):
     """4.1.0: ``{"single": {sig: path}, "bag": {name: path}}`` (dicts, not lists)."""
     from demucs import api
@@ -424,7 +408,6 @@ def test_api_save_audio_like_upstream(cwd, up410, name, kwargs):
     assert np.abs(ours - data.numpy()).max() <= 1.01 * LSB16
 
 
-@OWNED_BY_AUDIO
 def test_saved_files_honour_umask(cwd):
     """Outputs are created like ``open(path, "wb")`` does (0666 minus the umask), as
     upstream's are, not 0600."""
@@ -438,7 +421,6 @@ def test_saved_files_honour_umask(cwd):
     assert (Path("mode.wav").stat().st_mode & 0o777) == 0o644
 
 
-@OWNED_BY_CLI
 def test_get_parser_defaults_like_upstream(up410):
     """Programs build their own arguments with ``get_parser()`` and pass ``args.name`` /
     ``args.device`` to ``Separator``/``get_model``: 4.1.0's defaults ("htdemucs"; cuda
@@ -452,7 +434,6 @@ def test_get_parser_defaults_like_upstream(up410):
     assert {key: ours.get(key) for key in theirs} == theirs
 
 
-@OWNED_BY_MODELS
 def test_repo_list_model_like_upstream(cwd, up410):
     """4.1.0's ``ModelOnlyRepo.list_model()`` / ``BagOnlyRepo.list_model()``: name -> file."""
     from demucs.repo import BagOnlyRepo, LocalRepo
@@ -465,7 +446,6 @@ def test_repo_list_model_like_upstream(cwd, up410):
             name: Path(path).name for name, path in up410["list_models"][kind].items()}
 
 
-@OWNED_BY_MODELS
 def test_demucs_repo_environment_variable(cwd, monkeypatch):
     """Programs that call ``get_model(name)`` cannot pass ``--repo``: ``DEMUCS_REPO``
     points the default catalog at a local folder (the name is not in the remote catalog,

@@ -36,11 +36,7 @@ ORACLES = {
 }
 MODULES = ["states", "pretrained", "repo", "hf"]
 #: Upstream names we do not provide, and why.
-NOT_PROVIDED = {
-    # Re-exported from upstream's utils module by 4.1.0; utils owns it.
-    "states.fatal": "utils",
-    "pretrained.fatal": "utils",
-}
+NOT_PROVIDED: tp.Dict[str, str] = {}
 
 _DUMP = """
 import importlib, inspect, json, sys, types
