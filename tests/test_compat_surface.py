@@ -49,6 +49,7 @@ DEFAULTS_ON_PURPOSE: tp.Dict[tp.Tuple[str, str, str], str] = {
     ("api", "Separator", "device"):
         "None picks cuda when available at call time; upstream's default is the same "
         "choice made at import time",
+    ("separate", "Separator", "device"): "the same class, re-exported",
 }
 
 #: Upstream modules used only for training; ours raise an ImportError that says so.
