@@ -36,11 +36,11 @@ def _mix(model, batch: int = 1, seed: int = 1) -> torch.Tensor:
 
 
 def _stored_elements(model) -> int:
-    return sum(E.tensor_elements(t) for _, t in E._stored_tensors(model))
+    return sum(E.tensor_elements(t) for _, t in E.stored_tensors(model))
 
 
 def _stored_bytes(model) -> int:
-    return sum(onnx.numpy_helper.to_array(t).nbytes for _, t in E._stored_tensors(model))
+    return sum(onnx.numpy_helper.to_array(t).nbytes for _, t in E.stored_tensors(model))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def _check_file(path, model):
     # non-weight tensor beyond a few small STFT constants.
     assert not any(node.name.startswith("computed_stft") for node in proto.graph.node)
     weights = {int(t.numel()) for t in model.state_dict().values()}
-    small = [E.tensor_elements(t) for _, t in E._stored_tensors(proto)
+    small = [E.tensor_elements(t) for _, t in E.stored_tensors(proto)
              if E.tensor_elements(t) not in weights]
     assert max(small) <= 8192
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -201,7 +201,7 @@ def test_conv_stft_export_exact(tiny, tmp_path):
 def test_restore_computed_bases_replaces_folded_basis():
     from demucs import spec
 
-    analysis, synthesis = spec._build_bases(64, 32, torch.device("cpu"), torch.float32)
+    analysis, synthesis = spec.dft_bases(64, 32, torch.device("cpu"), torch.float32)
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Add", ["a", "s"], ["y"])], "g", [],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [64, 1, 64])],
@@ -209,7 +209,7 @@ def test_restore_computed_bases_replaces_folded_basis():
          onnx.numpy_helper.from_array(synthesis.numpy(), "s")])
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     assert E.restore_computed_bases(model, [64]) == 2
-    assert all(E.tensor_elements(t) < 64 for _, t in E._stored_tensors(model))
+    assert all(E.tensor_elements(t) < 64 for _, t in E.stored_tensors(model))
     session = ort.InferenceSession(model.SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     got = session.run(["y"], {})[0]
