@@ -95,7 +95,7 @@ def _build_model() -> tp.Any:
     import torch
 
     from demucs.htdemucs import HTDemucs
-    from tests.configs import HTDEMUCS
+    from demucs.configs import HTDEMUCS
 
     torch.manual_seed(0)
     return HTDemucs(**HTDEMUCS).eval()
@@ -121,7 +121,7 @@ def worker(backend: str, workdir: Path, reps: int, threads: int) -> tp.Dict[str,
 
         torch.set_num_threads(threads)
         from demucs.htdemucs import HTDemucs
-        from tests.configs import HTDEMUCS
+        from demucs.configs import HTDEMUCS
 
         model = HTDemucs(**HTDEMUCS, use_conv_stft=backend == "conv").eval()
         model.load_state_dict(torch.load(workdir / "state.th", weights_only=True))
@@ -192,7 +192,7 @@ def _worker_command(backend: str, workdir: Path, reps: int, threads: int
         return [sys.executable, __file__, "--worker", backend, "--workdir", str(workdir),
                 "--reps", str(reps), "--threads", str(threads)], None
     from tests import oracle
-    from tests.configs import HTDEMUCS
+    from demucs.configs import HTDEMUCS
 
     if not oracle.available():
         raise SystemExit("the upstream baseline needs the oracle (make oracle), or pass "

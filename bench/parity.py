@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 from demucs.demucs import Demucs  # noqa: E402
 from demucs.hdemucs import HDemucs  # noqa: E402
 from demucs.htdemucs import HTDemucs  # noqa: E402
-from tests import configs, oracle  # noqa: E402
+from demucs import configs  # noqa: E402
+from tests import oracle  # noqa: E402
 
 CASES = {
     "htdemucs (release architecture)": ("htdemucs.HTDemucs", configs.HTDEMUCS, 44100 * 3),

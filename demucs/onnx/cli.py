@@ -5,9 +5,9 @@ import argparse
 import sys
 import time
 import typing as tp
-from fractions import Fraction
 from pathlib import Path
 
+from ..configs import RELEASE_CONFIGS
 from ..errors import ModelLoadingError
 from ..flags import add_model_flags
 from ..spec import DEFAULT_STFT_IMPL, STFT_IMPLS
@@ -17,13 +17,8 @@ from .precision import PRECISIONS
 if tp.TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-#: Release architectures, for ``--random-weights`` (benchmarks, trying the pipeline
-#: without the checkpoints).
-RANDOM_CONFIGS: tp.Dict[str, tp.Dict[str, tp.Any]] = {
-    "htdemucs": dict(sources=["drums", "bass", "other", "vocals"], segment=Fraction(39, 5)),
-    "htdemucs_6s": dict(sources=["drums", "bass", "other", "vocals", "guitar", "piano"],
-                        segment=Fraction(39, 5)),
-}
+#: Architectures ``--random-weights`` builds, by name (the release ones).
+RANDOM_CONFIGS = RELEASE_CONFIGS
 
 
 def load_model(args: argparse.Namespace) -> "nn.Module":
