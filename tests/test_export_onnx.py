@@ -92,10 +92,38 @@ def test_torchscript_export_exact(tiny, torchscript_file):
     assert E.snr_db(expected.numpy(), got) >= 90
 
 
+def _op_count(proto, op_type: str) -> int:
+    return sum(node.op_type == op_type for node in proto.graph.node)
+
+
+def test_attention_forms(tiny, torchscript_file, tmp_path):
+    """Fused (default, ORT contrib operator) and portable (standard operators, blocks of
+    queries) attention: both exact against PyTorch, recorded in the metadata."""
+    portable = E.export_model(tiny, tmp_path / "portable.onnx", attention="portable")
+    mix = _mix(tiny)
+    with torch.no_grad():
+        expected = tiny(mix).numpy()
+    layers = TINY_HTDEMUCS["t_layers"]
+    for path, form in ((torchscript_file, "fused"), (portable, "portable")):
+        proto = onnx.load(str(path))
+        assert {p.key: p.value for p in proto.metadata_props}["attention"] == form
+        fused = _op_count(proto, "MultiHeadAttention")
+        assert fused == (2 * layers if form == "fused" else 0)  # frequency and time branches
+        domains = {o.domain for o in proto.opset_import}
+        assert ("com.microsoft" in domains) == (form == "fused")
+        assert E.snr_db(expected, _run(path, mix)) >= 90
+    assert E.DEFAULT_ATTENTION == "fused"
+    with pytest.raises(E.ExportError, match="TorchScript"):
+        E.export_model(tiny, tmp_path / "x.onnx", exporter="dynamo", attention="fused")
+    with pytest.raises(E.ExportError, match="attention"):
+        E.export_model(tiny, tmp_path / "x.onnx", attention="flash")
+
+
 def test_dynamo_export_exact(tiny, tmp_path):
     path = E.export_model(tiny, tmp_path / "tiny.onnx", exporter="dynamo")
     proto = _check_file(path, tiny)
     assert proto.opset_import[0].version == E.DYNAMO_MIN_OPSET
+    assert {p.key: p.value for p in proto.metadata_props}["attention"] == "portable"
     mix = _mix(tiny)
     with torch.no_grad():
         expected = tiny(mix)

@@ -40,7 +40,8 @@ def load_model(args: argparse.Namespace) -> "nn.Module":
 
 def get_parser() -> argparse.ArgumentParser:
     """The exporter's argument parser."""
-    from .export import DEFAULT_EXPORTER, DEFAULT_OPSET, DYNAMO_MIN_OPSET, EXPORTERS
+    from .export import (ATTENTION_FORMS, DEFAULT_ATTENTION, DEFAULT_EXPORTER, DEFAULT_OPSET,
+                         DYNAMO_MIN_OPSET, EXPORTERS)
 
     parser = argparse.ArgumentParser(
         "demucs.export_onnx",
@@ -60,6 +61,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stft", choices=STFT_IMPLS, default=DEFAULT_STFT_IMPL,
                         help="STFT in the graph: factored DFT as MatMuls (default) or "
                              "Conv/ConvTranspose over the full DFT basis")
+    parser.add_argument("--attention", choices=ATTENTION_FORMS, default=None,
+                        help=f"attention in the graph: ONNX Runtime's fused contrib operator "
+                             f"or standard operators for every runtime (default "
+                             f"{DEFAULT_ATTENTION}; portable with --exporter dynamo)")
     parser.add_argument("--model-index", type=int, default=None,
                         help="for a bag of models, export only this member")
     parser.add_argument("--check", action="store_true",
@@ -84,7 +89,8 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
         path = export_model(model, args.out, segment=args.segment, opset=args.opset,
                             precision=args.precision, dynamic_batch=args.dynamic_batch,
                             exporter=args.exporter, model_index=args.model_index,
-                            name=args.sig or args.name, stft_impl=args.stft)
+                            name=args.sig or args.name, stft_impl=args.stft,
+                            attention=args.attention)
         size = path.stat().st_size
         params = parameter_bytes(model, args.model_index)
         print(f"wrote {path}: {size / 1e6:.1f} MB ({size / params:.3f} x the "

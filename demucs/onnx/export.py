@@ -35,6 +35,11 @@ Design choices (see also ``examples/README.md``):
   ``GroupNorm``) and ``ReduceMean`` accumulate rows of ~10^6 values with a ~1e-5
   relative error, which capped htdemucs at 92-95 dB against PyTorch;
   :func:`.passes.precise_reductions` rewrites them as sums of 1024-value block sums: 119-122 dB.
+* **Attention** (``attention`` / ``--attention``): ``fused`` (default with the TorchScript
+  exporter) makes each attention one ONNX Runtime ``com.microsoft.MultiHeadAttention``
+  node (its fused kernel, CPU and CUDA providers); ``portable`` writes it with standard
+  operators in blocks of 512 queries (the full score matrix never exists), for runtimes
+  without the contrib operators: ORT mobile reduced builds, onnxruntime-web.
 * **Opset 17** by default: the lowest opset for which both exporters produce a graph
   here, and one that every ONNX Runtime >= 1.13 (mobile and web builds included) runs.
   Nothing newer is needed: the graph only uses Conv, ConvTranspose, MatMul, Gemm,
@@ -59,8 +64,8 @@ Command line::
 Metadata (``metadata_props``, all strings): ``model_name``, ``sample_rate``,
 ``audio_channels``, ``sources`` (comma separated), ``segment_samples`` (length of the
 segments a track is cut into), ``input_samples`` (graph input length),
-``segment_seconds``, ``precision``, ``opset``, ``exporter``, ``stft``, ``batch`` (``1`` or
-``dynamic``), ``layout``.
+``segment_seconds``, ``precision``, ``opset``, ``exporter``, ``stft``, ``attention``
+(``fused`` or ``portable``), ``batch`` (``1`` or ``dynamic``), ``members``, ``layout``.
 """
 from __future__ import annotations
 
@@ -72,7 +77,7 @@ import torch
 from torch import nn
 
 from ..spec import DEFAULT_STFT_IMPL
-from ..transformer import chunked_attention_for_export
+from ..transformer import chunked_attention_for_export, fused_attention_for_export
 from .graph import INPUT_NAME, OUTPUT_NAME, ExportError, opset_of, set_metadata
 from .passes import (non_weight_initializers, precise_reductions, remove_unused_initializers,
                      restore_computed_bases, strip_debug_info)
@@ -91,8 +96,15 @@ DEFAULT_EXPORTER = "torchscript"
 EXPORTERS = ("torchscript", "dynamo")
 #: Largest tensor (elements) the dynamo exporter's optimizer may create by folding.
 DYNAMO_FOLD_LIMIT = 1 << 12
-#: Queries per attention block in exported graphs (see chunked_attention_for_export).
+#: Queries per attention block in portable graphs (see chunked_attention_for_export).
 ATTENTION_QUERY_CHUNK = 512
+#: Forms of attention in the graph: ``fused``, ONNX Runtime's contrib
+#: ``com.microsoft.MultiHeadAttention`` (CPU and CUDA providers); ``portable``, blocks of
+#: :data:`ATTENTION_QUERY_CHUNK` queries as MatMul/Softmax/MatMul, standard operators that
+#: every runtime has (ONNX Runtime's mobile reduced builds, onnxruntime-web).
+ATTENTION_FORMS = ("fused", "portable")
+#: Default form, the faster one on ONNX Runtime's CPU provider (README's benchmark).
+DEFAULT_ATTENTION = "fused"
 
 
 def _trace_torchscript(module: nn.Module, example: torch.Tensor, path: Path, opset: int,
@@ -124,8 +136,23 @@ def _trace_dynamo(module: nn.Module, example: torch.Tensor, path: Path, opset: i
     program.save(str(path), external_data=True)
 
 
+def resolve_attention(attention: tp.Optional[str], exporter: str) -> str:
+    """The attention form to export: ``attention``, or by default :data:`DEFAULT_ATTENTION`
+    with the TorchScript exporter and ``portable`` with dynamo (which cannot emit the
+    contrib operator)."""
+    if attention is None:
+        return DEFAULT_ATTENTION if exporter == "torchscript" else "portable"
+    if attention not in ATTENTION_FORMS:
+        raise ExportError(f"unknown attention form {attention!r}, "
+                          f"expected one of {ATTENTION_FORMS}")
+    if attention == "fused" and exporter != "torchscript":
+        raise ExportError("--attention fused needs the TorchScript exporter: use "
+                          "--exporter torchscript, or --attention portable")
+    return attention
+
+
 def _export_raw(module: nn.Module, example: torch.Tensor, exporter: str, opset: int,
-                dynamic_batch: bool) -> "onnx.ModelProto":
+                dynamic_batch: bool, attention: str = "portable") -> "onnx.ModelProto":
     """Traces ``module``; returns the ONNX model with all weights loaded in memory and,
     for ``stft_impl="conv"``, the DFT bases computed in the graph (see
     :func:`restore_computed_bases`)."""
@@ -136,9 +163,12 @@ def _export_raw(module: nn.Module, example: torch.Tensor, exporter: str, opset: 
     trace = _trace_torchscript if exporter == "torchscript" else _trace_dynamo
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "model.onnx"
-        # The segment is fixed in the graph, so attention can be laid out in blocks of
-        # queries: the full (B, heads, T, S) score matrix never exists at run time.
-        with torch.no_grad(), chunked_attention_for_export(ATTENTION_QUERY_CHUNK):
+        # Fused: one contrib node per attention. Portable: the segment is fixed in the
+        # graph, so attention is laid out in blocks of queries; the full
+        # (B, heads, T, S) score matrix never exists at run time.
+        form = (fused_attention_for_export() if attention == "fused"
+                else chunked_attention_for_export(ATTENTION_QUERY_CHUNK))
+        with torch.no_grad(), form:
             trace(module, example, raw, opset, dynamic_batch)
         model = onnx.load(str(raw), load_external_data=True)
     conv_sizes = {int(m.nfft) for m in module.modules()
@@ -160,7 +190,8 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
                  segment: tp.Optional[float] = None, opset: tp.Optional[int] = None,
                  precision: str = "fp32", dynamic_batch: bool = False,
                  exporter: str = DEFAULT_EXPORTER, model_index: tp.Optional[int] = None,
-                 name: tp.Optional[str] = None, stft_impl: str = DEFAULT_STFT_IMPL) -> Path:
+                 name: tp.Optional[str] = None, stft_impl: str = DEFAULT_STFT_IMPL,
+                 attention: tp.Optional[str] = None) -> Path:
     """Exports ``model`` (single model or ``BagOfModels``) to a single ONNX file.
 
     Args:
@@ -174,6 +205,8 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
         model_index: for a bag, export this member only.
         name: model name stored in the metadata (default: the class name).
         stft_impl: ``factored`` (default) or ``conv``, see the module docstring.
+        attention: ``fused`` or ``portable`` (see :data:`ATTENTION_FORMS`); default
+            :func:`resolve_attention`.
     Returns:
         ``path``, as a :class:`~pathlib.Path`.
     Raises:
@@ -190,12 +223,13 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
     elif exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
         raise ExportError(f"the dynamo exporter produces opset >= {DYNAMO_MIN_OPSET}, "
                           f"got --opset {opset}: use --exporter torchscript for opset {opset}")
+    attention = resolve_attention(attention, exporter)
     path = Path(path)
     wrapper, segment_samples, input_samples = prepare_model(
         model, segment=segment, model_index=model_index, stft_impl=stft_impl)
     first = wrapper.models[0]
     example = torch.randn(1, first.audio_channels, input_samples)
-    onnx_model = _export_raw(wrapper, example, exporter, opset, dynamic_batch)
+    onnx_model = _export_raw(wrapper, example, exporter, opset, dynamic_batch, attention)
 
     state = wrapper.state_dict()
     suspicious = non_weight_initializers(onnx_model, state)
@@ -217,6 +251,7 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
         "opset": opset_of(onnx_model),
         "exporter": exporter,
         "stft": stft_impl,
+        "attention": attention,
         "batch": "dynamic" if dynamic_batch else "1",
         "members": len(wrapper.models),
         "layout": f"{INPUT_NAME}: (batch, channels, samples) float32 -> "
