@@ -13,6 +13,8 @@ its peak RSS (``VmHWM``, else ``ru_maxrss``) is its own:
 * ``ort-fp32``, ``ort-fp16``, ``ort-int8``: the exported file in ONNX Runtime (CPU,
   :class:`demucs.onnx_runtime.OnnxSeparator` defaults: extended graph optimisations,
   memory arena on, memory pattern off);
+* ``ort-fp32portable``: fp32 exported with ``attention="portable"`` (standard operators,
+  blocks of 512 queries) instead of the default fused ``MultiHeadAttention``;
 * ``ort-fp32-ortdefaults``: fp32 with ONNX Runtime's own defaults (all optimisations,
   including the NCHWc layout transformation, and the memory pattern);
 * ``ort-fp32convstft`` (not run by default): fp32 exported with ``stft_impl="conv"``
@@ -41,8 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BACKENDS = ["upstream", "torch", "conv", "ort-fp32", "ort-fp32-ortdefaults", "ort-fp16",
-            "ort-int8"]
+BACKENDS = ["upstream", "torch", "conv", "ort-fp32", "ort-fp32portable", "ort-fp32-ortdefaults",
+            "ort-fp16", "ort-int8"]
 
 # Upstream 4.0.1's own HTDemucs and process defaults (no allocator tuning), in the
 # oracle's environment: the "PyTorch eager of upstream's code path" baseline.
@@ -172,13 +174,14 @@ def prepare(workdir: Path, backends: tp.Sequence[str]) -> tp.Dict[str, int]:
         print(f"exported fp32 in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     for precision in ("fp16", "int8"):
         target = workdir / f"{precision}.onnx"
-        if not target.exists():
+        if f"ort-{precision}" in backends and not target.exists():
             export_onnx.convert_file(fp32, target, precision)
-    conv = workdir / "fp32convstft.onnx"
-    if "ort-fp32convstft" in backends and not conv.exists():
-        export_onnx.export_model(model, conv, name="htdemucs (random weights)",
-                                 stft_impl="conv")
-    for precision in ("fp32", "fp16", "int8", "fp32convstft"):
+    variants = {"fp32convstft": dict(stft_impl="conv"), "fp32portable": dict(attention="portable")}
+    for variant, options in variants.items():
+        target = workdir / f"{variant}.onnx"
+        if f"ort-{variant}" in backends and not target.exists():
+            export_onnx.export_model(model, target, name="htdemucs (random weights)", **options)
+    for precision in ("fp32", "fp16", "int8", *variants):
         path = workdir / f"{precision}.onnx"
         if path.exists():
             sizes[precision] = path.stat().st_size

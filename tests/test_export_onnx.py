@@ -172,6 +172,30 @@ def test_reduced_precisions_run(tiny, torchscript_file, tmp_path):
         assert meta["precision"] == precision
 
 
+def test_mixed_precision(tiny, torchscript_file, tmp_path):
+    """``mixed``: products and convolutions of the layers in float16, the STFT and the
+    rest in float32; finite output close to float32."""
+    path = E.convert_file(torchscript_file, tmp_path / "mixed.onnx", "mixed")
+    proto = onnx.load(str(path))
+    assert {p.key: p.value for p in proto.metadata_props}["precision"] == "mixed"
+    fp16_inputs = {node.output[0] for node in proto.graph.node if node.op_type == "Cast"
+                   and node.attribute[0].i == onnx.TensorProto.FLOAT16}
+    fp16_inits = {init.name for init in proto.graph.initializer
+                  if init.data_type == onnx.TensorProto.FLOAT16}
+    products = [node for node in proto.graph.node if node.op_type in E.MIXED_FP16_OPS]
+    for node in products:
+        half = node.input[0] in fp16_inputs | fp16_inits
+        assert half == E.in_layer(node), node.name  # the STFT MatMuls stay float32
+    assert sum(E.in_layer(node) for node in products) > len(products) // 2
+    mix = _mix(tiny)
+    with torch.no_grad():
+        expected = tiny(mix).numpy()
+    got = _run(path, mix)
+    assert np.isfinite(got).all()
+    assert E.snr_db(expected, got) >= 60
+    assert _stored_bytes(proto) <= 0.8 * _stored_bytes(onnx.load(str(torchscript_file)))
+
+
 def test_bag_export_equals_bag_output(tmp_path):
     members = [_tiny(1), _tiny(2)]
     weights = [[1.0, 0.0, 0.5, 2.0], [0.0, 1.0, 0.5, 1.0]]

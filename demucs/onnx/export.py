@@ -51,6 +51,8 @@ Design choices (see also ``examples/README.md``):
   dynamic quantization of the MatMul/Conv weights (int8, activations quantized at run
   time; the STFT convolutions stay float32), remaining large weights (ConvTranspose)
   stored as int8 with a ``DequantizeLinear``.
+  ``mixed``: the layers' MatMul/Gemm/Conv/ConvTranspose computed in float16 (weights
+  stored in float16), everything else in float32 (see :func:`.precision.to_mixed`).
 * **Bags** (e.g. htdemucs_ft) become one graph running every member and mixing their
   outputs with the bag's per-source weights (as ``apply_model`` does), or one member with
   ``--model-index``.
@@ -199,7 +201,7 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
         path: output ``.onnx`` file; no side ``.onnx.data`` file is written.
         segment: segment length in seconds (default: the model's training segment).
         opset: ONNX opset (default :func:`default_opset`: 17, or 18 with dynamo).
-        precision: ``fp32``, ``fp16`` or ``int8`` (see the module docstring).
+        precision: ``fp32``, ``fp16``, ``mixed`` or ``int8`` (see the module docstring).
         dynamic_batch: make the batch axis dynamic (else it is 1).
         exporter: ``torchscript`` or ``dynamo``.
         model_index: for a bag, export this member only.
@@ -265,7 +267,7 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
 
 def convert_file(source: tp.Union[str, Path], target: tp.Union[str, Path],
                  precision: str) -> Path:
-    """Converts an exported float32 file to ``fp16`` or ``int8`` (metadata kept)."""
+    """Converts an exported float32 file to ``fp16``, ``mixed`` or ``int8`` (metadata kept)."""
     import onnx
 
     if precision not in CONVERTIBLE:

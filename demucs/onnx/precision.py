@@ -12,9 +12,11 @@ from .graph import tensor_elements
 if tp.TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "mixed", "int8")
 #: Precisions an exported float32 file can be converted to (:func:`.export.convert_file`).
-CONVERTIBLE = ("fp16", "int8")
+CONVERTIBLE = ("fp16", "mixed", "int8")
+#: Operators computed in float16 by ``mixed`` (inside the network's layers only).
+MIXED_FP16_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 
 
 def convert(model: "onnx.ModelProto", precision: str) -> "onnx.ModelProto":
@@ -23,6 +25,8 @@ def convert(model: "onnx.ModelProto", precision: str) -> "onnx.ModelProto":
         return to_fp16(model)
     if precision == "int8":
         return to_int8(model)
+    if precision == "mixed":
+        return to_mixed(model)
     return model
 
 
@@ -68,6 +72,69 @@ def to_fp16(model: "onnx.ModelProto", min_elements: int = 1024) -> "onnx.ModelPr
                                       name=init.name + "_to_float", to=TensorProto.FLOAT))
     for node in reversed(casts):
         model.graph.node.insert(0, node)
+    return model
+
+
+def in_layer(node: tp.Any) -> bool:
+    """Whether ``node`` belongs to a submodule of a model (TorchScript names nodes by
+    module scope, ``/models.0/encoder.1/conv/Conv``), rather than to the model's own
+    forward, where the STFT, the input normalisation and the final sums are computed."""
+    return len(node.name.split("/")[1:-1]) >= 2
+
+
+def to_mixed(model: "onnx.ModelProto") -> "onnx.ModelProto":
+    """Matrix products and convolutions of the layers in float16, the rest in float32.
+
+    Every :data:`MIXED_FP16_OPS` node inside a layer (:func:`in_layer`) gets float16
+    inputs (its weights stored in float16, activations cast) and its output is cast back
+    to float32, so normalisations, softmax, attention scores, activations, the STFT and
+    the reductions stay in float32. For execution providers with fast float16 products
+    (CUDA, CoreML, ARM64 CPUs with fp16 arithmetic); on x86 CPUs ONNX Runtime runs these
+    nodes through casts to float32 (no speed-up, float16 rounding kept). Weights of the
+    converted nodes take half the space.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .passes import remove_unused_initializers
+
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    halves: tp.Dict[str, str] = {}  # float32 name -> float16 name
+    nodes = []
+    converted = 0
+    for node in graph.node:
+        if node.op_type not in MIXED_FP16_OPS or not in_layer(node):
+            nodes.append(node)
+            continue
+        inputs = list(node.input)
+        for index, name in enumerate(inputs):
+            if not name:
+                continue
+            if name not in halves:
+                half = name + "_fp16"
+                init = inits.get(name)
+                if init is not None:
+                    if init.data_type != TensorProto.FLOAT:
+                        continue
+                    array = numpy_helper.to_array(init).astype(np.float16)
+                    graph.initializer.append(numpy_helper.from_array(array, half))
+                else:
+                    nodes.append(helper.make_node("Cast", [name], [half], to=TensorProto.FLOAT16,
+                                                  name=half + "_cast"))
+                halves[name] = half
+            inputs[index] = halves[name]
+        output = node.output[0]
+        del node.input[:]
+        node.input.extend(inputs)
+        node.output[0] = output + "_fp16"
+        nodes.append(node)
+        nodes.append(helper.make_node("Cast", [node.output[0]], [output], to=TensorProto.FLOAT,
+                                      name=output + "_to_float"))
+        converted += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    remove_unused_initializers(model)
     return model
 
 
