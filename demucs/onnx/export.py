@@ -173,7 +173,7 @@ def _export_raw(module: nn.Module, example: torch.Tensor, exporter: str, opset: 
         with torch.no_grad(), form:
             trace(module, example, raw, opset, dynamic_batch)
         model = onnx.load(str(raw), load_external_data=True)
-    conv_sizes = {int(m.nfft) for m in module.modules()
+    conv_sizes = {int(getattr(m, "nfft")) for m in module.modules()
                   if hasattr(m, "nfft") and getattr(m, "stft_impl", None) == "conv"}
     if conv_sizes:
         restore_computed_bases(model, conv_sizes)
@@ -229,7 +229,7 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
     path = Path(path)
     wrapper, segment_samples, input_samples = prepare_model(
         model, segment=segment, model_index=model_index, stft_impl=stft_impl)
-    first = wrapper.models[0]
+    first: tp.Any = wrapper.models[0]
     example = torch.randn(1, first.audio_channels, input_samples)
     onnx_model = _export_raw(wrapper, example, exporter, opset, dynamic_batch, attention)
 

@@ -297,7 +297,7 @@ def _trailing_length(shape: tp.Optional[tp.List[tp.Optional[int]]], kept: int) -
     """Product of the dimensions after the first ``kept`` if all are static."""
     if shape is None or any(d is None or d <= 0 for d in shape[kept:]):
         return None
-    return int(math.prod(shape[kept:]))
+    return int(math.prod(tp.cast(tp.List[int], shape[kept:])))
 
 
 def precise_reductions(model: "onnx.ModelProto", block: int = NORM_BLOCK) -> int:

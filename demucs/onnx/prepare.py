@@ -18,11 +18,13 @@ from .graph import ExportError
 Weights = tp.List[tp.List[float]]
 
 
-def bag_members(model: nn.Module) -> tp.Tuple[tp.List[nn.Module], tp.Optional[Weights]]:
-    """``(models, weights)`` of a bag, or ``([model], None)`` for a single model."""
+def bag_members(model: nn.Module) -> tp.Tuple[tp.List[tp.Any], tp.Optional[Weights]]:
+    """``(models, weights)`` of a bag, or ``([model], None)`` for a single model (Demucs
+    models, typed ``Any``: their attributes are read by name)."""
     models = getattr(model, "models", None)
-    if models is not None and hasattr(model, "weights"):
-        return list(models), [list(map(float, w)) for w in model.weights]
+    weights = getattr(model, "weights", None)
+    if models is not None and weights is not None:
+        return list(models), [list(map(float, w)) for w in weights]
     return [model], None
 
 
@@ -65,12 +67,13 @@ class ExportWrapper(nn.Module):
         super().__init__()
         self.models = nn.ModuleList(models)
         self.mix_weights: tp.Optional[tp.List[tp.List[float]]] = None
+        first: tp.Any = models[0]
         if weights is not None and len(models) > 1:
-            num_sources = len(models[0].sources)
+            num_sources = len(first.sources)
             totals = [sum(w[k] for w in weights) for k in range(num_sources)]
             for k, total in enumerate(totals):
                 if total == 0:
-                    raise ExportError(f"source {models[0].sources[k]!r} has a total weight "
+                    raise ExportError(f"source {first.sources[k]!r} has a total weight "
                                       "of 0 in the bag: its output would be undefined")
             self.mix_weights = [[w[k] / totals[k] for k in range(num_sources)]
                                 for w in weights]
@@ -157,7 +160,7 @@ def _set_stft_impl(model: nn.Module, stft_impl: str) -> None:
                           f"expected one of {STFT_IMPLS}")
     for module in model.modules():
         if hasattr(module, "use_conv_stft"):
-            module.stft_impl = stft_impl
+            setattr(module, "stft_impl", stft_impl)
 
 
 def parameter_bytes(model: nn.Module, model_index: tp.Optional[int] = None) -> int:
