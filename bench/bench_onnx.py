@@ -205,12 +205,6 @@ def _worker_command(backend: str, workdir: Path, reps: int, threads: int
     return [sys.executable, "-c", code], dict(oracle.env(), OMP_NUM_THREADS=str(threads))
 
 
-def _snr(reference: tp.Any, estimate: tp.Any) -> float:
-    from demucs.export_onnx import snr_db
-
-    return snr_db(reference, estimate)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -226,6 +220,8 @@ def main() -> None:
         return
 
     import numpy as np
+
+    from demucs.onnx.verify import snr_db
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
@@ -260,7 +256,7 @@ def main() -> None:
             rss = f"{row['peak_rss_mb'] / base['peak_rss_mb']:.2f}x" if base else "-"
             snr = "ref"
             if reference is not None and backend != "torch":
-                snr = f"{_snr(reference, np.load(workdir / f'out-{backend}.npy')):.1f}"
+                snr = f"{snr_db(reference, np.load(workdir / f'out-{backend}.npy')):.1f}"
             print(f"| {backend} | {size} | {row['init_s']:.2f} | {row['segment_s']:.2f} | "
                   f"{versus} | {speed} | {row['peak_rss_mb']:.0f} | {rss} | {snr} |")
 
