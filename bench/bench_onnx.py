@@ -13,6 +13,8 @@ its peak RSS (``VmHWM``, else ``ru_maxrss``) is its own:
 * ``ort-fp32``, ``ort-fp16``, ``ort-int8``: the exported file in ONNX Runtime (CPU,
   :class:`demucs.onnx.runtime.OnnxSeparator` defaults: extended graph optimisations,
   memory arena on, memory pattern off);
+* ``ort-fp32portable``: fp32 exported with ``attention="portable"`` (standard operators,
+  blocks of 512 queries) instead of the default fused ``MultiHeadAttention``;
 * ``ort-fp32-ortdefaults``: fp32 with ONNX Runtime's own defaults (all optimisations,
   including the NCHWc layout transformation, and the memory pattern);
 * ``ort-fp32convstft`` (not run by default): fp32 exported with ``stft_impl="conv"``
@@ -41,8 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BACKENDS = ["upstream", "torch", "conv", "ort-fp32", "ort-fp32-ortdefaults", "ort-fp16",
-            "ort-int8"]
+BACKENDS = ["upstream", "torch", "conv", "ort-fp32", "ort-fp32portable", "ort-fp32-ortdefaults",
+            "ort-fp16", "ort-int8"]
 
 # Upstream 4.0.1's own HTDemucs and process defaults (no allocator tuning), in the
 # oracle's environment: the "PyTorch eager of upstream's code path" baseline.
@@ -95,7 +97,7 @@ def _build_model() -> tp.Any:
     import torch
 
     from demucs.htdemucs import HTDemucs
-    from tests.configs import HTDEMUCS
+    from demucs.configs import HTDEMUCS
 
     torch.manual_seed(0)
     return HTDemucs(**HTDEMUCS).eval()
@@ -121,7 +123,7 @@ def worker(backend: str, workdir: Path, reps: int, threads: int) -> tp.Dict[str,
 
         torch.set_num_threads(threads)
         from demucs.htdemucs import HTDemucs
-        from tests.configs import HTDEMUCS
+        from demucs.configs import HTDEMUCS
 
         model = HTDemucs(**HTDEMUCS, use_conv_stft=backend == "conv").eval()
         model.load_state_dict(torch.load(workdir / "state.th", weights_only=True))
@@ -172,13 +174,14 @@ def prepare(workdir: Path, backends: tp.Sequence[str]) -> tp.Dict[str, int]:
         print(f"exported fp32 in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     for precision in ("fp16", "int8"):
         target = workdir / f"{precision}.onnx"
-        if not target.exists():
+        if f"ort-{precision}" in backends and not target.exists():
             export_onnx.convert_file(fp32, target, precision)
-    conv = workdir / "fp32convstft.onnx"
-    if "ort-fp32convstft" in backends and not conv.exists():
-        export_onnx.export_model(model, conv, name="htdemucs (random weights)",
-                                 stft_impl="conv")
-    for precision in ("fp32", "fp16", "int8", "fp32convstft"):
+    variants = {"fp32convstft": dict(stft_impl="conv"), "fp32portable": dict(attention="portable")}
+    for variant, options in variants.items():
+        target = workdir / f"{variant}.onnx"
+        if f"ort-{variant}" in backends and not target.exists():
+            export_onnx.export_model(model, target, name="htdemucs (random weights)", **options)
+    for precision in ("fp32", "fp16", "int8", *variants):
         path = workdir / f"{precision}.onnx"
         if path.exists():
             sizes[precision] = path.stat().st_size
@@ -192,7 +195,7 @@ def _worker_command(backend: str, workdir: Path, reps: int, threads: int
         return [sys.executable, __file__, "--worker", backend, "--workdir", str(workdir),
                 "--reps", str(reps), "--threads", str(threads)], None
     from tests import oracle
-    from tests.configs import HTDEMUCS
+    from demucs.configs import HTDEMUCS
 
     if not oracle.available():
         raise SystemExit("the upstream baseline needs the oracle (make oracle), or pass "
@@ -200,12 +203,6 @@ def _worker_command(backend: str, workdir: Path, reps: int, threads: int
     code = UPSTREAM_WORKER.format(threads=threads, workdir=str(workdir), reps=reps,
                                   config=dict(HTDEMUCS))
     return [sys.executable, "-c", code], dict(oracle.env(), OMP_NUM_THREADS=str(threads))
-
-
-def _snr(reference: tp.Any, estimate: tp.Any) -> float:
-    from demucs.export_onnx import snr_db
-
-    return snr_db(reference, estimate)
 
 
 def main() -> None:
@@ -223,6 +220,8 @@ def main() -> None:
         return
 
     import numpy as np
+
+    from demucs.onnx.verify import snr_db
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
@@ -257,7 +256,7 @@ def main() -> None:
             rss = f"{row['peak_rss_mb'] / base['peak_rss_mb']:.2f}x" if base else "-"
             snr = "ref"
             if reference is not None and backend != "torch":
-                snr = f"{_snr(reference, np.load(workdir / f'out-{backend}.npy')):.1f}"
+                snr = f"{snr_db(reference, np.load(workdir / f'out-{backend}.npy')):.1f}"
             print(f"| {backend} | {size} | {row['init_s']:.2f} | {row['segment_s']:.2f} | "
                   f"{versus} | {speed} | {row['peak_rss_mb']:.0f} | {rss} | {snr} |")
 

@@ -1,7 +1,7 @@
 """Speed and peak memory of whole-track separation on CPU: upstream 4.0.1 vs ours.
 
 One run, one machine: a random-weight HTDemucs with the release architecture
-(``tests.configs.HTDEMUCS``, checkpoint made by upstream itself through the oracle) on
+(``demucs.configs.HTDEMUCS``, checkpoint made by upstream itself through the oracle) on
 generated tracks of 60 s and 20 min (``--quick``: 10 s and 40 s). Each variant runs in
 its own subprocess with the same thread count; its peak RSS is the child's
 ``ru_maxrss`` (``os.wait4``), its time the wall clock of the whole child (model loading,
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests import oracle  # noqa: E402
-from tests.configs import HTDEMUCS  # noqa: E402
+from demucs.configs import HTDEMUCS  # noqa: E402
 
 RATE = 44100
 MODEL_NAME = "htrandom"

@@ -21,7 +21,9 @@ sys.path.insert(0, str(ROOT))
 from demucs.demucs import Demucs  # noqa: E402
 from demucs.hdemucs import HDemucs  # noqa: E402
 from demucs.htdemucs import HTDemucs  # noqa: E402
-from tests import configs, oracle  # noqa: E402
+from demucs.onnx.verify import snr_db  # noqa: E402
+from demucs import configs  # noqa: E402
+from tests import oracle  # noqa: E402
 
 CASES = {
     "htdemucs (release architecture)": ("htdemucs.HTDemucs", configs.HTDEMUCS, 44100 * 3),
@@ -36,11 +38,6 @@ CASES = {
                               dconv_mode=3, dconv_lstm=4, dconv_attn=4), 44100 * 3),
 }
 CLASSES = {"htdemucs.HTDemucs": HTDemucs, "hdemucs.HDemucs": HDemucs, "demucs.Demucs": Demucs}
-
-
-def snr_db(ref: torch.Tensor, est: torch.Tensor) -> float:
-    noise = (ref - est).pow(2).sum().clamp_min(1e-30)
-    return float(10 * torch.log10(ref.pow(2).sum() / noise))
 
 
 def main() -> None:

@@ -264,6 +264,13 @@ def _window_envelope(n_fft: int, hop: int, n_frames: int, device: torch.device,
     return torch.where(env > 1e-11, env, torch.ones_like(env))
 
 
+def window_envelope(n_fft: int, hop: int, n_frames: int, device: torch.device,
+                    dtype: torch.dtype) -> Tensor:
+    """Overlap-added squared Hann window that the inverse STFT divides by (the exporter
+    recognises it in traced graphs)."""
+    return _window_envelope(n_fft, hop, n_frames, device, dtype)
+
+
 # ---------------------------------------------------------------------------
 # conv backend, "factored" implementation: frames cut from hop-blocks, one level of
 # Cooley-Tukey (two small MatMuls and a twiddle product), frames kept last

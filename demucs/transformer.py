@@ -310,11 +310,15 @@ def multihead_attention(
     Inside :func:`chunked_attention_for_export` (used by :mod:`demucs.export_onnx`,
     whose graphs have a fixed length), plain attention is written out by
     :func:`_query_chunked_attention` instead, so the exported graph never holds the
-    whole ``(B, heads, T, S)`` score matrix (231 MB per layer for htdemucs).
+    whole ``(B, heads, T, S)`` score matrix (231 MB per layer for htdemucs). Inside
+    :func:`fused_attention_for_export` (TorchScript exporter), it becomes one ONNX
+    Runtime ``com.microsoft.MultiHeadAttention`` node between the projections.
     """
     plain = (attn_mask is None and key_padding_mask is None and attn.bias_k is None
              and not attn.add_zero_attn and attn._qkv_same_embed_dim)
-    if _EXPORT_QUERY_CHUNK and plain and not attn.training and is_exporting():
+    if plain and not attn.training and (_EXPORT_FUSED or _EXPORT_QUERY_CHUNK) and is_exporting():
+        if _EXPORT_FUSED:
+            return _fused_attention(attn, query, key, value)
         return _query_chunked_attention(attn, query, key, value, _EXPORT_QUERY_CHUNK)
     separate = not attn._qkv_same_embed_dim
     out, _ = F.multi_head_attention_forward(
@@ -361,6 +365,61 @@ def chunked_attention_for_export(chunk: int = 512) -> Iterator[None]:
         yield
     finally:
         _EXPORT_QUERY_CHUNK = previous
+
+
+#: True inside fused_attention_for_export.
+_EXPORT_FUSED = False
+
+#: Operator (domain ``com.microsoft``) that fused exported attention becomes.
+ORT_ATTENTION_OP = "com.microsoft::MultiHeadAttention"
+
+
+@contextlib.contextmanager
+def fused_attention_for_export() -> Iterator[None]:
+    """While exporting with the TorchScript exporter in this context, plain attention
+    (eval, no mask) is one ``com.microsoft.MultiHeadAttention`` node: ONNX Runtime's
+    fused kernel (CPU and CUDA providers), not available in every runtime (mobile
+    reduced builds, onnxruntime-web): use :func:`chunked_attention_for_export` for those.
+    """
+    global _EXPORT_FUSED
+    previous, _EXPORT_FUSED = _EXPORT_FUSED, True
+    try:
+        yield
+    finally:
+        _EXPORT_FUSED = previous
+
+
+class _HeadsAttention(torch.autograd.Function):
+    """Scaled dot-product attention on projected ``(B, L, C)`` tensors, ``heads`` heads;
+    exported by the TorchScript exporter as one ONNX Runtime contrib node."""
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                heads: int) -> torch.Tensor:
+        batch, length, dim = query.shape
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, heads, L, D)
+            return x.reshape(batch, x.shape[1], heads, dim // heads).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(split(query), split(key), split(value))
+        return out.transpose(1, 2).reshape(batch, length, dim)
+
+    @staticmethod
+    def symbolic(graph: Any, query: Any, key: Any, value: Any, heads: int) -> Any:
+        out = graph.op(ORT_ATTENTION_OP, query, key, value, num_heads_i=heads)
+        out.setType(query.type())
+        return out
+
+
+def _fused_attention(attn: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,
+                     value: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention (eval, no mask): projections, then :class:`_HeadsAttention`."""
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = (attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None
+                     else (None, None, None))
+    out = _HeadsAttention.apply(F.linear(query, w_q, b_q), F.linear(key, w_k, b_k),
+                                F.linear(value, w_v, b_v), attn.num_heads)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
 def _query_chunked_attention(attn: nn.MultiheadAttention, query: torch.Tensor,

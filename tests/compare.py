@@ -3,7 +3,7 @@ import typing as tp
 
 import torch
 
-from demucs.export_onnx import snr_db  # noqa: F401  (numpy or torch, in dB)
+from demucs.onnx.verify import snr_db  # noqa: F401  (numpy or torch, in dB)
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

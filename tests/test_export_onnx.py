@@ -36,11 +36,11 @@ def _mix(model, batch: int = 1, seed: int = 1) -> torch.Tensor:
 
 
 def _stored_elements(model) -> int:
-    return sum(E.tensor_elements(t) for _, t in E._stored_tensors(model))
+    return sum(E.tensor_elements(t) for _, t in E.stored_tensors(model))
 
 
 def _stored_bytes(model) -> int:
-    return sum(onnx.numpy_helper.to_array(t).nbytes for _, t in E._stored_tensors(model))
+    return sum(onnx.numpy_helper.to_array(t).nbytes for _, t in E.stored_tensors(model))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def _check_file(path, model):
     # non-weight tensor beyond a few small STFT constants.
     assert not any(node.name.startswith("computed_stft") for node in proto.graph.node)
     weights = {int(t.numel()) for t in model.state_dict().values()}
-    small = [E.tensor_elements(t) for _, t in E._stored_tensors(proto)
+    small = [E.tensor_elements(t) for _, t in E.stored_tensors(proto)
              if E.tensor_elements(t) not in weights]
     assert max(small) <= 8192
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -92,10 +92,38 @@ def test_torchscript_export_exact(tiny, torchscript_file):
     assert E.snr_db(expected.numpy(), got) >= 90
 
 
+def _op_count(proto, op_type: str) -> int:
+    return sum(node.op_type == op_type for node in proto.graph.node)
+
+
+def test_attention_forms(tiny, torchscript_file, tmp_path):
+    """Fused (default, ORT contrib operator) and portable (standard operators, blocks of
+    queries) attention: both exact against PyTorch, recorded in the metadata."""
+    portable = E.export_model(tiny, tmp_path / "portable.onnx", attention="portable")
+    mix = _mix(tiny)
+    with torch.no_grad():
+        expected = tiny(mix).numpy()
+    layers = TINY_HTDEMUCS["t_layers"]
+    for path, form in ((torchscript_file, "fused"), (portable, "portable")):
+        proto = onnx.load(str(path))
+        assert {p.key: p.value for p in proto.metadata_props}["attention"] == form
+        fused = _op_count(proto, "MultiHeadAttention")
+        assert fused == (2 * layers if form == "fused" else 0)  # frequency and time branches
+        domains = {o.domain for o in proto.opset_import}
+        assert ("com.microsoft" in domains) == (form == "fused")
+        assert E.snr_db(expected, _run(path, mix)) >= 90
+    assert E.DEFAULT_ATTENTION == "fused"
+    with pytest.raises(E.ExportError, match="TorchScript"):
+        E.export_model(tiny, tmp_path / "x.onnx", exporter="dynamo", attention="fused")
+    with pytest.raises(E.ExportError, match="attention"):
+        E.export_model(tiny, tmp_path / "x.onnx", attention="flash")
+
+
 def test_dynamo_export_exact(tiny, tmp_path):
     path = E.export_model(tiny, tmp_path / "tiny.onnx", exporter="dynamo")
     proto = _check_file(path, tiny)
     assert proto.opset_import[0].version == E.DYNAMO_MIN_OPSET
+    assert {p.key: p.value for p in proto.metadata_props}["attention"] == "portable"
     mix = _mix(tiny)
     with torch.no_grad():
         expected = tiny(mix)
@@ -142,6 +170,30 @@ def test_reduced_precisions_run(tiny, torchscript_file, tmp_path):
         assert stored <= max_ratio * fp32_bytes
         meta = {p.key: p.value for p in proto.metadata_props}
         assert meta["precision"] == precision
+
+
+def test_mixed_precision(tiny, torchscript_file, tmp_path):
+    """``mixed``: products and convolutions of the layers in float16, the STFT and the
+    rest in float32; finite output close to float32."""
+    path = E.convert_file(torchscript_file, tmp_path / "mixed.onnx", "mixed")
+    proto = onnx.load(str(path))
+    assert {p.key: p.value for p in proto.metadata_props}["precision"] == "mixed"
+    fp16_inputs = {node.output[0] for node in proto.graph.node if node.op_type == "Cast"
+                   and node.attribute[0].i == onnx.TensorProto.FLOAT16}
+    fp16_inits = {init.name for init in proto.graph.initializer
+                  if init.data_type == onnx.TensorProto.FLOAT16}
+    products = [node for node in proto.graph.node if node.op_type in E.MIXED_FP16_OPS]
+    for node in products:
+        half = node.input[0] in fp16_inputs | fp16_inits
+        assert half == E.in_layer(node), node.name  # the STFT MatMuls stay float32
+    assert sum(E.in_layer(node) for node in products) > len(products) // 2
+    mix = _mix(tiny)
+    with torch.no_grad():
+        expected = tiny(mix).numpy()
+    got = _run(path, mix)
+    assert np.isfinite(got).all()
+    assert E.snr_db(expected, got) >= 60
+    assert _stored_bytes(proto) <= 0.8 * _stored_bytes(onnx.load(str(torchscript_file)))
 
 
 def test_bag_export_equals_bag_output(tmp_path):
@@ -201,7 +253,7 @@ def test_conv_stft_export_exact(tiny, tmp_path):
 def test_restore_computed_bases_replaces_folded_basis():
     from demucs import spec
 
-    analysis, synthesis = spec._build_bases(64, 32, torch.device("cpu"), torch.float32)
+    analysis, synthesis = spec.dft_bases(64, 32, torch.device("cpu"), torch.float32)
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Add", ["a", "s"], ["y"])], "g", [],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [64, 1, 64])],
@@ -209,7 +261,7 @@ def test_restore_computed_bases_replaces_folded_basis():
          onnx.numpy_helper.from_array(synthesis.numpy(), "s")])
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     assert E.restore_computed_bases(model, [64]) == 2
-    assert all(E.tensor_elements(t) < 64 for _, t in E._stored_tensors(model))
+    assert all(E.tensor_elements(t) < 64 for _, t in E.stored_tensors(model))
     session = ort.InferenceSession(model.SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     got = session.run(["y"], {})[0]
