@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 from demucs import export_onnx as E  # noqa: E402
 from demucs.apply import BagOfModels, apply_model  # noqa: E402
 from demucs.htdemucs import HTDemucs  # noqa: E402
-from tests.configs import TINY_HTDEMUCS, TINY_HTDEMUCS_MAG  # noqa: E402
+from demucs.configs import TINY_HTDEMUCS, TINY_HTDEMUCS_MAG  # noqa: E402
 
 
 def _tiny(seed: int = 0) -> HTDemucs:

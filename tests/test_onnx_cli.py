@@ -28,7 +28,7 @@ from demucs.states import save_model  # noqa: E402
 from demucs.core import BlockInput, TrackStats, separate  # noqa: E402
 from demucs.onnx.runtime import onnx_members  # noqa: E402
 from demucs.io import ArraySource  # noqa: E402
-from tests.configs import TINY_HTDEMUCS  # noqa: E402
+from demucs.configs import TINY_HTDEMUCS  # noqa: E402
 from tests.test_separate import run_main, write_mix  # noqa: E402
 from tests.helpers import traced_stream_peak  # noqa: E402
 

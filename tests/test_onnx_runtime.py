@@ -15,7 +15,7 @@ from demucs import export_onnx as E  # noqa: E402
 from demucs import onnx_runtime as R  # noqa: E402
 from demucs.apply import apply_model  # noqa: E402
 from demucs.htdemucs import HTDemucs  # noqa: E402
-from tests.configs import TINY_HTDEMUCS  # noqa: E402
+from demucs.configs import TINY_HTDEMUCS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

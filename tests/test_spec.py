@@ -103,7 +103,7 @@ def test_planar_layout(impl):
 @pytest.mark.parametrize("cac", [True, False])
 def test_model_backends_agree(cac):
     from demucs.htdemucs import HTDemucs
-    from tests.configs import TINY_HTDEMUCS
+    from demucs.configs import TINY_HTDEMUCS
 
     torch.manual_seed(0)
     model = HTDemucs(**dict(TINY_HTDEMUCS, cac=cac, wiener_iters=0, end_iters=0)).eval()

@@ -22,7 +22,7 @@ from demucs.core import BlockInput, Member, TrackStats, separate
 from demucs.htdemucs import HTDemucs
 from demucs.io import ArraySource, open_stem_writer
 from tests.compare import snr_db
-from tests.configs import TINY_HTDEMUCS
+from demucs.configs import TINY_HTDEMUCS
 from tests.helpers import GeneratedSource, noise, traced_stream_peak
 
 RATE = 16000

@@ -19,7 +19,7 @@ from demucs.api import Separator
 from demucs.audio import save_audio
 from demucs.htdemucs import HTDemucs
 from demucs.io import ArraySource, ConvertedSource, open_stem_writer, open_track
-from tests.configs import TINY_HTDEMUCS
+from demucs.configs import TINY_HTDEMUCS
 from tests.compare import snr_db
 
 RATE = 16000
