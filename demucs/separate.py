@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import typing as tp
@@ -26,6 +27,8 @@ from .audio import LoadAudioError
 from .errors import ModelLoadingError
 from .flags import DEFAULT_MODEL, add_model_flags
 from .stream import StemWriter, open_stem_writer
+from .tracks import (InputError, TrackInput, describe_collisions, discover, find_collisions,
+                     is_complete, plain_track, stale_temporaries, stem_paths)
 
 if tp.TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -47,7 +50,10 @@ class CommandError(Exception):
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         PROG, description="Separate the sources for the given tracks")
-    parser.add_argument("tracks", nargs="*", type=Path, default=[], help="Path to tracks")
+    parser.add_argument("tracks", nargs="*", type=Path, default=[],
+                        help="Path to tracks, or folders: every audio or video file under a "
+                        "folder is separated (recursively, sorted; other files are skipped) "
+                        "and its subfolders are kept in the output ({track} = sub/name).")
     add_model_flags(parser)
     parser.set_defaults(name=None)  # DEFAULT_MODEL, unless --onnx (see _model_flags_given)
     parser.add_argument("--onnx", type=Path, default=None, metavar="FILE",
@@ -68,6 +74,9 @@ def get_parser() -> argparse.ArgumentParser:
                         '"{stem}", "{ext}" to use variables of track name without extension, '
                         "track extension, stem name and default output file extension. "
                         'Default is "{track}/{stem}.{ext}".')
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="Do not separate again a track whose stems all exist (stems "
+                        "appear only once complete, so an interrupted run can be resumed).")
     parser.add_argument("-d", "--device", default=None,
                         help="Device to use, default is cuda if available else cpu "
                         "(with --onnx: cuda needs onnxruntime-gpu)")
@@ -286,10 +295,11 @@ def _save_options(args: argparse.Namespace, samplerate: int) -> tp.Dict[str, tp.
     }
 
 
-def _output_path(track: Path, stem: str, args: argparse.Namespace, out: Path) -> Path:
-    name, trackext = split_track_name(track)
-    path = out / args.filename.format(track=name, trackext=trackext, stem=stem,
-                                      ext=output_extension(args))
+def _output_path(track: Path, stem: str, args: argparse.Namespace, out: Path,
+                 item: tp.Optional[TrackInput] = None) -> Path:
+    """Final path of one stem; ``item`` gives the track name (default: upstream's)."""
+    item = item or plain_track(track)
+    path, = stem_paths(item, [stem], args.filename, output_extension(args), out)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -317,11 +327,15 @@ def _stem_blocks(stems: np.ndarray, origin: np.ndarray, sources: tp.Sequence[str
 
 
 def separate_track(track: Path, separator: tp.Union[Separator, OnnxTrackSeparator],
-                   args: argparse.Namespace, out: Path, written: _Written) -> None:
-    """Separates one track and writes its stems; raises LoadAudioError / OSError."""
+                   args: argparse.Namespace, out: Path, written: _Written,
+                   item: tp.Optional[TrackInput] = None) -> None:
+    """Separates one track and writes its stems; raises LoadAudioError / OSError.
+
+    ``item`` names the outputs (:mod:`demucs.tracks`); default: upstream's layout.
+    """
     parallel = args.jobs and not args.onnx  # -j N: upstream's parallel segments, in memory
     if args.split and not parallel:
-        _separate_streaming(track, separator, args, out, written)
+        _separate_streaming(track, separator, args, out, written, item)
         return
     from .audio import save_audio
 
@@ -331,13 +345,14 @@ def separate_track(track: Path, separator: tp.Union[Separator, OnnxTrackSeparato
     origin, stems = separator.separate_tensor(wav, separator.samplerate)
     options = _save_options(args, separator.samplerate)
     for stem, source in _stems_to_save(stems, origin, args):
-        path = _output_path(track, stem, args, out)
+        path = _output_path(track, stem, args, out, item)
         save_audio(source, path, **options)
         written.paths.append(path)
 
 
 def _separate_streaming(track: Path, separator: tp.Union[Separator, OnnxTrackSeparator],
-                        args: argparse.Namespace, out: Path, written: _Written) -> None:
+                        args: argparse.Namespace, out: Path, written: _Written,
+                        item: tp.Optional[TrackInput] = None) -> None:
     """Decodes, separates and writes block by block: memory does not grow with length.
 
     Every stem goes to a hidden temporary file renamed at the end; on any error (or
@@ -351,7 +366,7 @@ def _separate_streaming(track: Path, separator: tp.Union[Separator, OnnxTrackSep
     writers: tp.List[StemWriter] = []
     try:
         for stem in _stem_names(separator.sources, args):
-            writers.append(open_stem_writer(_output_path(track, stem, args, out),
+            writers.append(open_stem_writer(_output_path(track, stem, args, out, item),
                                             channels=separator.audio_channels, **options))
         for origin, stems in separator.stream_track(opened):
             for writer, block in zip(writers, _stem_blocks(stems, origin, separator.sources,
@@ -404,12 +419,13 @@ def _describe_write_error(err: OSError) -> str:
     return f"cannot write output {target}: {reason}" if target else f"cannot write output: {reason}"
 
 
-def _run(args: argparse.Namespace, written: _Written) -> int:
-    check_template(args.filename)
-    if args.mp3 and not 8 <= args.mp3_bitrate <= 320:
-        raise CommandError(f"--mp3-bitrate must be between 8 and 320, got {args.mp3_bitrate}")
+def build_separator(args: argparse.Namespace, progress: bool = False
+                    ) -> tp.Tuple[tp.Union[Separator, OnnxTrackSeparator], str]:
+    """The separator the flags ask for and the model's name (the output subfolder).
 
-    progress = not args.quiet and sys.stdout.isatty() and sys.stderr.isatty()
+    Raises CommandError for a model or flags that cannot work; ``demucs-batch`` workers
+    build theirs with it too.
+    """
     if args.onnx is not None:
         separator = _onnx_separator(args, progress)
         name = separator.name
@@ -419,6 +435,105 @@ def _run(args: argparse.Namespace, written: _Written) -> int:
     if args.stem is not None and args.stem not in separator.sources:
         raise CommandError(f'stem "{args.stem}" is not in selected model. '
                            f"STEM must be one of {', '.join(separator.sources)}.")
+    return separator, name
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Raises CommandError for output options that cannot work (before any model load)."""
+    check_template(args.filename)
+    if args.mp3 and not 8 <= args.mp3_bitrate <= 320:
+        raise CommandError(f"--mp3-bitrate must be between 8 and 320, got {args.mp3_bitrate}")
+
+
+def find_tracks(paths: tp.Sequence[Path], args: argparse.Namespace,
+                stems: tp.Sequence[str] = ("{stem}",), lists: bool = False
+                ) -> tp.List[TrackInput]:
+    """Expands the inputs (folders, and ``.txt`` lists when ``lists``) into tracks.
+
+    Raises CommandError when two of them would write the same stem (nothing is separated
+    then) or a folder cannot be read.
+    """
+    try:
+        items = discover(paths, lists=lists)
+        collisions = find_collisions(items, stems, args.filename, output_extension(args))
+    except (InputError, ValueError) as err:
+        raise CommandError(_one_line(err)) from None
+    if collisions:
+        raise CommandError(describe_collisions(collisions))
+    return items
+
+
+@dataclasses.dataclass
+class TrackOutcome:
+    """What became of one track: ``status`` is done, skipped or failed."""
+
+    status: str
+    stems: tp.List[Path]
+    error: tp.Optional[str] = None
+    details: tp.List[str] = dataclasses.field(default_factory=list)
+    seconds: tp.Optional[float] = None
+
+
+def expected_stems(item: TrackInput, separator: tp.Union[Separator, OnnxTrackSeparator],
+                   args: argparse.Namespace, out: Path) -> tp.List[Path]:
+    """Final paths of the stems that separating ``item`` writes."""
+    return stem_paths(item, _stem_names(separator.sources, args), args.filename,
+                      output_extension(args), out)
+
+
+def _audio_seconds(path: Path) -> tp.Optional[float]:
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+    except Exception:  # noqa: BLE001 - the duration is informative only
+        return None
+    return info.frames / info.samplerate if info.samplerate else None
+
+
+def process_track(item: TrackInput, separator: tp.Union[Separator, OnnxTrackSeparator],
+                  args: argparse.Namespace, out: Path, written: _Written) -> TrackOutcome:
+    """Separates one track unless ``--skip-existing`` finds it complete; never raises for
+    a problem of this track (bad input, unwritable output): the outcome says it, and the
+    stems it had written are removed again (a track is either complete or absent)."""
+    written.paths.clear()
+    try:
+        expected = expected_stems(item, separator, args, out)
+    except ValueError as err:
+        return TrackOutcome("failed", [], f"{item.path}: {_one_line(err)}")
+    if getattr(args, "skip_existing", False) and is_complete(expected):
+        return TrackOutcome("skipped", expected, seconds=_audio_seconds(expected[0]))
+    for stale in stale_temporaries(expected):  # left by a run that was killed
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    try:
+        separate_track(item.path, separator, args, out, written, item)
+    except LoadAudioError as err:
+        outcome = TrackOutcome("failed", [], str(err), list(err.details))
+    except OSError as err:
+        outcome = TrackOutcome("failed", [], f"{item.path}: {_describe_write_error(err)}")
+    except (RuntimeError, ValueError) as err:
+        outcome = TrackOutcome("failed", [], f"{item.path}: separation failed: "
+                               f"{_one_line(err)}")
+    else:
+        stems = list(written.paths)
+        written.paths.clear()
+        return TrackOutcome("done", stems, seconds=_audio_seconds(stems[0]) if stems else None)
+    written.remove_all()
+    return outcome
+
+
+def summary_line(counts: tp.Mapping[str, int]) -> str:
+    return (f"{counts.get('done', 0)} separated, {counts.get('skipped', 0)} skipped, "
+            f"{counts.get('failed', 0)} failed")
+
+
+def _run(args: argparse.Namespace, written: _Written) -> int:
+    check_options(args)
+    find_tracks(args.tracks, args)  # collisions stop the command before the model loads
+    progress = not args.quiet and sys.stdout.isatty() and sys.stderr.isatty()
+    separator, name = build_separator(args, progress)
+    items = find_tracks(args.tracks, args, _stem_names(separator.sources, args))
 
     out = args.out / name
     try:
@@ -429,26 +544,21 @@ def _run(args: argparse.Namespace, written: _Written) -> int:
     if not args.quiet:
         print(f"Separated tracks will be stored in {out.resolve()}")
 
-    failures = 0
-    for track in args.tracks:
-        written.paths.clear()
-        try:
-            separate_track(track, separator, args, out, written)
-        except LoadAudioError as err:
-            _error(str(err))
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    for item in items:
+        outcome = process_track(item, separator, args, out, written)
+        counts[outcome.status] += 1
+        if outcome.status == "skipped" and args.verbose:
+            print(f"Skipping {item.path}: its stems exist")
+        if outcome.error is not None:
+            _error(outcome.error)
             if args.verbose:
-                for detail in err.details:
+                for detail in outcome.details:
                     print(f"  {detail}", file=sys.stderr)
-        except OSError as err:
-            _error(f"{track}: {_describe_write_error(err)}")
-        except (RuntimeError, ValueError) as err:
-            _error(f"{track}: separation failed: {_one_line(err)}")
-        else:
-            continue
-        failures += 1
-        written.remove_all()  # a track is either complete or absent
     written.paths.clear()
-    return 1 if failures else 0
+    if not args.quiet:
+        print(summary_line(counts), flush=True)
+    return 1 if counts["failed"] else 0
 
 
 def main(opts: tp.Optional[tp.Sequence[str]] = None) -> None:
