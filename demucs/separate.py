@@ -268,6 +268,9 @@ class _Written:
         self.paths.clear()
 
 
+WrittenFiles = _Written  # public name for demucs.batch's workers
+
+
 def _stems_to_save(stems: tp.Dict[str, torch.Tensor], origin: torch.Tensor,
                    args: argparse.Namespace) -> tp.List[tp.Tuple[str, torch.Tensor]]:
     import torch
