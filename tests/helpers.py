@@ -36,8 +36,9 @@ def write_mix(path: Path, seconds: float = 1.5, channels: int = 2, amplitude: fl
     data = rng.standard_normal((int(seconds * samplerate), channels)) * amplitude
     data = np.clip(data, -0.9, 0.9).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    subtype = "FLOAT" if path.suffix.lower() == ".wav" else None
-    sf.write(str(path), data, samplerate, subtype=subtype)
+    kind = path.name.rpartition(".")[2].upper()  # "..wav": soundfile cannot tell
+    sf.write(str(path), data, samplerate, format=kind,
+             subtype="FLOAT" if kind == "WAV" else None)
     return data
 
 
