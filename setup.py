@@ -31,9 +31,11 @@ setup(
     extras_require={
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript"],
         "quantized": ["diffq>=0.2.1"],
+        "ray": ["ray[data]>=2.9"],
         "dev": ["pytest>=7", "ruff", "flake8"],
     },
-    entry_points={"console_scripts": ["demucs=demucs.separate:main"]},
+    entry_points={"console_scripts": ["demucs=demucs.separate:main",
+                                      "demucs-batch=demucs.batch:main"]},
     classifiers=[
         "License :: OSI Approved :: MIT License",
         "Topic :: Multimedia :: Sound/Audio",
