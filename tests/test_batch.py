@@ -214,3 +214,14 @@ def test_parser_shares_the_cli_flags():
     ours = {action.dest for action in batch.get_parser()._actions}
     assert cli < ours and {"engine", "workers", "address", "gpus_per_worker"} <= ours
     assert batch.get_parser().parse_args(["x"]).skip_existing
+
+
+def test_lazy_imports():
+    """The driver imports neither torch nor ray (the Ray engine imports ray when chosen)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, demucs.batch, demucs.tracks\n"
+            "bad = [m for m in ('torch', 'ray') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
