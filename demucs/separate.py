@@ -457,7 +457,7 @@ def find_tracks(paths: tp.Sequence[Path], args: argparse.Namespace,
     then) or a folder cannot be read.
     """
     try:
-        items = discover(paths, lists=lists)
+        items = discover(paths, lists=lists, exclude=[args.out])
         collisions = find_collisions(items, stems, args.filename, output_extension(args))
     except (InputError, ValueError) as err:
         raise CommandError(_one_line(err)) from None

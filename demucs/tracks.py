@@ -103,7 +103,7 @@ def _nested_track(root: Path, path: Path) -> TrackInput:
     return TrackInput(path, "/".join(parts), ext)
 
 
-def _walk(root: Path) -> tp.List[Path]:
+def _walk(root: Path, exclude: tp.AbstractSet[str] = frozenset()) -> tp.List[Path]:
     found: tp.List[tp.Tuple[tp.Tuple[str, ...], Path]] = []
 
     def on_error(err: OSError) -> None:
@@ -111,8 +111,9 @@ def _walk(root: Path) -> tp.List[Path]:
                          f"{err.strerror or err}")
 
     for folder, dirs, files in os.walk(root, onerror=on_error, followlinks=False):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
         base = Path(folder)
+        dirs[:] = [d for d in dirs if not d.startswith(".")
+                   and os.path.realpath(base / d) not in exclude]
         for name in files:
             if name.startswith("."):
                 continue
@@ -142,9 +143,12 @@ def read_list(path: Path) -> tp.List[Path]:
     return result
 
 
-def discover(inputs: tp.Iterable[tp.Union[str, os.PathLike]], *,
-             lists: bool = False) -> tp.List[TrackInput]:
+def discover(inputs: tp.Iterable[tp.Union[str, os.PathLike]], *, lists: bool = False,
+             exclude: tp.Iterable[tp.Union[str, os.PathLike]] = ()) -> tp.List[TrackInput]:
     """Expands files, folders (and with ``lists``, ``.txt`` lists) into tracks, in order.
+
+    Folders listed in ``exclude`` (the output folder: ``demucs .`` must not separate the
+    stems of an earlier run) are not searched.
 
     Paths that do not exist are kept as plain files, so that separating them reports the
     problem in its place. Duplicates (same file, same track name) are kept once.
@@ -152,6 +156,7 @@ def discover(inputs: tp.Iterable[tp.Union[str, os.PathLike]], *,
     """
     result: tp.List[TrackInput] = []
     seen: tp.Set[tp.Tuple[str, str, str]] = set()
+    excluded = frozenset(os.path.realpath(path) for path in exclude)
 
     def add(item: TrackInput) -> None:
         key = (os.path.abspath(item.path), item.track, item.trackext)
@@ -161,7 +166,7 @@ def discover(inputs: tp.Iterable[tp.Union[str, os.PathLike]], *,
 
     def expand(path: Path, depth: int) -> None:
         if path.is_dir():
-            for found in _walk(path):
+            for found in _walk(path, excluded):
                 add(_nested_track(path, found))
         elif lists and depth == 0 and path.suffix.lower() == LIST_EXTENSION \
                 and path.is_file():

@@ -28,6 +28,8 @@ def test_folder_recursive_sorted_media_only(tmp_path):
         ("sub/a.wav", "sub/a", "wav"), ("sub/deeper/z.FLAC", "sub/deeper/z", "FLAC"),
         ("Ä.ogg", "Ä", "ogg")]
     assert tracks.discover([root]) == found  # stable
+    _touch(root / "separated" / "tiny" / "a" / "vocals.wav")  # an earlier run's output
+    assert tracks.discover([root], exclude=[root / "separated"]) == found
 
 
 def test_plain_files_keep_upstream_names_and_missing_ones_are_kept(tmp_path):
