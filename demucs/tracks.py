@@ -221,13 +221,13 @@ def find_collisions(items: tp.Sequence[TrackInput], stems: tp.Sequence[str], tem
             owners.setdefault(os.path.normpath(path), []).append(item)
     collisions = []
     reported: tp.Set[tp.Tuple[str, ...]] = set()
-    for path, claimed in owners.items():
+    for shared, claimed in owners.items():
         inputs = tuple(dict.fromkeys(item.path for item in claimed))
         if len(claimed) > 1:
             key = tuple(str(p) for p in inputs)
             if key not in reported:
                 reported.add(key)
-                collisions.append(Collision(Path(path), inputs))
+                collisions.append(Collision(Path(shared), inputs))
     return collisions
 
 
@@ -249,7 +249,7 @@ def is_complete(paths: tp.Iterable[Path]) -> bool:
 def stale_temporaries(paths: tp.Iterable[Path]) -> tp.List[Path]:
     """Hidden temporary files left next to these stems by a process killed while writing
     them (removed before the track is separated again)."""
-    found = []
+    found: tp.List[Path] = []
     for path in paths:
         try:
             entries = list(path.parent.iterdir())
