@@ -429,6 +429,7 @@ def build_separator(args: argparse.Namespace, progress: bool = False
     Raises CommandError for a model or flags that cannot work; ``demucs-batch`` workers
     build theirs with it too.
     """
+    separator: tp.Union[Separator, OnnxTrackSeparator]
     if args.onnx is not None:
         separator = _onnx_separator(args, progress)
         name = separator.name
