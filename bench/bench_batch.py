@@ -1,8 +1,9 @@
 """Throughput of ``demucs-batch`` against the plain ``demucs`` command, one run.
 
 The same tracks (generated, 44.1 kHz stereo) with the same model (the release HTDemucs
-architecture with random weights, ``tests.configs.HTDEMUCS``; ``--tiny``: a small
-HTDemucs for a quick check) and the same compute (one process, all cores):
+architecture with random weights, ``tests.configs.HTDEMUCS``; ``--tiny``: a tiny
+waveform Demucs, where the per-track overhead weighs most) and the same compute (one
+process, all cores):
 
 * ``demucs``: one ``demucs`` command with every track, separated one after the other;
 * ``local``: ``demucs-batch --engine local --workers 1``;
@@ -40,7 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.configs import HTDEMUCS, TINY_HTDEMUCS  # noqa: E402
+from tests.configs import HTDEMUCS  # noqa: E402
+from tests.helpers import TINY_DEMUCS  # noqa: E402
 
 RATE = 44100
 MODEL = "htbench"
@@ -60,13 +62,16 @@ def make_track(path: Path, seconds: float, seed: int) -> None:
 def make_repo(folder: Path, tiny: bool) -> Path:
     import torch
 
+    from demucs.demucs import Demucs
     from demucs.htdemucs import HTDemucs
     from demucs.states import serialize_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    kwargs = dict(TINY_HTDEMUCS, samplerate=RATE) if tiny else dict(HTDEMUCS)
     torch.manual_seed(0)
-    model = HTDemucs(**kwargs)
+    if tiny:
+        model = Demucs(**dict(TINY_DEMUCS, samplerate=RATE))  # type: ignore[arg-type]
+    else:
+        model = HTDemucs(**HTDEMUCS)  # type: ignore[arg-type]
     torch.save(serialize_model(model, {}), folder / f"{MODEL}1.th")
     (folder / f"{MODEL}.yaml").write_text(f"models: ['{MODEL}1']\n")
     return folder
@@ -121,7 +126,8 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=1,
                         help="interleaved rounds (medians are reported)")
-    parser.add_argument("--tiny", action="store_true", help="a small HTDemucs (quick check)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a tiny waveform Demucs (quick check of the overhead)")
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
@@ -148,7 +154,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
     ratios = {variant: statistics.median(r["per_track"] / base["per_track"] for r, base
                                          in zip(runs, rounds["demucs"]))
               for variant, runs in rounds.items()}
-    model = "small HTDemucs" if args.tiny else "release HTDemucs architecture"
+    model = "tiny Demucs" if args.tiny else "release HTDemucs architecture"
     print(f"\n{args.tracks} tracks of {args.seconds:g} s, {model} (random weights), "
           f"default flags, {cores} cores, one worker\n")
     print(f"(medians of {args.repeat} interleaved rounds; overhead: median of per-round "

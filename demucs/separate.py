@@ -5,6 +5,8 @@ Same flags, defaults and output layout as upstream Demucs 4.0.1
 ``--onnx FILE``: separate with a graph exported by :mod:`demucs.export_onnx`, run by ONNX
 Runtime (same output, normalisation, shifts, overlap, streaming; the folder MODEL is the
 graph's ``model_name`` metadata, else the file's stem).
+Folders are separated file by file and ``--skip-existing`` resumes an interrupted run
+(naming rules and collisions: :mod:`demucs.tracks`); the run ends with one summary line.
 Problems with one track (unreadable file, unwritable output...) are reported on one line
 of stderr and the other tracks are still processed; the exit status is then 1. Problems
 with the model or the options stop at once with status 1; Ctrl-C exits with 130 and
@@ -150,12 +152,6 @@ def check_template(template: str) -> None:
                            "every stem is written to the same file")
     if not names[0].strip() or names[0].endswith(("/", "\\")):
         raise CommandError(f"--filename {template!r} does not name a file")
-
-
-def split_track_name(track: Path) -> tp.Tuple[str, str]:
-    """``song.mp3`` -> (``song``, ``mp3``); a name without a dot has no extension."""
-    name, dot, ext = track.name.rpartition(".")
-    return (name, ext) if dot and name else (track.name, "")
 
 
 def output_extension(args: argparse.Namespace) -> str:
