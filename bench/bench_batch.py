@@ -3,11 +3,11 @@
 The same tracks (generated, 44.1 kHz stereo) with the same model (the release HTDemucs
 architecture with random weights, ``tests.configs.HTDEMUCS``; ``--tiny``: a tiny
 waveform Demucs, where the per-track overhead weighs most) and the same compute (one
-process, all cores):
+process, ``--threads`` torch threads, all cores by default):
 
 * ``demucs``: one ``demucs`` command with every track, separated one after the other;
-* ``local``: ``demucs-batch --engine local --workers 1``;
-* ``ray``: ``demucs-batch --engine ray --workers 1 --cpus-per-worker CORES`` on a local
+* ``local``: ``demucs-batch --engine local --workers 1 --cpus-per-worker THREADS``;
+* ``ray``: ``demucs-batch --engine ray --workers 1 --cpus-per-worker THREADS`` on a local
   Ray instance that the command starts.
 
 Each variant runs in its own subprocess, in turn, after a warm-up run of the ``demucs``
@@ -77,8 +77,13 @@ def make_repo(folder: Path, tiny: bool) -> Path:
     return folder
 
 
+THREADS = {"value": 1}
+
+
 def _env() -> tp.Dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT))
+    threads = str(THREADS["value"])
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=threads,
+                MKL_NUM_THREADS=threads)
 
 
 def run_timed(command: tp.Sequence[str]) -> tp.Tuple[float, tp.List[tp.Tuple[float, str]]]:
@@ -107,7 +112,7 @@ def bench_cli(repo: Path, tracks: tp.List[Path], out: Path) -> tp.Dict[str, floa
 
 def bench_batch(repo: Path, tracks: tp.List[Path], out: Path, engine: str,
                 cores: int) -> tp.Dict[str, float]:
-    extra = ["--cpus-per-worker", str(cores)] if engine == "ray" else []
+    extra = ["--cpus-per-worker", str(cores)]
     wall, lines = run_timed([sys.executable, "-m", "demucs.batch", "--repo", str(repo),
                              "-n", MODEL, "-v", "-o", str(out),
                              "--engine", engine, "--workers", "1", *extra,
@@ -124,12 +129,15 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tracks", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of every variant (default: all cores)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="interleaved rounds (medians are reported)")
     parser.add_argument("--tiny", action="store_true",
                         help="a tiny waveform Demucs (quick check of the overhead)")
     args = parser.parse_args(argv)
-    cores = os.cpu_count() or 1
+    cores = args.threads or os.cpu_count() or 1
+    THREADS["value"] = cores
     with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
         work = Path(tmp)
         repo = make_repo(work / "repo", args.tiny)
@@ -156,7 +164,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
               for variant, runs in rounds.items()}
     model = "tiny Demucs" if args.tiny else "release HTDemucs architecture"
     print(f"\n{args.tracks} tracks of {args.seconds:g} s, {model} (random weights), "
-          f"default flags, {cores} cores, one worker\n")
+          f"default flags, one worker with {cores} thread(s), {os.cpu_count()} cores\n")
     print(f"(medians of {args.repeat} interleaved rounds; overhead: median of per-round "
           "ratios)\n")
     print("| variant | wall (s) | tracks/min | s/track once loaded | overhead vs demucs |")

@@ -80,8 +80,9 @@ def get_parser() -> argparse.ArgumentParser:
                        help="Worker processes, each with its own copy of the model "
                        "(local default: 1; ray default: as many as the cluster's CPUs, or "
                        "GPUs with --gpus-per-worker, allow).")
-    group.add_argument("--cpus-per-worker", type=float, default=1.0,
-                       help="--engine ray: CPUs reserved per worker (and its torch threads).")
+    group.add_argument("--cpus-per-worker", type=float, default=None,
+                       help="CPUs per worker, and its torch threads (local default: the "
+                       "cores divided by --workers; ray default: 1, reserved on the cluster).")
     group.add_argument("--gpus-per-worker", type=float, default=0.0,
                        help="--engine ray: GPUs reserved per worker (e.g. 1, or 0.5 for two "
                        "workers per GPU).")
@@ -104,7 +105,8 @@ def _check(args: argparse.Namespace) -> None:
                                     "streams each track: use --workers instead")
     if args.workers is not None and args.workers < 1:
         raise separate.CommandError(f"--workers must be at least 1, got {args.workers}")
-    if args.cpus_per_worker <= 0 or args.gpus_per_worker < 0:
+    if (args.cpus_per_worker is not None and args.cpus_per_worker <= 0) \
+            or args.gpus_per_worker < 0:
         raise separate.CommandError("--cpus-per-worker must be positive and "
                                     "--gpus-per-worker not negative")
     if args.engine == "local" and (args.address or args.gpus_per_worker):
@@ -118,13 +120,14 @@ def _rows(jobs: tp.List[tp.Dict[str, str]], args: argparse.Namespace
 
         try:
             yield from ray_engine.run(jobs, args, args.workers, args.address,
-                                      args.cpus_per_worker, args.gpus_per_worker)
+                                      args.cpus_per_worker or 1.0, args.gpus_per_worker)
         except ray_engine.RayUnavailable as err:
             raise separate.CommandError(str(err)) from None
     else:
         from . import local
 
-        yield from local.run(jobs, args, args.workers or 1)
+        yield from local.run(jobs, args, args.workers or 1,
+                             int(args.cpus_per_worker) if args.cpus_per_worker else None)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -44,9 +44,12 @@ def died_row(job: tp.Mapping[str, str], attempts: int) -> Row:
 
 
 def run(jobs: tp.Sequence[tp.Mapping[str, str]], args: argparse.Namespace,
-        workers: int) -> tp.Iterator[Row]:
-    """Yields one row per job, as results arrive (not in input order)."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
+        workers: int, threads: tp.Optional[int] = None) -> tp.Iterator[Row]:
+    """Yields one row per job, as results arrive (not in input order).
+
+    ``threads``: torch threads per worker (default: the cores shared among the workers).
+    """
+    threads = max(1, threads or (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # no fork of a process using threads
     pending = collections.deque(range(len(jobs)))
     attempts: tp.Counter[int] = collections.Counter()
