@@ -61,6 +61,7 @@ class TrackWorker:
         if self.fatal is not None:
             return {"input": job["input"], "fatal": self.fatal}
         item = TrackInput(Path(job["input"]), job["track"], job["trackext"])
+        started = time.time()
         start = time.perf_counter()
         try:
             outcome = separate.process_track(item, self.separator, self.args, self.out,
@@ -81,4 +82,5 @@ class TrackWorker:
             "audio_seconds": outcome.seconds,
             "wall_seconds": round(time.perf_counter() - start, 3),
             "worker": self.worker,
+            "started": round(started, 3),
         }
