@@ -13,9 +13,10 @@ INPUT are files, folders (searched recursively) or ``.txt`` lists of paths, name
 Every input gets one row in ``OUT/manifest.jsonl``, appended (and flushed) as results
 arrive: ``input``, ``status`` (done, skipped, failed), ``error``, ``stems``,
 ``audio_seconds``, ``wall_seconds``, ``worker`` (host:pid), ``started`` (Unix time). A
-rerun appends new rows; the last row of an input is its state. Tracks whose stems all exist are skipped, so the same
-command can be killed and run again at any time; stems appear only once complete. The
-last line printed sums up the run; the exit status is 1 if any track failed.
+rerun appends new rows; the last row of an input is its state. Tracks whose stems all
+exist are skipped, so the same command can be killed and run again at any time; stems
+appear only once complete. The last line printed sums up the run; the exit status is 1
+if any track failed.
 """
 from __future__ import annotations
 
