@@ -14,9 +14,10 @@ Each variant runs in its own subprocess, in turn, after a warm-up run of the ``d
 command (file cache, imports). Reported: the whole wall time (interpreter, model load,
 worker start-up, Ray start-up included) and tracks per minute from it, and the time per
 track once the model is loaded: for ``demucs``, from the first "Separating track" line
-to the exit, divided by the track count; for the engines, from the start of the first
-track to the end of the last (manifest ``started`` + ``wall_seconds``), likewise. Overhead
-is the ratio of that per-track time to ``demucs``'s, minus one.
+to its summary line (before the interpreter's exit), divided by the track count; for the
+engines, from the start of the first track to the end of the last (manifest ``started``
++ ``wall_seconds``), likewise. Overhead is the ratio of that per-track time to
+``demucs``'s, minus one.
 
 Usage::
 
@@ -107,7 +108,8 @@ def bench_cli(repo: Path, tracks: tp.List[Path], out: Path) -> tp.Dict[str, floa
                              "-n", MODEL, "-o", str(out),
                              *map(str, tracks)])
     first = next(t for t, line in lines if line.startswith("Separating track"))
-    return {"wall": wall, "per_track": (wall - first) / len(tracks)}
+    last = next(t for t, line in lines if line.endswith(" failed"))  # the summary line
+    return {"wall": wall, "per_track": (last - first) / len(tracks)}
 
 
 def bench_batch(repo: Path, tracks: tp.List[Path], out: Path, engine: str,
