@@ -36,7 +36,8 @@ setup(
         "hf": ["huggingface_hub", "safetensors"],
         "ray": ["ray[data]>=2.9"],
     },
-    entry_points={"console_scripts": ["demucs=demucs.separate:console_main"]},
+    entry_points={"console_scripts": ["demucs=demucs.separate:console_main",
+                                      "demucs-batch=demucs.batch:main"]},
     classifiers=[
         "License :: OSI Approved :: MIT License",
         "Topic :: Multimedia :: Sound/Audio",

@@ -5,6 +5,8 @@ Same flags, defaults and output layout as upstream Demucs 4.0.1
 ``--onnx FILE``: separate with a graph exported by :mod:`demucs.export_onnx`, run by ONNX
 Runtime (same output, normalisation, shifts, overlap, streaming; the folder MODEL is the
 graph's ``model_name`` metadata, else the file's stem).
+Folders are separated file by file and ``--skip-existing`` resumes an interrupted run
+(naming rules and collisions: :mod:`demucs.tracks`); the run ends with one summary line.
 Problems with one track (unreadable file, unwritable output...) are reported on one line
 of stderr and the other tracks are still processed; the exit status is then 1. Problems
 with the model or the options stop at once with status 1; Ctrl-C exits with 130 and
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import random
 import sys
@@ -35,6 +38,8 @@ from .errors import ModelLoadingError
 from .flags import DEFAULT_MODEL, add_model_flags
 from .io import StemWriter, open_stem_writer
 from .io.writers import ResamplingWriter
+from .tracks import (InputError, TrackInput, describe_collisions, discover, find_collisions,
+                     is_complete, plain_track, stale_temporaries, stem_paths)
 
 if tp.TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -75,7 +80,10 @@ class CommandError(Exception):
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         PROG, description="Separate the sources for the given tracks")
-    parser.add_argument("tracks", nargs="*", type=Path, default=[], help="Path to tracks")
+    parser.add_argument("tracks", nargs="*", type=Path, default=[],
+                        help="Path to tracks, or folders: every audio or video file under a "
+                        "folder is separated (recursively, sorted; other files are skipped) "
+                        "and its subfolders are kept in the output ({track} = sub/name).")
     add_model_flags(parser)
     # Upstream's defaults, marked so that --onnx can tell them from values the user gave.
     parser.set_defaults(name=Default(DEFAULT_MODEL), device=Default(default_device()))
@@ -97,6 +105,9 @@ def get_parser() -> argparse.ArgumentParser:
                         '"{stem}", "{ext}" to use variables of track name without extension, '
                         "track extension, stem name and default output file extension. "
                         'Default is "{track}/{stem}.{ext}".')
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="Do not separate again a track whose stems all exist (stems "
+                        "appear only once complete, so an interrupted run can be resumed).")
     parser.add_argument("-d", "--device",
                         help="Device to use, default is cuda if available else cpu "
                         "(with --onnx: cuda needs onnxruntime-gpu)")
@@ -192,12 +203,6 @@ def check_template(template: str) -> None:
         raise CommandError(f"--filename {template!r} does not name a file")
 
 
-def split_track_name(track: Path) -> tp.Tuple[str, str]:
-    """``song.mp3`` -> (``song``, ``mp3``); a name without a dot has no extension."""
-    name, dot, ext = track.name.rpartition(".")
-    return (name, ext) if dot and name else (track.name, "")
-
-
 def output_extension(args: argparse.Namespace) -> str:
     return "mp3" if args.mp3 else "flac" if args.flac else "wav"
 
@@ -254,14 +259,6 @@ def _wanted_stems(args: argparse.Namespace) -> tp.Optional[tp.List[str]]:
     if args.stem is not None and args.other_method in ("minus", "none"):
         return [args.stem]
     return None
-
-
-def build_separator(args: argparse.Namespace, progress: bool = False) -> Separator:
-    """The :class:`~demucs.api.Separator` the flags ask for (a PyTorch model, or the
-    ``--onnx`` graph); raises CommandError with one line."""
-    if args.onnx is not None:
-        return _onnx_separator(args, progress)
-    return _torch_separator(args, progress)
 
 
 def _onnx_separator(args: argparse.Namespace, progress: bool) -> Separator:
@@ -347,6 +344,9 @@ def rest_name(args: argparse.Namespace) -> str:
     return ("minus_" if args.other_method == "minus" else "no_") + args.stem
 
 
+WrittenFiles = _Written  # public name for demucs.batch's workers
+
+
 def _save_options(args: argparse.Namespace, samplerate: int) -> tp.Dict[str, tp.Any]:
     return {
         "samplerate": samplerate,
@@ -358,10 +358,11 @@ def _save_options(args: argparse.Namespace, samplerate: int) -> tp.Dict[str, tp.
     }
 
 
-def _output_path(track: Path, stem: str, args: argparse.Namespace, out: Path) -> Path:
-    name, trackext = split_track_name(track)
-    path = out / args.filename.format(track=name, trackext=trackext, stem=stem,
-                                      ext=output_extension(args))
+def _output_path(track: Path, stem: str, args: argparse.Namespace, out: Path,
+                 item: tp.Optional[TrackInput] = None) -> Path:
+    """Final path of one stem; ``item`` gives the track name (default: upstream's)."""
+    item = item or plain_track(track)
+    path, = stem_paths(item, [stem], args.filename, output_extension(args), out)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -390,11 +391,12 @@ def _stem_blocks(stems: np.ndarray, origin: np.ndarray, sources: tp.Sequence[str
 
 
 def separate_track(track: Path, separator: Separator, args: argparse.Namespace, out: Path,
-                   written: _Written) -> None:
+                   written: _Written, item: tp.Optional[TrackInput] = None) -> None:
     """Separates one track and writes its stems; raises LoadAudioError / OSError.
 
     The track is decoded, separated and written block by block (memory does not grow
-    with its length), or separated in memory with ``-j N`` / ``--no-split``. Every stem
+    with its length), or separated in memory with ``-j N`` / ``--no-split``. ``item``
+    names the outputs (:mod:`demucs.tracks`; default: upstream's layout). Every stem
     goes to a hidden temporary file renamed at the end; on any error (or Ctrl-C) the
     temporaries are removed and the stems already renamed are listed in ``written`` for
     the caller to remove.
@@ -410,7 +412,7 @@ def separate_track(track: Path, separator: Separator, args: argparse.Namespace, 
     writers: tp.List[StemWriter] = []
     try:
         for stem in _stem_names(separator.sources, args):
-            writer = open_stem_writer(_output_path(track, stem, args, out), channels=channels,
+            writer = open_stem_writer(_output_path(track, stem, args, out, item), channels=channels,
                                       **options)
             if keep:
                 writer = ResamplingWriter(writer, rate, opened.input_samplerate, channels,
@@ -498,15 +500,116 @@ def check_separation_flags(args: argparse.Namespace) -> None:
               f"per track (upstream's paper used 10)", file=sys.stderr, flush=True)
 
 
-def _run(args: argparse.Namespace, written: _Written) -> int:
+def build_separator(args: argparse.Namespace, progress: bool = False
+                    ) -> tp.Tuple[Separator, str]:
+    """The separator the flags ask for and the model's name (the output subfolder).
+
+    Raises CommandError for a model or flags that cannot work; ``demucs-batch`` workers
+    build theirs with it too.
+    """
+    if args.onnx is not None:
+        separator = _onnx_separator(args, progress)
+        return separator, separator.name
+    return _torch_separator(args, progress), _model_name(args)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Raises CommandError for output options that cannot work (before any model load)."""
     check_template(args.filename)
     check_separation_flags(args)
     if args.mp3 and not 8 <= args.mp3_bitrate <= 320:
         raise CommandError(f"--mp3-bitrate must be between 8 and 320, got {args.mp3_bitrate}")
 
+
+def find_tracks(paths: tp.Sequence[Path], args: argparse.Namespace,
+                stems: tp.Sequence[str] = ("{stem}",), lists: bool = False
+                ) -> tp.List[TrackInput]:
+    """Expands the inputs (folders, and ``.txt`` lists when ``lists``) into tracks.
+
+    Raises CommandError when two of them would write the same stem (nothing is separated
+    then) or a folder cannot be read.
+    """
+    try:
+        items = discover(paths, lists=lists, exclude=[args.out])
+        collisions = find_collisions(items, stems, args.filename, output_extension(args))
+    except (InputError, ValueError) as err:
+        raise CommandError(_one_line(err)) from None
+    if collisions:
+        raise CommandError(describe_collisions(collisions))
+    return items
+
+
+@dataclasses.dataclass
+class TrackOutcome:
+    """What became of one track: ``status`` is done, skipped or failed."""
+
+    status: str
+    stems: tp.List[Path]
+    error: tp.Optional[str] = None
+    details: tp.List[str] = dataclasses.field(default_factory=list)
+    seconds: tp.Optional[float] = None
+
+
+def expected_stems(item: TrackInput, separator: Separator,
+                   args: argparse.Namespace, out: Path) -> tp.List[Path]:
+    """Final paths of the stems that separating ``item`` writes."""
+    return stem_paths(item, _stem_names(separator.sources, args), args.filename,
+                      output_extension(args), out)
+
+
+def _audio_seconds(path: Path) -> tp.Optional[float]:
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+    except Exception:  # noqa: BLE001 - the duration is informative only
+        return None
+    return info.frames / info.samplerate if info.samplerate else None
+
+
+def process_track(item: TrackInput, separator: Separator,
+                  args: argparse.Namespace, out: Path, written: _Written) -> TrackOutcome:
+    """Separates one track unless ``--skip-existing`` finds it complete; never raises for
+    a problem of this track (bad input, unwritable output): the outcome says it, and the
+    stems it had written are removed again (a track is either complete or absent)."""
+    written.paths.clear()
+    try:
+        expected = expected_stems(item, separator, args, out)
+    except ValueError as err:
+        return TrackOutcome("failed", [], f"{item.path}: {_one_line(err)}")
+    if getattr(args, "skip_existing", False) and is_complete(expected):
+        return TrackOutcome("skipped", expected, seconds=_audio_seconds(expected[0]))
+    for stale in stale_temporaries(expected):  # left by a run that was killed
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    try:
+        separate_track(item.path, separator, args, out, written, item)
+    except LoadAudioError as err:
+        outcome = TrackOutcome("failed", [], str(err), list(err.details))
+    except OSError as err:
+        outcome = TrackOutcome("failed", [], f"{item.path}: {_describe_write_error(err)}")
+    except (RuntimeError, ValueError) as err:
+        outcome = TrackOutcome("failed", [], f"{item.path}: separation failed: "
+                               f"{_one_line(err)}")
+    else:
+        stems = list(written.paths)
+        written.paths.clear()
+        return TrackOutcome("done", stems, seconds=_audio_seconds(stems[0]) if stems else None)
+    written.remove_all()
+    return outcome
+
+
+def summary_line(counts: tp.Mapping[str, int]) -> str:
+    return (f"{counts.get('done', 0)} separated, {counts.get('skipped', 0)} skipped, "
+            f"{counts.get('failed', 0)} failed")
+
+
+def _run(args: argparse.Namespace, written: _Written) -> int:
+    check_options(args)
+    find_tracks(args.tracks, args)  # collisions stop the command before the model loads
     progress = not args.quiet and sys.stdout.isatty() and sys.stderr.isatty()
-    separator = build_separator(args, progress)
-    name = separator.name if args.onnx is not None else _model_name(args)
+    separator, name = build_separator(args, progress)
+    items = find_tracks(args.tracks, args, _stem_names(separator.sources, args))
 
     out = args.out / name
     try:
@@ -517,26 +620,21 @@ def _run(args: argparse.Namespace, written: _Written) -> int:
     if not args.quiet:
         print(f"Separated tracks will be stored in {out.resolve()}")
 
-    failures = 0
-    for track in args.tracks:
-        written.paths.clear()
-        try:
-            separate_track(track, separator, args, out, written)
-        except LoadAudioError as err:
-            _error(str(err))
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    for item in items:
+        outcome = process_track(item, separator, args, out, written)
+        counts[outcome.status] += 1
+        if outcome.status == "skipped" and args.verbose:
+            print(f"Skipping {item.path}: its stems exist")
+        if outcome.error is not None:
+            _error(outcome.error)
             if args.verbose:
-                for detail in err.details:
+                for detail in outcome.details:
                     print(f"  {detail}", file=sys.stderr)
-        except OSError as err:
-            _error(f"{track}: {_describe_write_error(err)}")
-        except (RuntimeError, ValueError) as err:
-            _error(f"{track}: separation failed: {_one_line(err)}")
-        else:
-            continue
-        failures += 1
-        written.remove_all()  # a track is either complete or absent
     written.paths.clear()
-    return 1 if failures else 0
+    if not args.quiet:
+        print(summary_line(counts), flush=True)
+    return 1 if counts["failed"] else 0
 
 
 def load_track(track: tp.Union[str, Path], audio_channels: int,

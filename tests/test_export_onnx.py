@@ -271,7 +271,7 @@ def test_restore_computed_bases_replaces_folded_basis():
 
 
 def test_cli_random_weights(tmp_path, capsys, monkeypatch):
-    from tests import configs
+    from demucs import configs
 
     monkeypatch.setitem(E.RANDOM_CONFIGS, "tiny", configs.TINY_HTDEMUCS)
     out = tmp_path / "cli.onnx"

@@ -28,7 +28,7 @@ from demucs.hdemucs import HDemucs
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 from demucs.states import get_quantizer, save_model
-from tests import configs
+from demucs import configs
 
 ROOT = Path(__file__).resolve().parent.parent
 STUBS = Path(__file__).resolve().parent / "oracle_stubs"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from demucs.htdemucs import HTDemucs
-from tests import configs
+from demucs import configs
 from tests.compare import snr_db
 
 TINY_CASES = {

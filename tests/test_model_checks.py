@@ -21,7 +21,7 @@ from demucs.htdemucs import HTDemucs
 from demucs.model_checks import MAX_PARAMETERS, check_name, count_parameters
 from demucs.pretrained import get_model
 from demucs.states import load_model, save_model, serialize_model
-from tests import configs
+from demucs import configs
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 TINY: tp.Dict[str, tp.Any] = dict(sources=SOURCES, channels=4, nfft=256, depth=4,

@@ -26,7 +26,7 @@ from demucs import pretrained, repo
 from demucs.errors import ModelLoadingError
 from demucs.htdemucs import HTDemucs
 from demucs.states import save_model, serialize_model
-from tests import configs
+from demucs import configs
 
 ROOT = Path(__file__).resolve().parent.parent
 STUBS = Path(__file__).resolve().parent / "oracle_stubs"

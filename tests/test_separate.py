@@ -196,8 +196,7 @@ def _bad_tracks(folder: Path) -> tp.Dict[str, str]:
     (folder / "truncated.wav").write_bytes(raw[:40])
     (folder / "corrupt.flac").write_bytes(b"fLaC" + os.urandom(3000))
     sf.write(str(folder / "zero.wav"), np.zeros((0, 2), np.float32), RATE)
-    (folder / "adir.wav").mkdir()
-    return {"missing.wav": "does not exist", "adir.wav": "directory", "empty.wav": "empty",
+    return {"missing.wav": "does not exist", "empty.wav": "empty",
             "text.mp3": "cannot decode", "truncated.wav": "cannot decode",
             "corrupt.flac": "cannot decode", "zero.wav": "no audio samples"}
 

@@ -62,6 +62,16 @@ def _temporary_name(name: str, limit: int) -> str:
     return f".{stem}.{token}{_SUFFIX}"
 
 
+def is_temporary_of(candidate: str, path: PathLike) -> bool:
+    """True if the file name ``candidate`` is a temporary file of the final ``path`` (as
+    :func:`create_temporary` names them, shortened names included)."""
+    name = Path(path).name
+    if not (candidate.startswith(".") and candidate.endswith(_SUFFIX)):
+        return False
+    stem, dot, token = candidate[1:-len(_SUFFIX)].rpartition(".")
+    return bool(dot) and len(token) == _RANDOM_CHARS and bool(stem) and name.startswith(stem)
+
+
 def output_error(error: OSError, path: PathLike) -> OSError:
     """``error`` re-addressed to the final ``path`` (a disk-full error says so)."""
     code = error.errno
