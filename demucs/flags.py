@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .configs import RELEASE_CONFIGS
+
 __all__ = ["DEFAULT_MODEL", "add_model_flags"]
 
 DEFAULT_MODEL = "htdemucs"
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds ``-n/--name``, ``-s/--sig`` and ``--repo`` to ``parser``."""
+    """Adds ``-n/--name``, ``-s/--sig``, ``--repo`` and ``--random-weights`` to ``parser``."""
     group = parser.add_mutually_exclusive_group(required=False)
     group.add_argument("-s", "-sig", "--sig", "--signature", dest="sig", default=None,
                        help="Signature of a single model (in --repo, or the remote catalog).")
@@ -23,3 +25,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="Folder containing all pre-trained models for use with -n "
                              "(SIG.th or SIG.safetensors files, NAME.yaml bags). "
                              "Default: $DEMUCS_REPO if set, else the remote catalog.")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="Untrained model with the release architecture of -n "
+                        f"({', '.join(sorted(RELEASE_CONFIGS))}; fixed seed), to try the "
+                        "pipeline without downloading anything (the stems are meaningless).")

@@ -170,9 +170,42 @@ def find_model_package(name: str, repo: tp.Optional[Path] = None
 
 def get_model_from_args(args: argparse.Namespace) -> AnyModel:
     """Loads the model chosen by the flags of :func:`add_model_flags`."""
-    name = getattr(args, "sig", None) or getattr(args, "name", None) or DEFAULT_MODEL
+    name = str(getattr(args, "sig", None) or getattr(args, "name", None) or DEFAULT_MODEL)
+    if getattr(args, "random_weights", False):
+        return random_model(name)
     use_conv_stft = getattr(args, "use_conv_stft", None)
     return get_model(name=name, repo=getattr(args, "repo", None), use_conv_stft=use_conv_stft)
+
+
+#: Release bags whose members each make one source (one-hot weights): ``random_model``
+#: builds them as such bags, so that they behave like the real ones (e.g. one-stem runs).
+ONE_SOURCE_MEMBERS = ("htdemucs_ft",)
+
+
+def random_model(name: str, seed: int = 0) -> AnyModel:
+    """An untrained model with the release architecture of ``name`` (:mod:`demucs.configs`),
+    seeded: to try the pipeline without checkpoints. ``htdemucs_ft`` is a bag of one such
+    model per source."""
+    import torch
+
+    from .apply import BagOfModels
+    from .configs import RELEASE_CONFIGS
+    from .htdemucs import HTDemucs
+
+    if name not in RELEASE_CONFIGS:
+        raise ModelLoadingError(f"--random-weights knows {', '.join(sorted(RELEASE_CONFIGS))}, "
+                                f"not {name!r}")
+    config = RELEASE_CONFIGS[name]
+    with torch.random.fork_rng():
+        if name not in ONE_SOURCE_MEMBERS:
+            torch.manual_seed(seed)
+            return HTDemucs(**config).eval()
+        models = []
+        for index in range(len(config["sources"])):
+            torch.manual_seed(seed + index)
+            models.append(HTDemucs(**config).eval())
+    weights = [[1.0 if k == i else 0.0 for k in range(len(models))] for i in range(len(models))]
+    return BagOfModels(models, weights).eval()
 
 
 def list_models(repo: tp.Optional[Path] = None,

@@ -237,7 +237,9 @@ def _model_name(args: argparse.Namespace) -> str:
 def _check_onnx_flags(args: argparse.Namespace) -> None:
     """Raises CommandError for the flags that do not apply to ``--onnx``."""
     given = [flag for flag, value in (("-n/--name", args.name), ("-s/--sig", args.sig),
-                                      ("--repo", args.repo)) if _given(value)]
+                                      ("--repo", args.repo),
+                                      ("--random-weights", args.random_weights or None))
+             if _given(value)]
     if given:
         raise CommandError(f"--onnx replaces {', '.join(given)}: the graph is the model; "
                            "give one or the other")
@@ -281,6 +283,9 @@ def _check_stem(args: argparse.Namespace, separator: Separator) -> None:
     if args.stem is not None and args.stem not in separator.sources:
         raise CommandError(f'stem "{args.stem}" is not in selected model. '
                            f"STEM must be one of {', '.join(separator.sources)}.")
+    if args.stem is not None and args.other_method == "add" and len(separator.sources) < 2:
+        raise CommandError(f"--other-method add sums the other stems, but the model only "
+                           f"makes {args.stem}: use --other-method minus or none")
 
 
 def _torch_separator(args: argparse.Namespace, progress: bool) -> Separator:

@@ -359,3 +359,45 @@ def test_memory_is_flat(tmp_path, onnx_file):
         write_mix(path, seconds=seconds, samplerate=RATE)
         peaks.append(traced_stream_peak(separator, path))
     assert peaks[1] < 1.25 * peaks[0], peaks
+
+
+# ---------------------------------------------------------------------- one-stem graphs
+
+@pytest.fixture(scope="module")
+def one_hot_bag() -> torch.nn.Module:
+    """An htdemucs_ft-like bag of tiny HTDemucs: member k makes source k."""
+    from demucs.apply import BagOfModels
+
+    models = []
+    for seed in range(4):
+        torch.manual_seed(10 + seed)
+        models.append(HTDemucs(**TINY_HTDEMUCS).eval())
+    return BagOfModels(models, [[1.0 if k == i else 0.0 for k in range(4)] for i in range(4)])
+
+
+def test_stems_graph_holds_only_the_members_it_needs(tmp_path, one_hot_bag, song, capsys):
+    whole = E.export_model(one_hot_bag, tmp_path / "bag.onnx", name="bag")
+    vocals = E.export_model(one_hot_bag, tmp_path / "vocals.onnx", name="bagv",
+                            stems=["vocals"])
+    ratio = vocals.stat().st_size / whole.stat().st_size
+    assert 0.2 < ratio < 0.32, ratio
+    runtime = OnnxSeparator(vocals, threads=1)
+    assert runtime.sources == ["vocals"] and runtime.spec.model_name == "bagv"
+    mix = np.random.default_rng(0).standard_normal((1, 2, runtime.spec.input_samples))
+    mix = mix.astype(np.float32) * 0.1
+    full = OnnxSeparator(whole, threads=1).run_segment(mix)[:, 3:]
+    assert E.snr_db(full, runtime.run_segment(mix)) >= 90
+    with pytest.raises(E.ExportError, match="unknown stems"):
+        E.export_model(one_hot_bag, tmp_path / "x.onnx", stems=["kazoo"])
+
+    out = tmp_path / "out"
+    code, _, err = run_main(["--onnx", vocals, "--shifts", "0", "-q", "-o", out, song], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "bagv" / "song").iterdir()) == ["vocals.wav"]
+    code, _, err = run_main(["--onnx", vocals, "--shifts", "0", "-q", "--two-stems", "vocals",
+                             "--other-method", "minus", "-o", out, song], capsys)
+    assert code == 0, err
+    assert (out / "bagv" / "song" / "minus_vocals.wav").exists()
+    code, _, err = run_main(["--onnx", vocals, "--two-stems", "vocals", "-o", out, song],
+                            capsys)
+    assert code == 1 and "--other-method minus" in err

@@ -506,3 +506,47 @@ def test_huge_segment_on_a_waveform_model_is_bounded(tmp_path, tiny_repo, capsys
                             capsys)
     assert code == 0, err
     assert "warning: --shifts 11" in err
+
+
+def test_one_stem_of_a_one_hot_bag_runs_one_member(tmp_path, capsys):
+    """--two-stems vocals --other-method minus on an htdemucs_ft-like bag (one member per
+    source) runs only the vocals member, with the vocals of the full run."""
+    from tests.helpers import TINY_DEMUCS, make_checkpoint
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for k in range(4):
+        make_checkpoint("demucs.Demucs", dict(TINY_DEMUCS, channels=4 + k), repo / f"m{k}.th")
+    weights = [[1.0 if k == i else 0.0 for k in range(4)] for i in range(4)]
+    (repo / "ft.yaml").write_text(f"models: [m0, m1, m2, m3]\nweights: {weights}\n")
+    write_mix(tmp_path / "a.wav")
+    base = ["--repo", repo, "-n", "ft", "--shifts", "1", "--seed", "3", "--float32",
+            "--clip-mode", "none", tmp_path / "a.wav"]
+    code, out, err = run_main([*base, "-o", tmp_path / "full"], capsys)
+    assert code == 0, err
+    assert "bag of 4 models" in out and "of which" not in out
+    code, out, err = run_main([*base, "--two-stems", "vocals", "--other-method", "minus",
+                               "-o", tmp_path / "one"], capsys)
+    assert code == 0, err
+    assert "bag of 4 models, 1 of which make vocals" in out
+    full = _float_stems(tmp_path / "full/ft/a")["vocals"]
+    one = _float_stems(tmp_path / "one/ft/a")
+    assert sorted(one) == ["minus_vocals", "vocals"]
+    from demucs.onnx.verify import snr_db
+    assert snr_db(full, one["vocals"]) >= 100
+
+
+def test_random_weights_without_any_download(tmp_path, capsys, monkeypatch):
+    """`demucs --random-weights` builds the release architecture (here a tiny stand-in)."""
+    from demucs import configs
+
+    monkeypatch.setitem(configs.RELEASE_CONFIGS, "tiny_random",
+                        dict(configs.TINY_HTDEMUCS, samplerate=RATE))
+    write_mix(tmp_path / "a.wav")
+    code, out, err = run_main(["--random-weights", "-n", "tiny_random", "--shifts", "0", "-q",
+                               "-o", tmp_path / "o", tmp_path / "a.wav"], capsys)
+    assert code == 0, err
+    assert sorted(p.stem for p in (tmp_path / "o/tiny_random/a").iterdir()) == sorted(SOURCES)
+    code, _, err = run_main(["--random-weights", "-n", "nosuch", "-o", tmp_path / "o",
+                             tmp_path / "a.wav"], capsys)
+    assert code == 1 and "--random-weights knows" in err

@@ -17,25 +17,16 @@ from .precision import PRECISIONS
 if tp.TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-#: Architectures ``--random-weights`` builds, by name (the release ones).
+#: Architectures ``--random-weights`` builds, by name (the release ones; see
+#: :func:`demucs.pretrained.random_model`).
 RANDOM_CONFIGS = RELEASE_CONFIGS
 
 
 def load_model(args: argparse.Namespace) -> "nn.Module":
     """The model selected by ``args`` (``-n``/``-s``/``--repo``/``--random-weights``)."""
-    if args.random_weights:
-        if args.sig is not None or args.name not in RANDOM_CONFIGS:
-            raise ExportError(f"--random-weights knows {sorted(RANDOM_CONFIGS)}, "
-                              f"not {args.sig or args.name!r}")
-        import torch
+    from ..pretrained import get_model_from_args
 
-        from ..htdemucs import HTDemucs
-
-        torch.manual_seed(0)
-        return HTDemucs(**RANDOM_CONFIGS[args.name]).eval()
-    from ..pretrained import get_model
-
-    return get_model(args.sig or args.name, repo=args.repo)
+    return get_model_from_args(args)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -67,12 +58,11 @@ def get_parser() -> argparse.ArgumentParser:
                              f"{DEFAULT_ATTENTION}; portable with --exporter dynamo)")
     parser.add_argument("--model-index", type=int, default=None,
                         help="for a bag of models, export only this member")
+    parser.add_argument("--stems", default=None, metavar="LIST",
+                        help="comma-separated sources to keep (e.g. vocals): the graph "
+                             "outputs only these and holds only the bag members they need")
     parser.add_argument("--check", action="store_true",
                         help="run ONNX Runtime on random audio, print the SNR vs PyTorch")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="untrained model with the architecture of -n (one of "
-                             f"{', '.join(sorted(RANDOM_CONFIGS))}), to try the pipeline "
-                             "without checkpoints")
     return parser
 
 
@@ -84,20 +74,21 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     from .verify import check_export
 
     try:
+        stems = [s.strip() for s in args.stems.split(",") if s.strip()] if args.stems else None
         model = load_model(args)
         begin = time.time()
         path = export_model(model, args.out, segment=args.segment, opset=args.opset,
                             precision=args.precision, dynamic_batch=args.dynamic_batch,
                             exporter=args.exporter, model_index=args.model_index,
                             name=args.sig or args.name, stft_impl=args.stft,
-                            attention=args.attention)
+                            attention=args.attention, stems=stems)
         size = path.stat().st_size
-        params = parameter_bytes(model, args.model_index)
+        params = parameter_bytes(model, args.model_index, stems)
         print(f"wrote {path}: {size / 1e6:.1f} MB ({size / params:.3f} x the "
               f"{params / 1e6:.1f} MB of float32 weights) in {time.time() - begin:.0f} s")
         if args.check:
             snr = check_export(model, path, segment=args.segment,
-                               model_index=args.model_index)
+                               model_index=args.model_index, stems=stems)
             print(f"check: ONNX Runtime vs PyTorch (torch STFT backend): SNR {snr:.1f} dB")
     except (ExportError, ModelLoadingError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -193,7 +193,8 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
                  precision: str = "fp32", dynamic_batch: bool = False,
                  exporter: str = DEFAULT_EXPORTER, model_index: tp.Optional[int] = None,
                  name: tp.Optional[str] = None, stft_impl: str = DEFAULT_STFT_IMPL,
-                 attention: tp.Optional[str] = None) -> Path:
+                 attention: tp.Optional[str] = None,
+                 stems: tp.Optional[tp.Sequence[str]] = None) -> Path:
     """Exports ``model`` (single model or ``BagOfModels``) to a single ONNX file.
 
     Args:
@@ -209,6 +210,8 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
         stft_impl: ``factored`` (default) or ``conv``, see the module docstring.
         attention: ``fused`` or ``portable`` (see :data:`ATTENTION_FORMS`); default
             :func:`resolve_attention`.
+        stems: only these sources, with only the bag members they need (e.g. the vocals
+            of htdemucs_ft: one member of four).
     Returns:
         ``path``, as a :class:`~pathlib.Path`.
     Raises:
@@ -228,7 +231,7 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
     attention = resolve_attention(attention, exporter)
     path = Path(path)
     wrapper, segment_samples, input_samples = prepare_model(
-        model, segment=segment, model_index=model_index, stft_impl=stft_impl)
+        model, segment=segment, model_index=model_index, stft_impl=stft_impl, stems=stems)
     first: tp.Any = wrapper.models[0]
     example = torch.randn(1, first.audio_channels, input_samples)
     onnx_model = _export_raw(wrapper, example, exporter, opset, dynamic_batch, attention)
@@ -245,7 +248,7 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
         "model_name": name or type(model).__name__,
         "sample_rate": first.samplerate,
         "audio_channels": first.audio_channels,
-        "sources": ",".join(first.sources),
+        "sources": ",".join(wrapper.sources),
         "segment_samples": segment_samples,
         "input_samples": input_samples,
         "segment_seconds": repr(segment_samples / first.samplerate),

@@ -58,16 +58,21 @@ class ExportWrapper(nn.Module):
 
     For a bag, ``stems[:, k] = sum_m w[m][k] * member_m(mix)[:, k] / sum_m w[m][k]``,
     which is what ``apply_model`` computes for a bag on one segment without shifts.
+    ``outputs`` (source indices) keeps only those stems.
 
     Input ``(B, C, L)``, output ``(B, S, C, L)``.
     """
 
     def __init__(self, models: tp.Sequence[nn.Module],
-                 weights: tp.Optional[tp.Sequence[tp.Sequence[float]]] = None) -> None:
+                 weights: tp.Optional[tp.Sequence[tp.Sequence[float]]] = None,
+                 outputs: tp.Optional[tp.Sequence[int]] = None) -> None:
         super().__init__()
         self.models = nn.ModuleList(models)
         self.mix_weights: tp.Optional[tp.List[tp.List[float]]] = None
         first: tp.Any = models[0]
+        self.outputs = None if outputs is None else list(outputs)
+        self.sources: tp.List[str] = [first.sources[k] for k in self.outputs] \
+            if self.outputs is not None else list(first.sources)
         if weights is not None and len(models) > 1:
             num_sources = len(first.sources)
             totals = [sum(w[k] for w in weights) for k in range(num_sources)]
@@ -79,6 +84,12 @@ class ExportWrapper(nn.Module):
                                 for w in weights]
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        out = self._mixed(mix)
+        if self.outputs is not None:
+            out = out[:, self.outputs]
+        return out
+
+    def _mixed(self, mix: torch.Tensor) -> torch.Tensor:
         if self.mix_weights is None:
             return self.models[0](mix)
         out: tp.Optional[torch.Tensor] = None
@@ -95,7 +106,9 @@ class ExportWrapper(nn.Module):
 def prepare_model(model: nn.Module, *, segment: tp.Optional[float] = None,
                   model_index: tp.Optional[int] = None,
                   use_conv_stft: bool = True,
-                  stft_impl: str = DEFAULT_STFT_IMPL) -> tp.Tuple[ExportWrapper, int, int]:
+                  stft_impl: str = DEFAULT_STFT_IMPL,
+                  stems: tp.Optional[tp.Sequence[str]] = None
+                  ) -> tp.Tuple[ExportWrapper, int, int]:
     """A copy of ``model`` ready to trace, and its segment and input lengths in samples.
 
     Args:
@@ -107,6 +120,8 @@ def prepare_model(model: nn.Module, *, segment: tp.Optional[float] = None,
             PyTorch reference with the ``torch`` backend).
         stft_impl: implementation of the conv backend, ``factored`` or ``conv`` (see
             :data:`demucs.spec.STFT_IMPLS`).
+        stems: keep only these sources, and only the bag members they need (members
+            whose weights are 0 for all of them are left out of the graph).
     Returns:
         ``(wrapper, segment_samples, input_samples)``.
     """
@@ -116,6 +131,9 @@ def prepare_model(model: nn.Module, *, segment: tp.Optional[float] = None,
             raise ExportError(f"--model-index {model_index} out of range: the bag has "
                               f"{len(members)} models")
         members, weights = [members[model_index]], None
+    outputs = None
+    if stems is not None:
+        members, weights, outputs = _select_stems(members, weights, stems)
     members = [copy.deepcopy(m).cpu().float().eval() for m in members]
     first = members[0]
     for attr in ("samplerate", "sources", "audio_channels"):
@@ -150,7 +168,23 @@ def prepare_model(model: nn.Module, *, segment: tp.Optional[float] = None,
     input_samples = segment_samples
     if hasattr(first, "valid_length"):
         input_samples = int(first.valid_length(segment_samples))
-    return ExportWrapper(members, weights).eval(), segment_samples, input_samples
+    return ExportWrapper(members, weights, outputs).eval(), segment_samples, input_samples
+
+
+def _select_stems(members: tp.List[tp.Any], weights: tp.Optional[Weights],
+                  stems: tp.Sequence[str]
+                  ) -> tp.Tuple[tp.List[tp.Any], tp.Optional[Weights], tp.List[int]]:
+    """The members the ``stems`` need, their weights, and the stems' source indices."""
+    sources = list(members[0].sources)
+    unknown = [stem for stem in stems if stem not in sources]
+    if unknown or not stems:
+        raise ExportError(f"unknown stems {unknown or list(stems)}: the model has "
+                          f"{', '.join(sources)}")
+    wanted = [k for k, source in enumerate(sources) if source in stems]
+    if weights is None:
+        return members, None, wanted
+    kept = [index for index, w in enumerate(weights) if any(w[k] != 0 for k in wanted)]
+    return [members[i] for i in kept], [weights[i] for i in kept], wanted
 
 
 def _set_stft_impl(model: nn.Module, stft_impl: str) -> None:
@@ -163,9 +197,13 @@ def _set_stft_impl(model: nn.Module, stft_impl: str) -> None:
             setattr(module, "stft_impl", stft_impl)
 
 
-def parameter_bytes(model: nn.Module, model_index: tp.Optional[int] = None) -> int:
-    """Bytes of the float32 parameters and buffers exported (one member or all)."""
-    members, _ = bag_members(model)
+def parameter_bytes(model: nn.Module, model_index: tp.Optional[int] = None,
+                    stems: tp.Optional[tp.Sequence[str]] = None) -> int:
+    """Bytes of the float32 parameters and buffers exported (one member, the members
+    ``stems`` need, or all)."""
+    members, weights = bag_members(model)
     if model_index is not None:
-        members = [members[model_index]]
+        members, weights = [members[model_index]], None
+    if stems is not None:
+        members = _select_stems(members, weights, stems)[0]
     return sum(t.numel() * 4 for m in members for t in m.state_dict().values())
