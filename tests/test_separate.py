@@ -511,7 +511,7 @@ def test_huge_segment_on_a_waveform_model_is_bounded(tmp_path, tiny_repo, capsys
 def test_one_stem_of_a_one_hot_bag_runs_one_member(tmp_path, capsys):
     """--two-stems vocals --other-method minus on an htdemucs_ft-like bag (one member per
     source) runs only the vocals member, with the vocals of the full run."""
-    from tests.helpers import TINY_DEMUCS, make_checkpoint
+    from tests.helpers import make_checkpoint
 
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -1,15 +1,13 @@
 """``demucs DIR``, ``--skip-existing``, colliding inputs and dot names (in process)."""
 from __future__ import annotations
 
-import typing as tp
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from demucs import separate
-from tests.helpers import SOURCES, leftovers, make_tiny_repo, write_mix
+from tests.helpers import SOURCES, leftovers, make_tiny_repo, run_main, write_mix
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -17,14 +15,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     return make_tiny_repo(tmp_path_factory.mktemp("repo"))
-
-
-def run_main(args: tp.Sequence[tp.Any], capsys) -> tp.Tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        separate.main([str(arg) for arg in args])
-    captured = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
 
 
 def _catalogue(root: Path) -> None:

@@ -175,8 +175,13 @@ def main(opts: tp.Optional[tp.Sequence[str]] = None) -> None:
     args = parser.parse_args(opts)
     if args.list_models:
         separate.main(["--list-models"] + (["--repo", str(args.repo)] if args.repo else []))
+        sys.exit(0)
     if not args.tracks:
         parser.error("the following arguments are required: INPUT")
+    from ..io import install_signal_cleanup, install_warning_format
+
+    install_signal_cleanup()  # SIGTERM/SIGHUP remove the temporary stems
+    install_warning_format(PROG)
     try:
         status = run(args)
     except separate.CommandError as err:
