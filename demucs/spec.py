@@ -591,11 +591,6 @@ class SpectralMixin:
         niters = self.end_iters if self.training else self.wiener_iters
         if niters < 0:
             return self._phase_mask(z, m)
-        if self.use_conv_stft and niters > 0:
-            raise ValueError(
-                f"Wiener filtering with {niters} iterations is only available with the "
-                "torch STFT backend: set use_conv_stft=False, or wiener_iters=0 (or -1) "
-                "to use the conv backend / export the model")
         from .wiener import apply_wiener
 
         out = apply_wiener(m, as_real(z), niters, self.wiener_residual)

@@ -31,21 +31,13 @@ def bag_members(model: nn.Module) -> tp.Tuple[tp.List[tp.Any], tp.Optional[Weigh
 def check_exportable(model: nn.Module) -> None:
     """Raises :class:`ExportError` if a (member) model cannot become an ONNX graph.
 
-    Wiener filtering (``cac=False`` with ``wiener_iters > 0``) iterates an EM algorithm on
-    complex spectrograms that the conv STFT backend does not implement.
+    Every Demucs family exports, Wiener filtering (``cac=False``, ``wiener_iters > 0``)
+    included: :mod:`demucs.wiener` works on real tensors. Only modules without the
+    attributes of a Demucs model are refused.
     """
-    for name, module in model.named_modules():
-        if not hasattr(module, "cac"):
-            continue
-        iters = getattr(module, "wiener_iters", 0)
-        if not module.cac and iters > 0:
-            where = f"module {name!r}" if name else "the model"
-            raise ExportError(
-                f"{where} ({type(module).__name__}) uses Wiener filtering "
-                f"(cac=False, wiener_iters={iters}), which cannot be exported to ONNX. "
-                "Set `wiener_iters = 0` (soft mask) or `wiener_iters = -1` (mixture phase) "
-                "on it before exporting (this changes its output), or use a "
-                "complex-as-channels model (cac=True) such as htdemucs.")
+    for attr in ("samplerate", "sources", "audio_channels"):
+        if not hasattr(model, attr):
+            raise ExportError(f"{type(model).__name__} has no {attr!r}: not a Demucs model")
 
 
 def _segment_of(model: nn.Module) -> tp.Optional[Fraction]:
@@ -136,9 +128,6 @@ def prepare_model(model: nn.Module, *, segment: tp.Optional[float] = None,
         members, weights, outputs = _select_stems(members, weights, stems)
     members = [copy.deepcopy(m).cpu().float().eval() for m in members]
     first = members[0]
-    for attr in ("samplerate", "sources", "audio_channels"):
-        if not hasattr(first, attr):
-            raise ExportError(f"{type(first).__name__} has no {attr!r}: not a Demucs model")
     for member in members:
         check_exportable(member)
         set_stft_backend(member, use_conv_stft)
