@@ -53,7 +53,8 @@ def resample_kernel(old_sr: int, new_sr: int, zeros: int = 24,
     if old == new:
         raise ValueError("resampling between equal rates needs no kernel")
     resampler = julius.ResampleFrac(old, new, zeros=zeros, rolloff=rolloff)
-    return resampler.kernel.detach().clone(), old, new
+    kernel: torch.Tensor = tp.cast(torch.Tensor, resampler.kernel)
+    return kernel.detach().clone(), old, new
 
 
 def resample_frac(x: torch.Tensor, kernel: torch.Tensor, old: int, new: int) -> torch.Tensor:
@@ -80,7 +81,7 @@ def resample_frac(x: torch.Tensor, kernel: torch.Tensor, old: int, new: int) -> 
 # ---------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def rescale_conv(conv: nn.Module, reference: float) -> None:
+def rescale_conv(conv: tp.Any, reference: float) -> None:
     """Divides a conv's weight and bias by ``sqrt(std(weight) / reference)``.
 
     This moves the initial weight standard deviation towards ``reference`` (an init
@@ -187,7 +188,7 @@ class LocalState(nn.Module):
             with torch.no_grad():
                 # The gate is sigmoid(...): start close to 0, i.e. with the widest window.
                 self.query_decay.weight.mul_(0.01)
-                self.query_decay.bias.fill_(-2.0)
+                tp.cast(torch.Tensor, self.query_decay.bias).fill_(-2.0)
         self.proj = nn.Conv1d(channels + heads * nfreqs, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -289,7 +290,8 @@ class DConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, C, T)``; returns ``(B, C, T)``."""
-        for layer in self.layers:
+        layers: tp.List[tp.Any] = list(self.layers)
+        for layer in layers:
             *branch, scale = layer  # the LayerScale is fused with the residual sum
             y = x
             for module in branch:
@@ -391,7 +393,7 @@ class Demucs(nn.Module):
         in_channels = audio_channels
         for index in range(depth):
             norm_fn = _group_norm_or_identity(index >= norm_starts, norm_groups)
-            dconv_kw = dict(depth=dconv_depth, init=dconv_init, compress=dconv_comp,
+            dconv_kw: tp.Dict[str, tp.Any] = dict(depth=dconv_depth, init=dconv_init, compress=dconv_comp,
                             attn=index >= dconv_attn, lstm=index >= dconv_lstm)
 
             encode: tp.List[nn.Module] = [
@@ -463,7 +465,7 @@ class Demucs(nn.Module):
         delta = self.valid_length(length) - length
         x = F.pad(x, (delta // 2, delta - delta // 2))
         if self.resample:
-            x = resample_frac(x, self._upsample_kernel, 1, 2)
+            x = resample_frac(x, tp.cast(torch.Tensor, self._upsample_kernel), 1, 2)
 
         saved: tp.List[torch.Tensor] = []
         for encode in self.encoder:
@@ -476,7 +478,7 @@ class Demucs(nn.Module):
             x = decode(x + skip)
 
         if self.resample:
-            x = resample_frac(x, self._downsample_kernel, 2, 1)
+            x = resample_frac(x, tp.cast(torch.Tensor, self._downsample_kernel), 2, 1)
         if self.normalize:
             x = x * std + mean
         x = center_trim(x, length)

@@ -505,6 +505,14 @@ class SpectralMixin:
 
     use_conv_stft: bool = False
     stft_impl: tp.Optional[str] = None
+    if tp.TYPE_CHECKING:  # provided by the host model
+        nfft: int
+        hop_length: int
+        cac: bool
+        wiener_iters: int
+        end_iters: int
+        wiener_residual: bool
+        training: bool
 
     def _is_hybrid(self) -> bool:
         return getattr(self, "hybrid", True)

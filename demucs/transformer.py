@@ -479,7 +479,7 @@ def _has_norm_out(norm_first: bool, norm_out: Union[bool, int]) -> bool:
 
 def _norm(
     group_norm: Union[bool, int], d_model: int, eps: float, factory_kwargs: Dict[str, Any]
-) -> nn.Module:
+) -> Any:
     """LayerNorm over channels, or a channel-last GroupNorm if ``group_norm`` (groups)."""
     if group_norm:
         return MyGroupNorm(int(group_norm), d_model, eps=eps, **factory_kwargs)
@@ -638,7 +638,7 @@ class CrossTransformerEncoderLayer(nn.Module):
         _reject_sparse(sparse)
         if d_model % nhead != 0:
             raise ValueError(f"d_model={d_model} must be divisible by nhead={nhead}")
-        factory_kwargs = {"device": device, "dtype": dtype}
+        factory_kwargs: Dict[str, Any] = {"device": device, "dtype": dtype}
         self.sparse = sparse
         self.auto_sparsity = auto_sparsity
         self.batch_first = batch_first

@@ -71,10 +71,9 @@ def center_trim(tensor: torch.Tensor,
     Raises:
         ValueError: if the target is longer than ``tensor`` (checked when known).
     """
+    target: tp.Any = reference
     if isinstance(reference, torch.Tensor) and reference.dim() > 0:
         target = reference.shape[-1]
-    else:
-        target = reference
     excess = tensor.shape[-1] - target
     if isinstance(excess, int):
         if excess < 0:
