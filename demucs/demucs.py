@@ -393,8 +393,9 @@ class Demucs(nn.Module):
         in_channels = audio_channels
         for index in range(depth):
             norm_fn = _group_norm_or_identity(index >= norm_starts, norm_groups)
-            dconv_kw: tp.Dict[str, tp.Any] = dict(depth=dconv_depth, init=dconv_init, compress=dconv_comp,
-                            attn=index >= dconv_attn, lstm=index >= dconv_lstm)
+            dconv_kw: tp.Dict[str, tp.Any] = dict(
+                depth=dconv_depth, init=dconv_init, compress=dconv_comp,
+                attn=index >= dconv_attn, lstm=index >= dconv_lstm)
 
             encode: tp.List[nn.Module] = [
                 nn.Conv1d(in_channels, channels, kernel_size, stride),
