@@ -14,7 +14,10 @@ Variants:
   with its own ``save_audio``, as its CLI does);
 * ``ours``: our ``demucs`` command (streaming separation, the default);
 * ``ours-onnx``: our streaming core driving an ONNX Runtime session exported with
-  :mod:`demucs.export_onnx` (skipped with a note if that export path is not usable).
+  :mod:`demucs.export_onnx` (skipped with a note if that export path is not usable);
+* ``ours-ft`` / ``ours-ft-vocals``: a bag like htdemucs_ft (four release HTDemucs, one
+  per source, ``demucs --random-weights -n htdemucs_ft``), all four stems vs
+  ``--two-stems vocals --other-method minus`` (one member of four runs).
 
 Usage::
 
@@ -23,6 +26,7 @@ Usage::
     python bench/bench_speed.py --durations 30 --variants upstream ours
     python bench/bench_speed.py --durations 60 --repeat 3   # median of 3 interleaved rounds
     python bench/bench_speed.py --durations 60 --mp3        # mp3 stems (lameenc, 320 kb/s)
+    python bench/bench_speed.py --durations 30 --variants ours-ft ours-ft-vocals --repeat 2
 
 Prints a markdown table with real-time factors and ratios vs upstream.
 """
@@ -130,6 +134,16 @@ except SystemExit as exit:
 print("SEPARATE", time.perf_counter() - start)
 """
 
+FT_CODE = """
+import sys, time, torch
+torch.set_num_threads({threads})
+from demucs import separate
+start = time.perf_counter()
+separate.main(["--random-weights", "-n", "htdemucs_ft", "-q", "-o", {out!r}, *{flags!r},
+               {track!r}])
+print("SEPARATE", time.perf_counter() - start)
+"""
+
 
 def export_onnx(checkpoint: Path, folder: Path) -> tp.Tuple[tp.Optional[Path], str]:
     """Exports the checkpoint with our exporter; returns (path, "") or (None, why)."""
@@ -190,6 +204,10 @@ def _variant_code(variant: str, work: Path, repo: Path, checkpoint: Path,
         return UPSTREAM_CODE.format(checkpoint=str(checkpoint), mp3=mp3, **fields)
     if variant == "ours":
         return OURS_CODE.format(repo=str(repo), name=f"{MODEL_NAME}s", flags=flags, **fields)
+    if variant in ("ours-ft", "ours-ft-vocals"):
+        if variant == "ours-ft-vocals":
+            flags += ["--two-stems", "vocals", "--other-method", "minus"]
+        return FT_CODE.format(flags=flags, **fields)
     if onnx_path is None:
         return None
     return ONNX_CODE.format(onnx=str(onnx_path), flags=flags, **fields)
@@ -210,7 +228,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
     parser.add_argument("--durations", type=float, nargs="+",
                         help="track durations in seconds (default 60 1200)")
     parser.add_argument("--variants", nargs="+", default=["upstream", "ours", "ours-onnx"],
-                        choices=["upstream", "ours", "ours-onnx"])
+                        choices=["upstream", "ours", "ours-onnx", "ours-ft", "ours-ft-vocals"])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="threads of every variant (default: all cores)")
     parser.add_argument("--repeat", type=int, default=1,
