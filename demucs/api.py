@@ -33,6 +33,7 @@ from .core.plan import Member, check_split_params
 from .core.stats import TrackStats
 from .errors import ModelLoadingError
 from .flags import DEFAULT_MODEL
+from .lazy import lazy_exports
 from .io import AudioTrack, open_track
 
 if tp.TYPE_CHECKING:  # pragma: no cover
@@ -620,13 +621,4 @@ _REEXPORTS = {
 }
 
 
-def __getattr__(name: str) -> tp.Any:
-    if name in _REEXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_REEXPORTS[name]}", __package__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> tp.List[str]:
-    return sorted(list(globals()) + list(_REEXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _REEXPORTS)

@@ -25,6 +25,7 @@ from .core import engine
 from .core.hooks import Callback, callback_hook, locked_hook, progress_bar
 from .utils import DummyPoolExecutor, center_trim  # noqa: F401 (upstream's names)
 from .core.plan import MAX_SHIFT_SECONDS, Member, check_split_params, max_shift_samples
+from .lazy import lazy_exports
 
 if tp.TYPE_CHECKING:  # pragma: no cover - typing only, avoids import cycles at runtime
     from .demucs import Demucs
@@ -378,13 +379,4 @@ def apply_model(model: tp.Any,
 _MODEL_CLASSES = {"Demucs": "demucs", "HDemucs": "hdemucs", "HTDemucs": "htdemucs"}
 
 
-def __getattr__(name: str) -> tp.Any:
-    if name in _MODEL_CLASSES:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_MODEL_CLASSES[name]}", __package__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> tp.List[str]:
-    return sorted(list(globals()) + list(_MODEL_CLASSES))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _MODEL_CLASSES)

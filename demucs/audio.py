@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .io.audiofile import MediaFile
+from .lazy import lazy_exports
 from .io.errors import AudioWarning, LoadAudioError
 from .io.mp3 import MP3_SAMPLERATES, Mp3Writer
 from .io.readers import check_input, read_array
@@ -232,15 +233,5 @@ def save_audio(wav: "torch.Tensor",
                 bits_per_sample=bits_per_sample, as_float=as_float, preset=preset)
 
 
-def __getattr__(name: str) -> tp.Any:
-    """``temp_filenames``: upstream's name, from :mod:`demucs.utils` (which needs torch,
-    so it is loaded on first use)."""
-    if name == "temp_filenames":
-        from .utils import temp_filenames
-
-        return temp_filenames
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> tp.List[str]:
-    return sorted(list(globals()) + ["temp_filenames"])
+#: Upstream's name, from :mod:`demucs.utils` (which needs torch: loaded on first use).
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {"temp_filenames": "utils"})

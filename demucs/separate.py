@@ -36,6 +36,7 @@ from .api import Separator
 from .audio import LoadAudioError
 from .errors import ModelLoadingError
 from .flags import DEFAULT_MODEL, add_model_flags
+from .lazy import lazy_exports
 from .io import StemWriter, open_stem_writer
 from .io.writers import ResamplingWriter
 from .tracks import (InputError, TrackInput, describe_collisions, discover, find_collisions,
@@ -724,16 +725,7 @@ _REEXPORTS = {
 }
 
 
-def __getattr__(name: str) -> tp.Any:
-    if name in _REEXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_REEXPORTS[name]}", __package__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> tp.List[str]:
-    return sorted(list(globals()) + list(_REEXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _REEXPORTS)
 
 
 if __name__ == "__main__":
