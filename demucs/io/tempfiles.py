@@ -69,7 +69,7 @@ def is_temporary_of(candidate: str, path: PathLike) -> bool:
     if not (candidate.startswith(".") and candidate.endswith(_SUFFIX)):
         return False
     stem, dot, token = candidate[1:-len(_SUFFIX)].rpartition(".")
-    return bool(dot) and len(token) == _RANDOM_CHARS and bool(stem) and name.startswith(stem)
+    return bool(dot) and token.isalnum() and bool(stem) and name.startswith(stem)
 
 
 def output_error(error: OSError, path: PathLike) -> OSError:
