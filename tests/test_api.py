@@ -133,3 +133,23 @@ def test_save_audio_reexported(tmp_path, separator):
     _, stems = separator.separate_tensor(torch.randn(2, RATE) * 0.1)
     save_audio(stems["vocals"], tmp_path / "v.mp3", separator.samplerate, bitrate=64)
     assert sf.info(str(tmp_path / "v.mp3")).frames == RATE
+
+
+def test_non_finite_input_is_replaced_with_one_warning(separator):
+    """One NaN (and an Inf) in the input: finite stems, as with the input cleaned, and one
+    AudioWarning (not an all-NaN output)."""
+    from demucs.io import AudioWarning
+
+    torch.manual_seed(3)
+    wav = torch.randn(2, RATE) * 0.1
+    bad = wav.clone()
+    bad[0, 100] = float("nan")
+    bad[1, 200] = float("inf")
+    clean = wav.clone()
+    clean[0, 100], clean[1, 200] = 0.0, 1.0
+    with pytest.warns(AudioWarning, match="2 non-finite"):
+        _, stems = separator.separate_tensor(bad)
+    _, expected = separator.separate_tensor(clean)
+    for name, stem in stems.items():
+        assert torch.isfinite(stem).all()
+        assert torch.allclose(stem, expected[name], atol=1e-6)
