@@ -6,6 +6,14 @@ own ``serialize_model``; both are the upstream format. Audio is short and at 8 k
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
+import math
+import socket
+import threading
+from fractions import Fraction
+
 import importlib
 import tracemalloc
 import typing as tp
@@ -14,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from torch import nn
 
+from demucs.states import capture_init
 from tests import oracle as _oracle
 
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -157,3 +167,90 @@ def traced_stream_peak(separator: tp.Any, path: Path) -> int:
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+# ---------------------------------------------------------------------- audio files
+
+def tones(samplerate: int = 8000, seconds: float = 1.0, channels: int = 2) -> torch.Tensor:
+    t = torch.arange(int(samplerate * seconds)) / samplerate
+    freqs = [220.0, 330.0, 440.0, 550.0][:channels]
+    return torch.stack([0.4 * torch.sin(2 * math.pi * f * t) for f in freqs])
+
+
+def encode_pyav(path: Path, wav: torch.Tensor, samplerate: int, codec: str,
+                video: str | None = None) -> None:
+    """Writes ``wav`` with PyAV's FFmpeg, optionally muxed with a tiny black video."""
+    import av
+
+    channels, length = wav.shape
+    layout = "stereo" if channels == 2 else "mono"
+    with av.open(str(path), "w") as out:
+        astream = out.add_stream(codec, rate=samplerate, layout=layout)
+        vstream = None
+        if video:
+            vstream = out.add_stream(video, rate=10)
+            vstream.width, vstream.height, vstream.pix_fmt = 32, 32, "yuv420p"
+        pcm = (wav.clamp(-1, 1).numpy().T * 32767).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=layout)
+        frame.sample_rate, frame.pts, frame.time_base = samplerate, 0, Fraction(1, samplerate)
+        for packet in [*astream.encode(frame), *astream.encode(None)]:
+            out.mux(packet)
+        if vstream is not None:
+            for i in range(max(1, int(10 * length / samplerate))):
+                image = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), "rgb24")
+                image.pts = i
+                for packet in vstream.encode(image):
+                    out.mux(packet)
+            for packet in vstream.encode(None):
+                out.mux(packet)
+
+
+# ---------------------------------------------------------------------- HTTP
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve(folder: Path):
+    """Serves ``folder`` on 127.0.0.1 (random free port) in a thread; yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------------- models
+
+class TinyNet(nn.Module):
+    """Stand-in model with the attributes Demucs models have."""
+
+    @capture_init
+    def __init__(self, sources=("a", "b"), audio_channels=2, samplerate=100,
+                 segment=Fraction(3, 2), hidden=3, use_conv_stft=False):
+        super().__init__()
+        self.sources = list(sources)
+        self.audio_channels = audio_channels
+        self.samplerate = samplerate
+        self.segment = segment
+        self.use_conv_stft = use_conv_stft
+        self.conv = nn.Conv1d(audio_channels, hidden, 1)
+        self.out = nn.Conv1d(hidden, len(self.sources) * audio_channels, 1)
+
+    def forward(self, x):
+        y = self.out(torch.relu(self.conv(x)))
+        return y.view(x.shape[0], len(self.sources), self.audio_channels, -1)

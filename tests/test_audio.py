@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -11,44 +10,11 @@ import pytest
 import soundfile as sf
 import torch
 
+from tests.helpers import encode_pyav, tones
 from demucs.audio import (
     AudioFile, LoadAudioError, atomic_write, convert_audio, convert_audio_channels,
     encode_mp3, f32_pcm, i16_pcm, prevent_clip, read_audio, save_audio,
 )
-
-
-def tones(samplerate: int = 8000, seconds: float = 1.0, channels: int = 2) -> torch.Tensor:
-    t = torch.arange(int(samplerate * seconds)) / samplerate
-    freqs = [220.0, 330.0, 440.0, 550.0][:channels]
-    return torch.stack([0.4 * torch.sin(2 * math.pi * f * t) for f in freqs])
-
-
-def encode_pyav(path: Path, wav: torch.Tensor, samplerate: int, codec: str,
-                video: str | None = None) -> None:
-    """Writes ``wav`` with PyAV's FFmpeg, optionally muxed with a tiny black video."""
-    import av
-
-    channels, length = wav.shape
-    layout = "stereo" if channels == 2 else "mono"
-    with av.open(str(path), "w") as out:
-        astream = out.add_stream(codec, rate=samplerate, layout=layout)
-        vstream = None
-        if video:
-            vstream = out.add_stream(video, rate=10)
-            vstream.width, vstream.height, vstream.pix_fmt = 32, 32, "yuv420p"
-        pcm = (wav.clamp(-1, 1).numpy().T * 32767).astype(np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=layout)
-        frame.sample_rate, frame.pts, frame.time_base = samplerate, 0, Fraction(1, samplerate)
-        for packet in [*astream.encode(frame), *astream.encode(None)]:
-            out.mux(packet)
-        if vstream is not None:
-            for i in range(max(1, int(10 * length / samplerate))):
-                image = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), "rgb24")
-                image.pts = i
-                for packet in vstream.encode(image):
-                    out.mux(packet)
-            for packet in vstream.encode(None):
-                out.mux(packet)
 
 
 def assert_close_middle(got: torch.Tensor, ref: torch.Tensor, atol: float, margin: int = 1000):

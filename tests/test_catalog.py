@@ -33,7 +33,7 @@ from demucs.apply import BagOfModels, apply_model
 from demucs.pretrained import get_model, list_models
 from demucs.repo import read_bag
 from tests import oracle as _oracle
-from tests.test_separate import run_main, write_mix
+from tests.helpers import run_main, write_mix
 from tests.compare import max_diff
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ from demucs.core import BlockInput, TrackStats, separate  # noqa: E402
 from demucs.onnx.runtime import onnx_members  # noqa: E402
 from demucs.io import ArraySource  # noqa: E402
 from demucs.configs import TINY_HTDEMUCS  # noqa: E402
-from tests.test_separate import run_main, write_mix  # noqa: E402
+from tests.helpers import run_main, write_mix  # noqa: E402
 from tests.helpers import traced_stream_peak  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

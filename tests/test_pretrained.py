@@ -13,8 +13,7 @@ from demucs.pretrained import (ROOT_URL, ModelLoadingError, _parse_remote_files,
                                add_model_flags, get_model, get_model_from_args, list_models)
 from demucs.repo import BagOnlyRepo, RemoteRepo
 from demucs.states import save_with_checksum, serialize_model
-from tests.test_repo import closed_port, serve
-from tests.test_states import TinyNet
+from tests.helpers import TinyNet, closed_port, serve
 
 CATALOG_NAMES = ["hdemucs_mmi", "htdemucs", "htdemucs_6s", "htdemucs_ft", "mdx", "mdx_extra",
                  "mdx_extra_q", "mdx_q", "repro_mdx_a", "repro_mdx_a_hybrid_only",

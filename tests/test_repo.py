@@ -1,10 +1,5 @@
 """Model repositories: local folders, checksums, downloads from a local HTTP server."""
-import contextlib
-import functools
 import hashlib
-import http.server
-import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +9,7 @@ from demucs.apply import BagOfModels
 from demucs.repo import (AnyModelRepo, BagOnlyRepo, DownloadError, LocalRepo,
                          ModelLoadingError, RemoteRepo, check_checksum)
 from demucs.states import save_with_checksum, serialize_model
-from tests.test_states import TinyNet
+from tests.helpers import TinyNet, closed_port, serve
 
 
 def _sha(path: Path) -> str:
@@ -29,33 +24,6 @@ def _write_model(folder: Path, sig: str, seed: int = 0, checksum: bool = True) -
     path = folder / f"{sig}.th"
     torch.save(package, path)
     return path
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@contextlib.contextmanager
-def serve(folder: Path):
-    """Serves ``folder`` on 127.0.0.1 (random free port) in a thread; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 with nothing listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

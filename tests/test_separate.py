@@ -161,7 +161,7 @@ def test_bad_filename_template(tmp_path, tiny_repo, capsys, template, needle):
 
 
 def test_video_input(tmp_path, tiny_repo, capsys):
-    from tests.test_audio import encode_pyav, tones
+    from tests.helpers import encode_pyav, tones
     encode_pyav(tmp_path / "clip.mp4", tones(RATE * 4, 0.5), 32000, "aac", "mpeg4")
     code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "-q", "-o", tmp_path / "out",
                              tmp_path / "clip.mp4"], capsys)

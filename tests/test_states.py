@@ -10,33 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from demucs import states
+from tests.helpers import TinyNet
 from demucs.states import (MissingDiffQError, ModelLoadingError, UnsafeCheckpointError,
-                           allow_model_class, capture_init, copy_state, get_state,
+                           allow_model_class, copy_state, get_state,
                            load_model, save_model, save_with_checksum, serialize_model,
                            set_state, swap_state)
-
-
-class TinyNet(nn.Module):
-    """Stand-in model with the attributes Demucs models have."""
-
-    @capture_init
-    def __init__(self, sources=("a", "b"), audio_channels=2, samplerate=100,
-                 segment=Fraction(3, 2), hidden=3, use_conv_stft=False):
-        super().__init__()
-        self.sources = list(sources)
-        self.audio_channels = audio_channels
-        self.samplerate = samplerate
-        self.segment = segment
-        self.use_conv_stft = use_conv_stft
-        self.conv = nn.Conv1d(audio_channels, hidden, 1)
-        self.out = nn.Conv1d(hidden, len(self.sources) * audio_channels, 1)
-
-    def forward(self, x):
-        y = self.out(torch.relu(self.conv(x)))
-        return y.view(x.shape[0], len(self.sources), self.audio_channels, -1)
 
 
 class Unregistered(TinyNet):
