@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.configs import HTDEMUCS  # noqa: E402
+from demucs.configs import HTDEMUCS  # noqa: E402
 from tests.helpers import TINY_DEMUCS  # noqa: E402
 
 RATE = 44100
