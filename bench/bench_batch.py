@@ -1,7 +1,7 @@
 """Throughput of ``demucs-batch`` against the plain ``demucs`` command, one run.
 
 The same tracks (generated, 44.1 kHz stereo) with the same model (the release HTDemucs
-architecture with random weights, ``tests.configs.HTDEMUCS``; ``--tiny``: a tiny
+architecture with random weights, ``demucs.configs.HTDEMUCS``; ``--tiny``: a tiny
 waveform Demucs, where the per-track overhead weighs most) and the same compute (one
 process, ``--threads`` torch threads, all cores by default):
 
