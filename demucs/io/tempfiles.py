@@ -36,7 +36,7 @@ _SUFFIX = ".tmp"
 _RANDOM_CHARS = 8  # token_hex(4)
 
 _live: tp.Set[Path] = set()
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: the signal handler runs on the main thread
 _terminating = threading.Event()  # set by remove_all_temporaries: no new files after it
 
 

@@ -146,7 +146,7 @@ def test_termination_removes_temporary_files(tmp_path, signum):
         assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
         assert len(list(tmp_path.iterdir())) == 3  # the three hidden temporaries
         proc.send_signal(signum)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
     assert proc.returncode == 128 + signum, err
