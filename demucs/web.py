@@ -35,10 +35,10 @@ ISOLATION_HEADERS = {
     "Cross-Origin-Embedder-Policy": "require-corp",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-#: onnxruntime-web files the page loads (ES module bundle + WASM builds it may pick).
-ORT_FILES = ("ort.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm",
-             "ort-wasm-simd-threaded.jsep.mjs", "ort-wasm-simd-threaded.jsep.wasm",
-             "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")
+#: onnxruntime-web files the page loads: the ES module bundle (WASM and WebGPU backends)
+#: and the WebAssembly build it imports (SIMD, threads, WebGPU through JSEP).
+ORT_FILES = ("ort.min.mjs", "ort-wasm-simd-threaded.jsep.mjs",
+             "ort-wasm-simd-threaded.jsep.wasm")
 MODEL_PATH = "/model.onnx"
 ORT_PREFIX = "/ort/"
 MIME_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
@@ -161,7 +161,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     except (WebError, OSError) as err:
         print(f"demucs.web: {err}", file=sys.stderr)
         return 2
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), int(server.server_address[1])
     print(f"Serving the Demucs page on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()

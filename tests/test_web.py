@@ -264,7 +264,12 @@ def test_page_separates_like_demucs_onnx(web_tools, tiny_onnx, tmp_path):
     corrupt = tmp_path / "corrupt.mp3"
     corrupt.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 64)
     screenshot = tmp_path / "page.png"
-    server = _Server("--onnx", tiny_onnx)
+    # The page as deployed: the site written by --export (page, ORT files, model.onnx),
+    # served as plain static files.
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "demucs.web", "--onnx", str(tiny_onnx), "--export",
+                    str(site)], cwd=ROOT, check=True, capture_output=True, timeout=120)
+    server = _Server("--root", site)
     try:
         reports = drive_page(server.url, [
             dict(name="song", audio=str(song), shifts=0),
@@ -281,6 +286,7 @@ def test_page_separates_like_demucs_onnx(web_tools, tiny_onnx, tmp_path):
         assert report["state"] == "done", report
         assert report["isolated"], "the page is not cross-origin isolated (COOP/COEP)"
         assert report["problems"] == [], report["problems"]
+        assert report["external"] == [], report["external"]  # offline: no CDN
         assert sorted(report["stems"]) == sorted(sources)
         expected = _demucs_onnx(tiny_onnx, path, tmp_path / "cli")
         for stem in sources:

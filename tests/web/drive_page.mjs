@@ -4,8 +4,8 @@
 // Usage: node tests/web/drive_page.mjs CONFIG.json   (prints a JSON report on stdout)
 // CONFIG: {url, chromium, out, screenshot?, timeoutMs?, cases: [{name, audio, shifts?,
 //          mode?, expectError?}]}
-// Per case the report has {name, state, error, stems: {name: path}, seconds, segments,
-// segmentTimes, peakRssMB}; the stems are written as WAV files under out/name/.
+// Per case the report has {name, state, error, summary, stems: {name: path}, timings,
+// isolated, problems, external, peakRssMB, screenshot?}; the stems are written as WAV files under out/name/.
 import fs from 'node:fs';
 import path from 'node:path';
 import puppeteer from 'puppeteer-core';
@@ -69,6 +69,13 @@ async function runCase(browser, config, item) {
   const page = await browser.newPage();
   const problems = [];
   page.on('pageerror', (error) => problems.push(`pageerror: ${error.message}`));
+  // Requests to anything but the page's own server (the page must work offline).
+  const external = [];
+  const origin = new URL(config.url).origin;
+  page.on('request', (request) => {
+    const url = request.url();
+    if (!url.startsWith(origin) && !/^(blob|data):/.test(url)) external.push(url);
+  });
   page.on('console', (message) => {
     if (message.type() === 'error') problems.push(`console: ${message.text()}`);
   });
@@ -93,6 +100,7 @@ async function runCase(browser, config, item) {
   report.name = item.name;
   report.isolated = isolated;
   report.problems = problems;
+  report.external = external;
   report.stems = {};
   if (report.state === 'done') {
     const links = await page.$$eval('a[data-stem]', (items) => items.map((a) => ({
@@ -128,6 +136,8 @@ async function main() {
   const browser = await puppeteer.launch({
     executablePath: config.chromium,
     headless: true,
+    // waitForFunction is one protocol call: it may take as long as a separation.
+    protocolTimeout: (config.timeoutMs || 300000) + 60000,
     args: ['--no-sandbox', '--disable-dev-shm-usage', '--mute-audio'],
   });
   const reports = [];
