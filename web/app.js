@@ -4,7 +4,7 @@
 // State for scripts and tests: document.body.dataset.state is 'idle', 'running', 'done'
 // or 'error'; the stems are the download links (a[data-stem]) once it is 'done'.
 import {
-  declaredSampleRate, encodeWav, onnxMetadata, segmentSpec,
+  declaredSampleRate, decodeWav, encodeWav, onnxMetadata, segmentSpec,
 } from './demucs-core.js';
 
 // Rates OfflineAudioContext accepts (Web Audio spec: at least 3 kHz to 768 kHz).
@@ -80,6 +80,12 @@ async function readModel(needBytes) {
 
 async function decode(file, modelRate) {
   const bytes = await file.arrayBuffer();
+  // PCM/float WAV: read exactly (as libsndfile does); anything else: Web Audio.
+  const wav = decodeWav(bytes);
+  if (wav) {
+    if (!wav.channels[0].length) throw new Error(`${file.name} contains no audio samples.`);
+    return wav;
+  }
   const declared = declaredSampleRate(bytes);
   const rate = declared >= MIN_CONTEXT_RATE && declared <= MAX_CONTEXT_RATE ? declared
     : modelRate;
@@ -96,7 +102,7 @@ async function decode(file, modelRate) {
   if (!buffer.length) throw new Error(`${file.name} contains no audio samples.`);
   const channels = Array.from({ length: buffer.numberOfChannels },
     (_, c) => buffer.getChannelData(c).slice());
-  return { channels, sampleRate: buffer.sampleRate, duration: buffer.duration };
+  return { channels, sampleRate: buffer.sampleRate };
 }
 
 function formatSeconds(seconds) {

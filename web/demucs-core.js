@@ -411,6 +411,60 @@ export function encodeWav(channels, sampleRate) {
 }
 
 /**
+ * Decodes a PCM or float WAV file (RIFF, formats 1 and 3, WAVE_FORMAT_EXTENSIBLE of
+ * those) as libsndfile does (integers divided by 2^(bits - 1), so 16-bit 0x4000 is
+ * exactly 0.5); null for any other file, which the browser's decoder then handles.
+ * (Chromium's decoder divides 16-bit samples by 32767, not 32768: 3e-5 off.)
+ * @param {ArrayBuffer} bytes
+ * @returns {{sampleRate: number, channels: Float32Array[]}|null}
+ */
+export function decodeWav(bytes) {
+  const view = new DataView(bytes);
+  const tag = (pos) => (pos + 4 <= view.byteLength
+    ? String.fromCharCode(...new Uint8Array(bytes, pos, 4)) : '');
+  if (tag(0) !== 'RIFF' || tag(8) !== 'WAVE') return null;
+  let format = null;
+  for (let pos = 12; pos + 8 <= view.byteLength;) {
+    const id = tag(pos);
+    const size = view.getUint32(pos + 4, true);
+    const body = pos + 8;
+    if (id === 'fmt ' && body + 16 <= view.byteLength) {
+      let code = view.getUint16(body, true);
+      if (code === 0xfffe && size >= 26 && body + 26 <= view.byteLength) {
+        code = view.getUint16(body + 24, true); // sub-format GUID's first two bytes
+      }
+      format = { code, count: view.getUint16(body + 2, true),
+        sampleRate: view.getUint32(body + 4, true), bits: view.getUint16(body + 14, true) };
+    } else if (id === 'data' && format) {
+      const { code, count, sampleRate, bits } = format;
+      const width = bits / 8;
+      const known = (code === 1 && [8, 16, 24, 32].includes(bits))
+        || (code === 3 && [32, 64].includes(bits));
+      if (!known || !count || !sampleRate) return null;
+      const frames = Math.floor(Math.min(size, view.byteLength - body) / (width * count));
+      const channels = Array.from({ length: count }, () => new Float32Array(frames));
+      for (let t = 0; t < frames; t++) {
+        for (let c = 0; c < count; c++) {
+          const at = body + (t * count + c) * width;
+          let value;
+          if (code === 3) value = bits === 32 ? view.getFloat32(at, true) : view.getFloat64(at, true);
+          else if (bits === 8) value = (view.getUint8(at) - 128) / 128;
+          else if (bits === 16) value = view.getInt16(at, true) / 32768;
+          else if (bits === 24) {
+            value = ((view.getInt8(at + 2) << 16) | (view.getUint8(at + 1) << 8)
+              | view.getUint8(at)) / 8388608;
+          } else value = view.getInt32(at, true) / 2147483648;
+          channels[c][t] = value;
+        }
+      }
+      return { sampleRate, channels };
+    }
+    pos = body + size + (size % 2);
+  }
+  return null;
+}
+
+/**
  * The sample rate a file declares in its header, for WAV (RIFF/RF64) and FLAC; null
  * for other formats. Decoding at that rate keeps the browser from resampling, so that
  * resampleFrac gives the same samples as the Python pipeline.

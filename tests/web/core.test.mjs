@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import { test } from 'node:test';
 
 import {
-  MAX_SHIFT_SECONDS, TrackStats, checkSplitParams, convertChannels, encodeWav,
+  MAX_SHIFT_SECONDS, TrackStats, checkSplitParams, convertChannels, decodeWav, encodeWav,
   onnxMetadata, planSegments, resampleFrac, segmentInput, segmentSpec, separate,
   transitionWeight,
 } from '../../web/demucs-core.js';
@@ -124,6 +124,17 @@ test('onnxMetadata reads the metadata_props of an exported graph', needsRef, () 
   const spec = segmentSpec(metadata);
   assert.equal(spec.segmentSamples, Number(ref.onnx.metadata.segment_samples));
   assert.throws(() => segmentSpec({ sources: 'a' }), /lacks the metadata/);
+});
+
+test('decodeWav reads WAV files as soundfile (libsndfile) does', needsRef, () => {
+  for (const { subtype, base64, sample_rate: sampleRate, channels } of ref.wavs) {
+    const bytes = Buffer.from(base64, 'base64');
+    const wav = decodeWav(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+    assert.ok(wav, subtype);
+    assert.equal(wav.sampleRate, sampleRate);
+    wav.channels.forEach((channel, c) => assertClose(channel, channels[c], 0, `${subtype} ${c}`));
+  }
+  assert.equal(decodeWav(new TextEncoder().encode('ID3 not a wav file').buffer), null);
 });
 
 test('encodeWav writes float32 interleaved samples', () => {
