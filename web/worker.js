@@ -1,11 +1,13 @@
 // Web Worker: loads the exported graph in onnxruntime-web and separates a decoded track
 // with demucs-core.js, so that the page stays responsive. One segment runs at a time.
 //
-// Messages in:  {type: 'separate', model: ArrayBuffer, channels: Float32Array[],
-//                sampleRate, backend: 'wasm'|'webgpu', shifts, overlap}
+// Messages in:  {type: 'separate', model: ArrayBuffer (null: keep the last session),
+//                channels: Float32Array[] at sampleRate, backend: 'wasm'|'webgpu',
+//                shifts, overlap}
 // Messages out: {type: 'status', text}
 //               {type: 'progress', done, total, seconds}     (after each segment)
-//               {type: 'done', spec, stems: Float32Array[][], sampleRate, seconds, backend}
+//               {type: 'done', spec, stems: Float32Array[][] (source, channel),
+//                sampleRate, seconds, backend, threads}
 //               {type: 'error', message}
 import * as ort from './ort/ort.min.mjs';
 import {
