@@ -3,8 +3,10 @@ onnxruntime-web WASM with threads) against ONNX Runtime in Python, on the same m
 
 Usage::
 
-    python -m demucs.export_onnx -n htdemucs --random-weights -o /tmp/htdemucs.onnx
-    python bench/bench_web.py /tmp/htdemucs.onnx [/tmp/htdemucs-fp16.onnx ...]
+    python bench/bench_web.py htdemucs.onnx [htdemucs-fp16.onnx ...]
+
+(the README's figures: graphs of ``HTDemucs(**tests.configs.HTDEMUCS)``, seed 0, exported
+with :func:`demucs.export_onnx.export_model`, fp16 with ``convert_file``).
 
 Per graph: the page separates a generated track of ``--segments`` segments (the first
 segment includes the session's warm-up, the later ones are reported), peak resident
