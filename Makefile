@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed-$(subst /,_,$(subst $(comma),_,$(EXTRAS)))
 comma := ,
 
-.PHONY: setup test test-fast lint format bench parity oracle web web-test
+.PHONY: setup test test-fast lint format bench parity oracle web web-deps web-test
 
 setup: $(STAMP)
 
@@ -30,8 +30,9 @@ oracle: .oracle/site/demucs/htdemucs.py .oracle/site410/demucs/htdemucs.py
 .oracle/site410/demucs/htdemucs.py: | $(STAMP)
 	$(PY) -m pip install -q --no-deps --target .oracle/site410 demucs==4.1.0
 
-# The whole offline suite, parity tests against upstream included (the slowest 15 shown).
-test: setup oracle
+# The whole offline suite: parity tests against upstream, the Ray engine and the browser
+# page included (the npm packages are installed when npm is there; the slowest 15 shown).
+test: setup oracle $(if $(shell command -v $(NPM) 2>/dev/null),web-deps)
 	DEMUCS_REQUIRE_ORACLE=1 $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) tests
 
 test-fast: setup
@@ -54,3 +55,22 @@ bench: setup
 # Max abs difference vs upstream 4.0.1 and conv-vs-torch STFT SNR.
 parity: setup oracle
 	$(PY) bench/parity.py
+
+# The browser page (web/): npm packages from package-lock.json (onnxruntime-web, and
+# puppeteer-core for the tests), installed when missing or outdated.
+NPM ?= npm
+ONNX ?= model.onnx
+
+node_modules/.package-lock.json: package.json package-lock.json
+	$(NPM) ci --no-audit --no-fund
+
+web-deps: node_modules/.package-lock.json
+
+# Serves the page with the graph ONNX (http://127.0.0.1:8000/).
+web: setup web-deps
+	$(PY) -m demucs.web --onnx $(ONNX)
+
+# JS core unit tests (node --test) and the page end to end in headless Chromium (also
+# part of `make test`).
+web-test: setup web-deps
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests/test_web.py
