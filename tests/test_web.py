@@ -30,9 +30,9 @@ import pytest
 import soundfile as sf
 
 # The Python core that web/demucs-core.js mirrors: one place to retarget if it moves.
-from demucs.stream import (MAX_SHIFT_SECONDS, BlockResampler, StreamMember,
-                           TrackStats, check_split_params, convert_channels,
-                           stream_separate, transition_weight)
+from demucs.core import (MAX_SHIFT_SECONDS, BlockInput, Member, TrackStats,  # noqa: E402
+                         check_split_params, separate, transition_weight)
+from demucs.io.resample import PolyphaseResampler, convert_channels  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB_TESTS = ROOT / "tests" / "web"
@@ -78,11 +78,12 @@ def tiny_onnx(tmp_path_factory) -> Path:
 
     from demucs.export_onnx import export_model
     from demucs.htdemucs import HTDemucs
-    from tests.configs import TINY_HTDEMUCS
+    from demucs.configs import TINY_HTDEMUCS
 
     torch.manual_seed(0)
     model = HTDemucs(**TINY_HTDEMUCS).eval()
-    return export_model(model, tmp_path_factory.mktemp("web") / "tiny.onnx", name="tinyweb")
+    return export_model(model, tmp_path_factory.mktemp("web") / "tiny.onnx", name="tinyweb",
+                        attention="portable")  # what onnxruntime-web is documented with
 
 
 def _write_song(path: Path, samplerate: int, seconds: float, seed: int) -> Path:
@@ -122,17 +123,16 @@ def _separation(track: np.ndarray, rate: int, sources: tp.List[str], segment: in
             recorded.extend(batch)
         return run(batch)
 
-    member = StreamMember(run=recording_run, segment_length=segment,
-                          valid_length=lambda n: input_samples, weights=[1.0] * len(sources))
+    member = Member(run=recording_run, segment_length=segment,
+                    valid_length=lambda n: input_samples, weights=[1.0] * len(sources))
     max_shift = int(MAX_SHIFT_SECONDS * rate)
     random.seed(shifts)
     draws = [random.randint(0, max_shift) for _ in range(shifts)]
     random.seed(shifts)
-    blocks = stream_separate([member], [track], track.shape[1], sources=len(sources),
-                             channels=track.shape[0], samplerate=rate, shifts=shifts,
-                             overlap=overlap, transition_power=power, mean=stats.mean,
-                             std=stats.std)
-    stems = np.concatenate([stem for _, stem in blocks], axis=-1)
+    blocks = separate([member], BlockInput([track], track.shape[0], track.shape[1]),
+                      sources=len(sources), samplerate=rate, shifts=shifts, overlap=overlap,
+                      transition_power=power, mean=stats.mean, std=stats.std)
+    stems = np.concatenate([stem[0] for _, _, stem in blocks], axis=-1)
     return dict(track=track.tolist(), sample_rate=rate, sources=sources,
                 segment_samples=segment, input_samples=input_samples, shifts=shifts,
                 overlap=overlap, transition_power=power, max_shift=max_shift, draws=draws,
@@ -162,7 +162,7 @@ def core_reference(onnx_path: Path) -> tp.Dict[str, tp.Any]:
     resampled = []
     for old_sr, new_sr in [(48000, 16000), (44100, 16000), (16000, 44100)]:
         signal = rng.standard_normal(1500).astype(np.float32)
-        resampler = BlockResampler(old_sr, new_sr, 1)
+        resampler = PolyphaseResampler(old_sr, new_sr, 1)
         out = np.concatenate([resampler.push(signal[None]), resampler.finish()], axis=1)[0]
         resampled.append(dict(old_sr=old_sr, new_sr=new_sr, signal=signal.tolist(),
                               resampled=out.tolist()))
