@@ -94,3 +94,13 @@ def test_other_precision_errors():
             pass
     precision.check_precision("fp32", "cpu")
     precision.check_precision("fp16", "cuda:0")  # checked by name; no GPU needed
+
+
+@pytest.mark.parametrize("use_conv_stft", [False, True])
+def test_stft_stays_float32_under_bf16(use_conv_stft):
+    model, mix = _model(use_conv_stft), _mix()
+    with torch.no_grad(), precision.precision_context("bf16", "cpu", check=False):
+        spec = model._spec(mix)
+        back = model._ispec(spec, mix.shape[-1])
+    assert spec.dtype in (torch.float32, torch.complex64)
+    assert back.dtype == torch.float32
