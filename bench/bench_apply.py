@@ -6,8 +6,8 @@ overlap 0.25, the same thread count everywhere. Each variant runs in its own int
 the time is that of one ``apply_model`` call (model loaded, audio in memory, the first
 call of the process: what a script calling the library pays), with its CPU time (user +
 system, all threads: less sensitive than wall time to other processes on a shared
-machine), page faults and the peak RSS of the process. Rounds alternate the variants; the table keeps the best of the
-rounds and the per-round ratios against ``upstream``.
+machine), page faults and the peak RSS of the process. Rounds alternate the variants;
+the table keeps the best of the rounds and the per-round ratios against ``upstream``.
 
 Variants:
 
