@@ -12,6 +12,8 @@ float32. Everything else stays float32:
 * the STFT and iSTFT: ``torch.stft`` / ``istft`` / ``view_as_complex`` are on autocast's
   float32 list, and the conv-STFT backend turns autocast off around itself
   (``demucs.spec``);
+* LSTMs (Demucs/HDemucs ``BLSTM``): turn autocast off around themselves
+  (``demucs.demucs``);
 * softmax: inside the fused attention kernel, which accumulates in float32 (the CPU
   kernel of ``scaled_dot_product_attention`` computes its softmax in float32);
 * the final sums: the model de-normalises each branch with float32 statistics and adds

@@ -104,3 +104,17 @@ def test_stft_stays_float32_under_bf16(use_conv_stft):
         back = model._ispec(spec, mix.shape[-1])
     assert spec.dtype in (torch.float32, torch.complex64)
     assert back.dtype == torch.float32
+
+
+def test_bf16_hdemucs_with_lstm_and_local_attention():
+    from demucs.hdemucs import HDemucs
+
+    torch.manual_seed(0)
+    model = HDemucs(sources=["a", "b"], channels=4, nfft=256, depth=4, norm_starts=2,
+                    norm_groups=2, dconv_attn=3, dconv_lstm=3).eval()
+    mix = torch.randn(1, 2, 8000, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(mix)
+        with precision.precision_context("bf16", "cpu", check=False):
+            out = model(mix)  # the LSTMs run in float32 (no bf16 LSTM in oneDNN on AVX2)
+    assert snr_db(reference.numpy(), out.float().numpy()) >= MIN_BF16_SNR_DB
