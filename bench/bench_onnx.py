@@ -8,6 +8,12 @@ its peak RSS (``VmHWM``, else ``ru_maxrss``) is its own:
   defaults): the speed baseline of the ONNX target;
 * ``torch``: ours in PyTorch eager, ``torch.stft`` backend, with the allocator setting of
   the ``demucs`` command (the reference output);
+* like for like (not run by default): ``upstream-tuned`` is ``upstream`` with the same
+  allocator setting as ``torch`` (through its environment equivalent), ``torch-untuned``
+  is ``torch`` without it (glibc's defaults, as ``upstream``);
+* ``torch-bf16`` (not run by default): ``torch`` inside
+  :func:`demucs.precision.precision_context` ``("bf16")``; fails with the precision
+  module's message on CPUs without native bf16 unless ``--force-bf16`` (emulated: SNR only);
 * ``conv``: PyTorch eager, conv STFT backend with its default (factored) implementation,
   i.e. what gets exported;
 * ``ort-fp32``, ``ort-fp16``, ``ort-int8``: the exported file in ONNX Runtime (CPU,
@@ -25,6 +31,7 @@ construction + weight loading (PyTorch) or session creation (ORT). Prints a mark
 table with ratios against upstream and against ours in PyTorch::
 
     python bench/bench_onnx.py [--reps 3] [--threads 2] [--workdir DIR]
+    python bench/bench_onnx.py --backends upstream,upstream-tuned,torch,torch-untuned
 """
 from __future__ import annotations
 
@@ -45,6 +52,9 @@ sys.path.insert(0, str(ROOT))
 
 BACKENDS = ["upstream", "torch", "conv", "ort-fp32", "ort-fp32portable", "ort-fp32-ortdefaults",
             "ort-fp16", "ort-int8"]
+#: The environment equivalent of demucs.allocator.tune_allocator, for upstream-tuned.
+TUNED_ENV = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+PYTORCH_BACKENDS = ("torch", "torch-untuned", "torch-bf16", "conv")
 
 # Upstream 4.0.1's own HTDemucs and process defaults (no allocator tuning), in the
 # oracle's environment: the "PyTorch eager of upstream's code path" baseline.
@@ -109,17 +119,26 @@ def _mix(samples: int) -> tp.Any:
     return (0.3 * np.random.default_rng(0).standard_normal((1, 2, samples))).astype(np.float32)
 
 
-def worker(backend: str, workdir: Path, reps: int, threads: int) -> tp.Dict[str, float]:
+def worker(backend: str, workdir: Path, reps: int, threads: int,
+           force_bf16: bool = False) -> tp.Dict[str, float]:
     """Runs one backend; returns timings and peak RSS, saves its output."""
+    import contextlib
+
     import numpy as np
 
     from demucs.allocator import bound_allocator, tune_allocator
 
     # The allocator settings the `demucs` command uses for each runtime.
-    (tune_allocator if backend in ("torch", "conv") else bound_allocator)()
+    if backend != "torch-untuned":
+        (tune_allocator if backend in PYTORCH_BACKENDS else bound_allocator)()
     begin = time.perf_counter()
-    if backend in ("torch", "conv"):
+    if backend in PYTORCH_BACKENDS:
         import torch
+
+        from demucs.precision import precision_context
+
+        context = (precision_context("bf16", "cpu", check=not force_bf16)
+                   if backend == "torch-bf16" else contextlib.nullcontext())
 
         torch.set_num_threads(threads)
         from demucs.htdemucs import HTDemucs
@@ -130,8 +149,8 @@ def worker(backend: str, workdir: Path, reps: int, threads: int) -> tp.Dict[str,
         samples = int(model.segment * model.samplerate)
 
         def run(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return model(torch.from_numpy(x)).numpy()
+            with torch.no_grad(), context:
+                return model(torch.from_numpy(x)).float().numpy()
     else:
         from demucs.onnx.runtime import OnnxSeparator
 
@@ -167,6 +186,8 @@ def prepare(workdir: Path, backends: tp.Sequence[str]) -> tp.Dict[str, int]:
     model = _build_model()
     torch.save(model.state_dict(), workdir / "state.th")
     sizes = {"params": export_onnx.parameter_bytes(model)}
+    if not any(backend.startswith("ort") for backend in backends):
+        return sizes  # PyTorch rows only: nothing to export
     fp32 = workdir / "fp32.onnx"
     if not fp32.exists():
         start = time.perf_counter()
@@ -188,12 +209,14 @@ def prepare(workdir: Path, backends: tp.Sequence[str]) -> tp.Dict[str, int]:
     return sizes
 
 
-def _worker_command(backend: str, workdir: Path, reps: int, threads: int
+def _worker_command(backend: str, workdir: Path, reps: int, threads: int,
+                    force_bf16: bool = False
                     ) -> tp.Tuple[tp.List[str], tp.Optional[tp.Dict[str, str]]]:
     """The subprocess of one backend: this script in worker mode, or upstream's code."""
-    if backend != "upstream":
+    if not backend.startswith("upstream"):
         return [sys.executable, __file__, "--worker", backend, "--workdir", str(workdir),
-                "--reps", str(reps), "--threads", str(threads)], None
+                "--reps", str(reps), "--threads", str(threads),
+                *(["--force-bf16"] if force_bf16 else [])], None
     from tests import oracle
     from demucs.configs import HTDEMUCS
 
@@ -202,7 +225,11 @@ def _worker_command(backend: str, workdir: Path, reps: int, threads: int
                          "--backends without upstream")
     code = UPSTREAM_WORKER.format(threads=threads, workdir=str(workdir), reps=reps,
                                   config=dict(HTDEMUCS))
-    return [sys.executable, "-c", code], dict(oracle.env(), OMP_NUM_THREADS=str(threads))
+    env = dict(oracle.env(), OMP_NUM_THREADS=str(threads))
+    if backend == "upstream-tuned":
+        env.update(TUNED_ENV)
+    code = code.replace("out-upstream.npy", f"out-{backend}.npy")
+    return [sys.executable, "-c", code], env
 
 
 def main() -> None:
@@ -212,11 +239,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the exported files there (reused if present)")
     parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--force-bf16", action="store_true",
+                        help="run torch-bf16 even without native bf16 (emulated, slow)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        print(json.dumps(worker(args.worker, args.workdir, args.reps, args.threads)))
+        print(json.dumps(worker(args.worker, args.workdir, args.reps, args.threads,
+                                args.force_bf16)))
         return
 
     import numpy as np
@@ -230,7 +260,8 @@ def main() -> None:
         sizes = prepare(workdir, backends)
         results = {}
         for backend in backends:
-            command, env = _worker_command(backend, workdir, args.reps, args.threads)
+            command, env = _worker_command(backend, workdir, args.reps, args.threads,
+                                           args.force_bf16)
             done = subprocess.run(command, capture_output=True, text=True, check=False,
                                   env=env, cwd=str(workdir))
             if done.returncode != 0:
@@ -259,6 +290,12 @@ def main() -> None:
                 snr = f"{snr_db(reference, np.load(workdir / f'out-{backend}.npy')):.1f}"
             print(f"| {backend} | {size} | {row['init_s']:.2f} | {row['segment_s']:.2f} | "
                   f"{versus} | {speed} | {row['peak_rss_mb']:.0f} | {rss} | {snr} |")
+        pairs = (("torch", "upstream-tuned", "both with the allocator setting"),
+                 ("torch-untuned", "upstream", "both with glibc's defaults"))
+        for ours, theirs, how in pairs:
+            if ours in results and theirs in results:
+                ratio = results[theirs]["segment_s"] / results[ours]["segment_s"]
+                print(f"- like for like, {how}: ours {ratio:.2f}x upstream")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ Variants:
 * ``ours-ft`` / ``ours-ft-vocals``: a bag like htdemucs_ft (four release HTDemucs, one
   per source, ``demucs --random-weights -n htdemucs_ft``), all four stems vs
   ``--two-stems vocals --other-method minus`` (one member of four runs).
+* ``ours-bf16``: our ``demucs`` command run inside
+  :func:`demucs.precision.precision_context` ``("bf16")`` (the command's own
+  ``--precision bf16`` once it has one); skipped with a note on CPUs without native bf16
+  (``--force-bf16`` runs it emulated, which only tells the SNR). The SNR of its stems
+  against ``ours`` is printed.
 
 Usage::
 
@@ -27,6 +32,7 @@ Usage::
     python bench/bench_speed.py --durations 60 --repeat 3   # median of 3 interleaved rounds
     python bench/bench_speed.py --durations 60 --mp3        # mp3 stems (lameenc, 320 kb/s)
     python bench/bench_speed.py --durations 30 --variants ours-ft ours-ft-vocals --repeat 2
+    python bench/bench_speed.py --durations 60 --repeat 3 --variants upstream ours ours-bf16
 
 Prints a markdown table with real-time factors and ratios vs upstream.
 """
@@ -122,6 +128,22 @@ except SystemExit as exit:
 print("SEPARATE", time.perf_counter() - start)
 """
 
+BF16_CODE = """
+import sys, time, torch
+torch.set_num_threads({threads})
+from demucs import separate
+from demucs.precision import precision_context
+start = time.perf_counter()
+try:
+    with precision_context("bf16", "cpu", check=not {force!r}):
+        separate.main(["--repo", {repo!r}, "-n", {name!r}, "-q", "-o", {out!r}, *{flags!r},
+                       {track!r}])
+except SystemExit as exit:
+    if exit.code:
+        raise
+print("SEPARATE", time.perf_counter() - start)
+"""
+
 ONNX_CODE = """
 import sys, time
 from demucs import separate
@@ -194,7 +216,8 @@ def run_child(code: str, threads: int, ours: bool, cwd: Path) -> tp.Dict[str, fl
 
 def _variant_code(variant: str, work: Path, repo: Path, checkpoint: Path,
                   onnx_path: tp.Optional[Path], track: Path, threads: int,
-                  seconds: float, mp3: bool = False) -> tp.Optional[str]:
+                  seconds: float, mp3: bool = False, force_bf16: bool = False
+                  ) -> tp.Optional[str]:
     """The child program of one variant, or None when it cannot run (no ONNX file)."""
     out = work / f"out_{variant}_{int(seconds)}"
     out.mkdir(exist_ok=True)
@@ -208,9 +231,25 @@ def _variant_code(variant: str, work: Path, repo: Path, checkpoint: Path,
         if variant == "ours-ft-vocals":
             flags += ["--two-stems", "vocals", "--other-method", "minus"]
         return FT_CODE.format(flags=flags, **fields)
+    if variant == "ours-bf16":
+        return BF16_CODE.format(repo=str(repo), name=f"{MODEL_NAME}s", flags=flags,
+                                force=force_bf16, **fields)
     if onnx_path is None:
         return None
     return ONNX_CODE.format(onnx=str(onnx_path), flags=flags, **fields)
+
+
+def stems_snr(reference: Path, estimate: Path) -> float:
+    """SNR (dB) of all wav stems under ``estimate`` against those under ``reference``."""
+    import soundfile as sf
+
+    signal = noise = 0.0
+    for path in sorted(reference.rglob("*.wav")):
+        ref, _ = sf.read(str(path), dtype="float64")
+        est, _ = sf.read(str(estimate / path.relative_to(reference)), dtype="float64")
+        signal += float(np.sum(ref ** 2))
+        noise += float(np.sum((ref - est) ** 2))
+    return float(10 * np.log10(signal / max(noise, 1e-20)))
 
 
 def _summary(runs: tp.Sequence[tp.Dict[str, float]]) -> tp.Dict[str, float]:
@@ -228,7 +267,8 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
     parser.add_argument("--durations", type=float, nargs="+",
                         help="track durations in seconds (default 60 1200)")
     parser.add_argument("--variants", nargs="+", default=["upstream", "ours", "ours-onnx"],
-                        choices=["upstream", "ours", "ours-onnx", "ours-ft", "ours-ft-vocals"])
+                        choices=["upstream", "ours", "ours-onnx", "ours-bf16", "ours-ft",
+                                 "ours-ft-vocals"])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="threads of every variant (default: all cores)")
     parser.add_argument("--repeat", type=int, default=1,
@@ -237,6 +277,9 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
     parser.add_argument("--mp3", action="store_true",
                         help="write the stems as 320 kb/s mp3 (every variant) instead of "
                              "16-bit wav")
+    parser.add_argument("--force-bf16", action="store_true",
+                        help="run ours-bf16 even on a CPU without native bf16 (emulated, "
+                             "slow: for its SNR only)")
     parser.add_argument("--workdir", type=Path, help="keep checkpoints/tracks here")
     args = parser.parse_args(argv)
     durations = args.durations or ([10.0, 40.0] if args.quick else [60.0, 1200.0])
@@ -253,6 +296,13 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
         onnx_path, why = export_onnx(checkpoint, work)
         if onnx_path is None:
             notes.append(f"ours-onnx skipped: {why}")
+    if "ours-bf16" in args.variants and not args.force_bf16:
+        from demucs.precision import cpu_supports_bf16
+
+        if not cpu_supports_bf16():
+            args.variants = [v for v in args.variants if v != "ours-bf16"]
+            notes.append("ours-bf16 skipped: this CPU has no native bf16 (--force-bf16 runs "
+                         "it emulated)")
 
     results: tp.Dict[tp.Tuple[str, float], tp.Dict[str, float]] = {}
     for seconds in durations:
@@ -263,7 +313,7 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
         for _ in range(max(1, args.repeat)):
             for variant in args.variants:
                 code = _variant_code(variant, work, repo, checkpoint, onnx_path, track,
-                                     args.threads, seconds, args.mp3)
+                                     args.threads, seconds, args.mp3, args.force_bf16)
                 if code is None:
                     continue
                 try:
@@ -278,6 +328,10 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
                       f"peak RSS {result['rss_mb']:.0f} MB", file=sys.stderr, flush=True)
         for variant, done in runs.items():
             results[(variant, seconds)] = _summary(done)
+        if "ours-bf16" in runs and "ours" in runs and not args.mp3:
+            snr = stems_snr(work / f"out_ours_{int(seconds)}",
+                            work / f"out_ours-bf16_{int(seconds)}")
+            notes.append(f"ours-bf16 stems vs ours (fp32) on {seconds:g} s: SNR {snr:.1f} dB")
 
     print_table(results, durations, args, notes)
 

@@ -88,11 +88,11 @@ class _TorchBackend:
                 precision: str, numpy: bool) -> tp.List[Member]:
         import torch
 
-        from .allocator import tune_for_torch
+        from .allocator import ensure_tuned_for_torch
         from .apply import torch_members
 
         if torch.device(device).type == "cpu":
-            tune_for_torch()
+            ensure_tuned_for_torch()
         members = torch_members(self.model, device=device, out_device=out_device,
                                 split=split, segment=segment, max_batch=max_batch,
                                 sources=stems, precision=precision)

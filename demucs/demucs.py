@@ -131,8 +131,16 @@ class BLSTM(nn.Module):
         self.skip = skip
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, T)`` -> ``(N, C, T)`` through the LSTM and the output projection."""
-        y = self.lstm(x.permute(2, 0, 1))[0]
+        """``(N, C, T)`` -> ``(N, C, T)`` through the LSTM and the output projection.
+
+        Under ``demucs.precision``'s autocast the LSTM stays float32: its state would
+        accumulate bf16 rounding over time, and oneDNN has no bf16 LSTM on some CPUs."""
+        seq = x.permute(2, 0, 1)
+        if torch.is_autocast_enabled(seq.device.type):
+            with torch.autocast(seq.device.type, enabled=False):
+                y = self.lstm(seq.float())[0]
+        else:
+            y = self.lstm(seq)[0]
         return self.linear(y).permute(1, 2, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ model attribute ``use_conv_stft``.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import typing as tp
@@ -484,6 +485,15 @@ def _trailing_to_planar(z: Tensor) -> Tensor:
     return z.permute(*range(rank - 3), rank - 1, rank - 3, rank - 2)
 
 
+def _float32_stft(x: Tensor) -> tp.ContextManager[None]:
+    """Autocast off for the conv backend's transforms, which stay float32 under
+    ``demucs.precision`` (``torch.stft`` is on autocast's float32 list by itself).
+    A no-op outside autocast: eager float32 runs and exported graphs are unchanged."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class SpectralMixin:
     """``_spec``, ``_ispec``, ``_magnitude``, ``_mask`` for both STFT backends.
 
@@ -534,7 +544,9 @@ class SpectralMixin:
             x = pad1d(x, (pad, pad + le * hop - x.shape[-1]), mode=mode)
         if self.use_conv_stft:
             *other, length = x.shape
-            z = planar_spectro(x.reshape(-1, length), nfft, hop, nfft // 2, self.stft_impl)
+            with _float32_stft(x):
+                z = planar_spectro(x.reshape(-1, length), nfft, hop, nfft // 2,
+                                   self.stft_impl)
         else:
             z = spectro(x, nfft, hop)[..., :-1, :]
         if self._is_hybrid():
@@ -561,14 +573,16 @@ class SpectralMixin:
         if not self._is_hybrid():
             if not conv:
                 return ispectro(z, hop, length)
-            return planar_ispectro(z, n_fft, hop, length, self.stft_impl).reshape(
-                *other, length)
+            with _float32_stft(z):
+                return planar_ispectro(z, n_fft, hop, length, self.stft_impl).reshape(
+                    *other, length)
         pad = hop // 2 * 3
         le = hop * ((length + hop - 1) // hop)
         if self._hybrid_pad():
             le += 2 * pad
         if conv:
-            x = planar_ispectro(z, n_fft, hop, le, self.stft_impl).reshape(*other, le)
+            with _float32_stft(z):
+                x = planar_ispectro(z, n_fft, hop, le, self.stft_impl).reshape(*other, le)
         else:
             x = ispectro(z, hop, length=le)
         start = pad if self._hybrid_pad() else 0
