@@ -5,7 +5,7 @@ Usage::
 
     python bench/bench_web.py htdemucs.onnx [htdemucs-fp16.onnx ...]
 
-(the README's figures: graphs of ``HTDemucs(**tests.configs.HTDEMUCS)``, seed 0, exported
+(the README's figures: graphs of ``HTDemucs(**demucs.configs.HTDEMUCS)``, seed 0, exported
 with :func:`demucs.export_onnx.export_model`, fp16 with ``convert_file``).
 
 Per graph: the page separates a generated track of ``--segments`` segments (the first

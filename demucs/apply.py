@@ -21,11 +21,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .allocator import ensure_tuned_for_torch
 from .core import engine
 from .core.hooks import Callback, callback_hook, locked_hook, progress_bar
 from .utils import DummyPoolExecutor, center_trim  # noqa: F401 (upstream's names)
 from .core.plan import MAX_SHIFT_SECONDS, Member, check_split_params, max_shift_samples
 from .lazy import lazy_exports
+from .precision import check_precision, precision_context
 
 if tp.TYPE_CHECKING:  # pragma: no cover - typing only, avoids import cycles at runtime
     from .demucs import Demucs
@@ -235,8 +237,6 @@ def torch_members(model: tp.Any, *, device: tp.Union[str, torch.device] = "cpu",
             (they run nothing). None: all.
         precision: ``fp32`` (exact), or a reduced precision of :mod:`demucs.precision`.
     """
-    from .precision import precision_context
-
     device = torch.device(device)
     target = torch.device(out_device) if out_device is not None else device
     models, weights = _members_and_weights(model)
@@ -254,7 +254,9 @@ def torch_members(model: tp.Any, *, device: tp.Union[str, torch.device] = "cpu",
             segment_length = None
 
         def run(batch: torch.Tensor, _sub: tp.Any = sub) -> torch.Tensor:
-            with torch.no_grad(), precision_context(precision, device):
+            # Entered in the thread that runs the pass (autocast is per thread); the
+            # hardware was checked once by the caller.
+            with torch.no_grad(), precision_context(precision, device, check=False):
                 out = _sub(batch.to(device))
             return out.to(target, torch.float32)
 
@@ -336,6 +338,9 @@ def apply_model(model: tp.Any,
     track = _input_of(mix, shifts, model.samplerate)
     ops = TorchOps(track.array.device)
     device = ops.device if device is None else torch.device(device)
+    check_precision(precision, device)
+    if device.type == "cpu":
+        ensure_tuned_for_torch()
     own_pool = None
     if pool is None and num_workers > 0 and device.type == "cpu":
         pool = own_pool = ThreadPoolExecutor(num_workers)

@@ -7,7 +7,7 @@ from demucs import precision
 from demucs.export_onnx import snr_db
 from demucs.htdemucs import HTDemucs
 
-from .configs import TINY_HTDEMUCS
+from demucs.configs import TINY_HTDEMUCS
 
 #: bf16 keeps 8 bits of mantissa (~48 dB per rounding); the tiny model measures ~52 dB.
 MIN_BF16_SNR_DB = 40.0

@@ -550,3 +550,23 @@ def test_random_weights_without_any_download(tmp_path, capsys, monkeypatch):
     code, _, err = run_main(["--random-weights", "-n", "nosuch", "-o", tmp_path / "o",
                              tmp_path / "a.wav"], capsys)
     assert code == 1 and "--random-weights knows" in err
+
+
+def test_precision_flag(tmp_path, tiny_repo, capsys, monkeypatch):
+    """--precision bf16: one line where the CPU lacks native bf16; close to fp32 where it
+    has it (emulated here: only the plumbing is tested)."""
+    from demucs import precision
+
+    write_mix(tmp_path / "a.wav")
+    base = ["--repo", tiny_repo, "-n", "tiny", "--shifts", "0", "--float32", "-q",
+            tmp_path / "a.wav"]
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda *_: False)
+    code, _, err = run_main([*base, "--precision", "bf16", "-o", tmp_path / "no"], capsys)
+    assert code == 1 and "bf16" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda *_: True)
+    assert run_main([*base, "--precision", "bf16", "-o", tmp_path / "bf16"], capsys)[0] == 0
+    assert run_main([*base, "-o", tmp_path / "fp32"], capsys)[0] == 0
+    from demucs.onnx.verify import snr_db
+
+    for name, wav in _float_stems(tmp_path / "fp32/tiny/a").items():
+        assert snr_db(wav, _float_stems(tmp_path / "bf16/tiny/a")[name]) > 20
