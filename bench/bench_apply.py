@@ -27,6 +27,7 @@ Usage::
     python bench/bench_apply.py                               # 24 s, 3 rounds
     python bench/bench_apply.py --variants upstream ours-tuned ours-bf16 --rounds 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,8 +92,9 @@ print("RESULT", json.dumps(dict(seconds=seconds, cpu=cpu, faults=faults,
 """
 
 
-def run_variant(variant: str, checkpoint: Path, seconds: float, threads: int,
-                work: Path, force_bf16: bool) -> tp.Dict[str, float]:
+def run_variant(
+    variant: str, checkpoint: Path, seconds: float, threads: int, work: Path, force_bf16: bool
+) -> tp.Dict[str, float]:
     """One ``apply_model`` call of ``variant`` in a fresh interpreter."""
     upstream = variant.startswith("upstream")
     env = _env(threads, ours=not upstream)
@@ -100,27 +102,37 @@ def run_variant(variant: str, checkpoint: Path, seconds: float, threads: int,
         env.update(TUNED_ENV)
     if variant in ("upstream", "ours"):
         env["DEMUCS_NO_MALLOC_TUNING"] = "1"  # whatever ours may do by itself later
-    code = textwrap.dedent(WORKER.format(
-        threads=threads, variant=variant, force_bf16=force_bf16, checkpoint=str(checkpoint),
-        seconds=seconds, output=str(work / f"out-{variant}.npy")))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=str(work), env=env,
-                          capture_output=True, text=True)
+    code = textwrap.dedent(
+        WORKER.format(
+            threads=threads,
+            variant=variant,
+            force_bf16=force_bf16,
+            checkpoint=str(checkpoint),
+            seconds=seconds,
+            output=str(work / f"out-{variant}.npy"),
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=str(work), env=env, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         lines = (proc.stderr.strip() or "unknown error").splitlines()
         raise RuntimeError(f"{variant}: {lines[-1][:300]}")
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS[:4]),
-                        choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS[:4]), choices=VARIANTS)
     parser.add_argument("--seconds", type=float, default=24.0, help="track length")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--force-bf16", action="store_true",
-                        help="run ours-bf16 even without native bf16 (emulated: slow)")
+    parser.add_argument(
+        "--force-bf16",
+        action="store_true",
+        help="run ours-bf16 even without native bf16 (emulated: slow)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep the checkpoint here")
     args = parser.parse_args(argv)
     if not oracle.available():
@@ -131,31 +143,40 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
     for round_ in range(args.rounds):
         for variant in args.variants:
             try:
-                result = run_variant(variant, checkpoint, args.seconds, args.threads, work,
-                                     args.force_bf16)
+                result = run_variant(
+                    variant, checkpoint, args.seconds, args.threads, work, args.force_bf16
+                )
             except RuntimeError as err:
                 print(f"# round {round_ + 1}: {err}", file=sys.stderr, flush=True)
                 continue
             runs[variant].append(result)
-            print(f"# round {round_ + 1} {variant:15s} {result['seconds']:.2f} s, "
-                  f"CPU {result['cpu']:.2f} s, "
-                  f"{result['faults']:.0f} page faults, {result['rss_mb']:.0f} MB",
-                  file=sys.stderr, flush=True)
+            print(
+                f"# round {round_ + 1} {variant:15s} {result['seconds']:.2f} s, "
+                f"CPU {result['cpu']:.2f} s, "
+                f"{result['faults']:.0f} page faults, {result['rss_mb']:.0f} MB",
+                file=sys.stderr,
+                flush=True,
+            )
     print_table(runs, args, work)
 
 
-def print_table(runs: tp.Dict[str, tp.List[tp.Dict[str, float]]], args: argparse.Namespace,
-                work: Path) -> None:
+def print_table(
+    runs: tp.Dict[str, tp.List[tp.Dict[str, float]]], args: argparse.Namespace, work: Path
+) -> None:
     import numpy as np
 
     from demucs.export_onnx import snr_db
 
     base = runs.get("upstream") or []
-    print(f"\napply_model, {args.seconds:g} s track, HTDemucs release architecture (random "
-          f"weights), shifts=1, {args.threads} thread(s), one call per process, "
-          f"{args.rounds} alternating rounds\n")
-    print("| variant | best s | all rounds s | CPU s (best) | page faults (median) | "
-          "peak RSS MB | speed vs upstream (best) | per-round ratios | CPU vs upstream |")
+    print(
+        f"\napply_model, {args.seconds:g} s track, HTDemucs release architecture (random "
+        f"weights), shifts=1, {args.threads} thread(s), one call per process, "
+        f"{args.rounds} alternating rounds\n"
+    )
+    print(
+        "| variant | best s | all rounds s | CPU s (best) | page faults (median) | "
+        "peak RSS MB | speed vs upstream (best) | per-round ratios | CPU vs upstream |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for variant, done in runs.items():
         if not done:
@@ -163,13 +184,18 @@ def print_table(runs: tp.Dict[str, tp.List[tp.Dict[str, float]]], args: argparse
         times = [run["seconds"] for run in done]
         best = min(times)
         speed = f"{min(r['seconds'] for r in base) / best:.2f}x" if base else "-"
-        ratios = ", ".join(f"{b['seconds'] / r['seconds']:.2f}"
-                           for b, r in zip(base, done)) if base else "-"
+        ratios = (
+            ", ".join(f"{b['seconds'] / r['seconds']:.2f}" for b, r in zip(base, done))
+            if base
+            else "-"
+        )
         cpu = min(run["cpu"] for run in done)
         cpu_ratio = f"{min(r['cpu'] for r in base) / cpu:.2f}x" if base else "-"
-        print(f"| {variant} | {best:.2f} | {', '.join(f'{t:.1f}' for t in times)} | "
-              f"{cpu:.1f} | {statistics.median(r['faults'] for r in done):.0f} | "
-              f"{max(r['rss_mb'] for r in done):.0f} | {speed} | {ratios} | {cpu_ratio} |")
+        print(
+            f"| {variant} | {best:.2f} | {', '.join(f'{t:.1f}' for t in times)} | "
+            f"{cpu:.1f} | {statistics.median(r['faults'] for r in done):.0f} | "
+            f"{max(r['rss_mb'] for r in done):.0f} | {speed} | {ratios} | {cpu_ratio} |"
+        )
     reference = work / "out-ours-tuned.npy"
     if not reference.exists():
         reference = work / "out-ours.npy"
@@ -179,16 +205,21 @@ def print_table(runs: tp.Dict[str, tp.List[tp.Dict[str, float]]], args: argparse
     if runs.get("upstream-tuned") and runs.get("ours-tuned"):
         theirs = min(r["seconds"] for r in runs["upstream-tuned"])
         ours = min(r["seconds"] for r in runs["ours-tuned"])
-        cpu = (min(r["cpu"] for r in runs["upstream-tuned"])
-               / min(r["cpu"] for r in runs["ours-tuned"]))
-        print(f"- like for like, both with the allocator setting: ours {theirs / ours:.2f}x "
-              f"upstream (CPU time {cpu:.2f}x)")
+        cpu = min(r["cpu"] for r in runs["upstream-tuned"]) / min(
+            r["cpu"] for r in runs["ours-tuned"]
+        )
+        print(
+            f"- like for like, both with the allocator setting: ours {theirs / ours:.2f}x "
+            f"upstream (CPU time {cpu:.2f}x)"
+        )
     if runs.get("upstream") and runs.get("ours"):
         theirs = min(r["seconds"] for r in runs["upstream"])
         ours = min(r["seconds"] for r in runs["ours"])
         cpu = min(r["cpu"] for r in runs["upstream"]) / min(r["cpu"] for r in runs["ours"])
-        print(f"- like for like, both without: ours {theirs / ours:.2f}x upstream "
-              f"(CPU time {cpu:.2f}x)")
+        print(
+            f"- like for like, both without: ours {theirs / ours:.2f}x upstream "
+            f"(CPU time {cpu:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ Usage::
     python bench/bench_batch.py                 # 8 tracks of 10 s, release HTDemucs
     python bench/bench_batch.py --tiny --seconds 5 --repeat 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,15 +84,20 @@ THREADS = {"value": 1}
 
 def _env() -> tp.Dict[str, str]:
     threads = str(THREADS["value"])
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=threads,
-                MKL_NUM_THREADS=threads)
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
 
 
 def run_timed(command: tp.Sequence[str]) -> tp.Tuple[float, tp.List[tp.Tuple[float, str]]]:
     """Runs ``command``; returns its wall time and its stdout lines with arrival times."""
     start = time.perf_counter()
-    proc = subprocess.Popen(list(command), cwd=str(ROOT), env=_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        list(command),
+        cwd=str(ROOT),
+        env=_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -104,21 +110,49 @@ def run_timed(command: tp.Sequence[str]) -> tp.Tuple[float, tp.List[tp.Tuple[flo
 
 
 def bench_cli(repo: Path, tracks: tp.List[Path], out: Path) -> tp.Dict[str, float]:
-    wall, lines = run_timed([sys.executable, "-m", "demucs.separate", "--repo", str(repo),
-                             "-n", MODEL, "-o", str(out),
-                             *map(str, tracks)])
+    wall, lines = run_timed(
+        [
+            sys.executable,
+            "-m",
+            "demucs.separate",
+            "--repo",
+            str(repo),
+            "-n",
+            MODEL,
+            "-o",
+            str(out),
+            *map(str, tracks),
+        ]
+    )
     first = next(t for t, line in lines if line.startswith("Separating track"))
     last = next(t for t, line in lines if line.endswith(" failed"))  # the summary line
     return {"wall": wall, "per_track": (last - first) / len(tracks)}
 
 
-def bench_batch(repo: Path, tracks: tp.List[Path], out: Path, engine: str,
-                cores: int) -> tp.Dict[str, float]:
+def bench_batch(
+    repo: Path, tracks: tp.List[Path], out: Path, engine: str, cores: int
+) -> tp.Dict[str, float]:
     extra = ["--cpus-per-worker", str(cores)]
-    wall, lines = run_timed([sys.executable, "-m", "demucs.batch", "--repo", str(repo),
-                             "-n", MODEL, "-v", "-o", str(out),
-                             "--engine", engine, "--workers", "1", *extra,
-                             *map(str, tracks)])
+    wall, lines = run_timed(
+        [
+            sys.executable,
+            "-m",
+            "demucs.batch",
+            "--repo",
+            str(repo),
+            "-n",
+            MODEL,
+            "-v",
+            "-o",
+            str(out),
+            "--engine",
+            engine,
+            "--workers",
+            "1",
+            *extra,
+            *map(str, tracks),
+        ]
+    )
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     if len(rows) != len(tracks) or any(row["status"] != "done" for row in rows):
         raise RuntimeError(f"{engine}: not every track was separated: {rows}")
@@ -133,12 +167,18 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tracks", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads of every variant (default: all cores)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="interleaved rounds (medians are reported)")
-    parser.add_argument("--tiny", action="store_true",
-                        help="a tiny waveform Demucs (quick check of the overhead)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of every variant (default: all cores)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="interleaved rounds (medians are reported)"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="a tiny waveform Demucs (quick check of the overhead)"
+    )
     args = parser.parse_args(argv)
     cores = args.threads or os.cpu_count() or 1
     THREADS["value"] = cores
@@ -161,22 +201,30 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
                     result = bench_batch(repo, tracks, out, variant, cores)
                 rounds[variant].append(result)
                 print(f"round {round_index} {variant}: {result}", file=sys.stderr, flush=True)
-    results = {variant: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-               for variant, runs in rounds.items()}
-    ratios = {variant: statistics.median(r["per_track"] / base["per_track"] for r, base
-                                         in zip(runs, rounds["demucs"]))
-              for variant, runs in rounds.items()}
+    results = {
+        variant: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for variant, runs in rounds.items()
+    }
+    ratios = {
+        variant: statistics.median(
+            r["per_track"] / base["per_track"] for r, base in zip(runs, rounds["demucs"])
+        )
+        for variant, runs in rounds.items()
+    }
     model = "tiny Demucs" if args.tiny else "release HTDemucs architecture"
-    print(f"\n{args.tracks} tracks of {args.seconds:g} s, {model} (random weights), "
-          f"default flags, one worker with {cores} thread(s), {os.cpu_count()} cores\n")
-    print(f"(medians of {args.repeat} interleaved rounds; overhead: median of per-round "
-          "ratios)\n")
+    print(
+        f"\n{args.tracks} tracks of {args.seconds:g} s, {model} (random weights), "
+        f"default flags, one worker with {cores} thread(s), {os.cpu_count()} cores\n"
+    )
+    print(f"(medians of {args.repeat} interleaved rounds; overhead: median of per-round ratios)\n")
     print("| variant | wall (s) | tracks/min | s/track once loaded | overhead vs demucs |")
     print("|---|---|---|---|---|")
     for variant, result in results.items():
         overhead = "" if variant == "demucs" else f"{100 * (ratios[variant] - 1):+.1f} %"
-        print(f"| {variant} | {result['wall']:.1f} | {60 * args.tracks / result['wall']:.2f} "
-              f"| {result['per_track']:.2f} | {overhead} |")
+        print(
+            f"| {variant} | {result['wall']:.1f} | {60 * args.tracks / result['wall']:.2f} "
+            f"| {result['per_track']:.2f} | {overhead} |"
+        )
 
 
 if __name__ == "__main__":

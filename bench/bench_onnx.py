@@ -33,6 +33,7 @@ table with ratios against upstream and against ours in PyTorch::
     python bench/bench_onnx.py [--reps 3] [--threads 2] [--workdir DIR]
     python bench/bench_onnx.py --backends upstream,upstream-tuned,torch,torch-untuned
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BACKENDS = ["upstream", "torch", "conv", "ort-fp32", "ort-fp32portable", "ort-fp32-ortdefaults",
-            "ort-fp16", "ort-int8"]
+BACKENDS = [
+    "upstream",
+    "torch",
+    "conv",
+    "ort-fp32",
+    "ort-fp32portable",
+    "ort-fp32-ortdefaults",
+    "ort-fp16",
+    "ort-int8",
+]
 #: The environment equivalent of demucs.allocator.tune_allocator, for upstream-tuned.
 TUNED_ENV = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 PYTORCH_BACKENDS = ("torch", "torch-untuned", "torch-bf16", "conv")
@@ -119,8 +128,9 @@ def _mix(samples: int) -> tp.Any:
     return (0.3 * np.random.default_rng(0).standard_normal((1, 2, samples))).astype(np.float32)
 
 
-def worker(backend: str, workdir: Path, reps: int, threads: int,
-           force_bf16: bool = False) -> tp.Dict[str, float]:
+def worker(
+    backend: str, workdir: Path, reps: int, threads: int, force_bf16: bool = False
+) -> tp.Dict[str, float]:
     """Runs one backend; returns timings and peak RSS, saves its output."""
     import contextlib
 
@@ -137,8 +147,11 @@ def worker(backend: str, workdir: Path, reps: int, threads: int,
 
         from demucs.precision import precision_context
 
-        context = (precision_context("bf16", "cpu", check=not force_bf16)
-                   if backend == "torch-bf16" else contextlib.nullcontext())
+        context = (
+            precision_context("bf16", "cpu", check=not force_bf16)
+            if backend == "torch-bf16"
+            else contextlib.nullcontext()
+        )
 
         torch.set_num_threads(threads)
         from demucs.htdemucs import HTDemucs
@@ -156,9 +169,13 @@ def worker(backend: str, workdir: Path, reps: int, threads: int,
 
         _, precision, *variant = backend.split("-")  # e.g. ort, fp32, ortdefaults
         if variant == ["ortdefaults"]:  # ONNX Runtime's defaults, for comparison
-            separator = OnnxSeparator(workdir / f"{precision}.onnx", threads=threads,
-                                      optimization="all", memory_arena=True,
-                                      memory_pattern=True)
+            separator = OnnxSeparator(
+                workdir / f"{precision}.onnx",
+                threads=threads,
+                optimization="all",
+                memory_arena=True,
+                memory_pattern=True,
+            )
         else:  # the defaults of OnnxSeparator
             separator = OnnxSeparator(workdir / f"{precision}.onnx", threads=threads)
         samples = separator.spec.input_samples
@@ -172,8 +189,7 @@ def worker(backend: str, workdir: Path, reps: int, threads: int,
         out = run(mix)
         times.append(time.perf_counter() - start)
     np.save(workdir / f"out-{backend}.npy", out)
-    return {"init_s": init, "segment_s": statistics.median(times),
-            "peak_rss_mb": _peak_rss_mb()}
+    return {"init_s": init, "segment_s": statistics.median(times), "peak_rss_mb": _peak_rss_mb()}
 
 
 def prepare(workdir: Path, backends: tp.Sequence[str]) -> tp.Dict[str, int]:
@@ -209,22 +225,35 @@ def prepare(workdir: Path, backends: tp.Sequence[str]) -> tp.Dict[str, int]:
     return sizes
 
 
-def _worker_command(backend: str, workdir: Path, reps: int, threads: int,
-                    force_bf16: bool = False
-                    ) -> tp.Tuple[tp.List[str], tp.Optional[tp.Dict[str, str]]]:
+def _worker_command(
+    backend: str, workdir: Path, reps: int, threads: int, force_bf16: bool = False
+) -> tp.Tuple[tp.List[str], tp.Optional[tp.Dict[str, str]]]:
     """The subprocess of one backend: this script in worker mode, or upstream's code."""
     if not backend.startswith("upstream"):
-        return [sys.executable, __file__, "--worker", backend, "--workdir", str(workdir),
-                "--reps", str(reps), "--threads", str(threads),
-                *(["--force-bf16"] if force_bf16 else [])], None
+        return [
+            sys.executable,
+            __file__,
+            "--worker",
+            backend,
+            "--workdir",
+            str(workdir),
+            "--reps",
+            str(reps),
+            "--threads",
+            str(threads),
+            *(["--force-bf16"] if force_bf16 else []),
+        ], None
     from tests import oracle
     from demucs.configs import HTDEMUCS
 
     if not oracle.available():
-        raise SystemExit("the upstream baseline needs the oracle (make oracle), or pass "
-                         "--backends without upstream")
-    code = UPSTREAM_WORKER.format(threads=threads, workdir=str(workdir), reps=reps,
-                                  config=dict(HTDEMUCS))
+        raise SystemExit(
+            "the upstream baseline needs the oracle (make oracle), or pass "
+            "--backends without upstream"
+        )
+    code = UPSTREAM_WORKER.format(
+        threads=threads, workdir=str(workdir), reps=reps, config=dict(HTDEMUCS)
+    )
     env = dict(oracle.env(), OMP_NUM_THREADS=str(threads))
     if backend == "upstream-tuned":
         env.update(TUNED_ENV)
@@ -236,17 +265,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep the exported files there (reused if present)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the exported files there (reused if present)",
+    )
     parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--force-bf16", action="store_true",
-                        help="run torch-bf16 even without native bf16 (emulated, slow)")
+    parser.add_argument(
+        "--force-bf16",
+        action="store_true",
+        help="run torch-bf16 even without native bf16 (emulated, slow)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        print(json.dumps(worker(args.worker, args.workdir, args.reps, args.threads,
-                                args.force_bf16)))
+        print(
+            json.dumps(worker(args.worker, args.workdir, args.reps, args.threads, args.force_bf16))
+        )
         return
 
     import numpy as np
@@ -260,10 +297,12 @@ def main() -> None:
         sizes = prepare(workdir, backends)
         results = {}
         for backend in backends:
-            command, env = _worker_command(backend, workdir, args.reps, args.threads,
-                                           args.force_bf16)
-            done = subprocess.run(command, capture_output=True, text=True, check=False,
-                                  env=env, cwd=str(workdir))
+            command, env = _worker_command(
+                backend, workdir, args.reps, args.threads, args.force_bf16
+            )
+            done = subprocess.run(
+                command, capture_output=True, text=True, check=False, env=env, cwd=str(workdir)
+            )
             if done.returncode != 0:
                 print(f"{backend} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
                 continue
@@ -273,11 +312,15 @@ def main() -> None:
         reference = np.load(workdir / "out-torch.npy") if "torch" in results else None
         base = results.get("torch")
         upstream = results.get("upstream")
-        print(f"\nhtdemucs architecture, random weights, one segment of 7.8 s stereo; "
-              f"{args.threads} threads, median of {args.reps} runs. Parameters: "
-              f"{sizes['params'] / 1e6:.1f} MB (float32).\n")
-        print("| backend | file MB | init s | segment s | speed vs upstream | speed vs torch | "
-              "peak RSS MB | RSS vs torch | SNR vs torch dB |")
+        print(
+            f"\nhtdemucs architecture, random weights, one segment of 7.8 s stereo; "
+            f"{args.threads} threads, median of {args.reps} runs. Parameters: "
+            f"{sizes['params'] / 1e6:.1f} MB (float32).\n"
+        )
+        print(
+            "| backend | file MB | init s | segment s | speed vs upstream | speed vs torch | "
+            "peak RSS MB | RSS vs torch | SNR vs torch dB |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for backend, row in results.items():
             precision = backend.split("-")[1] if backend.startswith("ort") else None
@@ -288,10 +331,14 @@ def main() -> None:
             snr = "ref"
             if reference is not None and backend != "torch":
                 snr = f"{snr_db(reference, np.load(workdir / f'out-{backend}.npy')):.1f}"
-            print(f"| {backend} | {size} | {row['init_s']:.2f} | {row['segment_s']:.2f} | "
-                  f"{versus} | {speed} | {row['peak_rss_mb']:.0f} | {rss} | {snr} |")
-        pairs = (("torch", "upstream-tuned", "both with the allocator setting"),
-                 ("torch-untuned", "upstream", "both with glibc's defaults"))
+            print(
+                f"| {backend} | {size} | {row['init_s']:.2f} | {row['segment_s']:.2f} | "
+                f"{versus} | {speed} | {row['peak_rss_mb']:.0f} | {rss} | {snr} |"
+            )
+        pairs = (
+            ("torch", "upstream-tuned", "both with the allocator setting"),
+            ("torch-untuned", "upstream", "both with glibc's defaults"),
+        )
         for ours, theirs, how in pairs:
             if ours in results and theirs in results:
                 ratio = results[theirs]["segment_s"] / results[ours]["segment_s"]

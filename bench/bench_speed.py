@@ -36,6 +36,7 @@ Usage::
 
 Prints a markdown table with real-time factors and ratios vs upstream.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,6 +63,7 @@ MODEL_NAME = "htrandom"
 
 # ---------------------------------------------------------------------- setup
 
+
 def make_track(path: Path, seconds: float, seed: int = 0) -> None:
     """Stereo 16-bit wav of band-limited noise bursts, written block by block."""
     import soundfile as sf
@@ -83,8 +85,9 @@ def make_repo(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / f"{MODEL_NAME}.th"
     if not checkpoint.exists():
-        oracle.make_model("htdemucs.HTDemucs", dict(HTDEMUCS), None, folder / "work",
-                          checkpoint=checkpoint)
+        oracle.make_model(
+            "htdemucs.HTDemucs", dict(HTDEMUCS), None, folder / "work", checkpoint=checkpoint
+        )
     (folder / f"{MODEL_NAME}s.yaml").write_text(f"models: ['{MODEL_NAME}']\n")
     return checkpoint
 
@@ -179,8 +182,13 @@ from demucs.export_onnx import export_model
 model = load_model({str(checkpoint)!r})
 export_model(model, {str(path)!r})
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True,
-                          text=True, env=_env(os.cpu_count() or 1, ours=True))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        env=_env(os.cpu_count() or 1, ours=True),
+    )
     if proc.returncode != 0:
         lines = (proc.stderr.strip() or proc.stdout.strip() or "unknown error").splitlines()
         return None, f"ONNX export failed: {lines[-1][:200]}"
@@ -188,6 +196,7 @@ export_model(model, {str(path)!r})
 
 
 # ---------------------------------------------------------------------- running
+
 
 def _env(threads: int, ours: bool) -> tp.Dict[str, str]:
     env = oracle.env() if not ours else dict(os.environ, PYTHONPATH=str(ROOT))
@@ -199,9 +208,14 @@ def _env(threads: int, ours: bool) -> tp.Dict[str, str]:
 def run_child(code: str, threads: int, ours: bool, cwd: Path) -> tp.Dict[str, float]:
     """Runs ``code`` in a fresh interpreter; wall time, its separation time, peak RSS."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=str(cwd),
-                            env=_env(threads, ours), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=str(cwd),
+        env=_env(threads, ours),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     stdout = proc.stdout.read() if proc.stdout else ""
@@ -209,15 +223,25 @@ def run_child(code: str, threads: int, ours: bool, cwd: Path) -> tp.Dict[str, fl
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"child failed ({proc.returncode}):\n{stdout}\n{stderr[-3000:]}")
-    separate = next((float(line.split()[1]) for line in stdout.splitlines()
-                     if line.startswith("SEPARATE")), float("nan"))
+    separate = next(
+        (float(line.split()[1]) for line in stdout.splitlines() if line.startswith("SEPARATE")),
+        float("nan"),
+    )
     return {"wall": wall, "separate": separate, "rss_mb": usage.ru_maxrss / 1024}
 
 
-def _variant_code(variant: str, work: Path, repo: Path, checkpoint: Path,
-                  onnx_path: tp.Optional[Path], track: Path, threads: int,
-                  seconds: float, mp3: bool = False, force_bf16: bool = False
-                  ) -> tp.Optional[str]:
+def _variant_code(
+    variant: str,
+    work: Path,
+    repo: Path,
+    checkpoint: Path,
+    onnx_path: tp.Optional[Path],
+    track: Path,
+    threads: int,
+    seconds: float,
+    mp3: bool = False,
+    force_bf16: bool = False,
+) -> tp.Optional[str]:
     """The child program of one variant, or None when it cannot run (no ONNX file)."""
     out = work / f"out_{variant}_{int(seconds)}"
     out.mkdir(exist_ok=True)
@@ -232,8 +256,9 @@ def _variant_code(variant: str, work: Path, repo: Path, checkpoint: Path,
             flags += ["--two-stems", "vocals", "--other-method", "minus"]
         return FT_CODE.format(flags=flags, **fields)
     if variant == "ours-bf16":
-        return BF16_CODE.format(repo=str(repo), name=f"{MODEL_NAME}s", flags=flags,
-                                force=force_bf16, **fields)
+        return BF16_CODE.format(
+            repo=str(repo), name=f"{MODEL_NAME}s", flags=flags, force=force_bf16, **fields
+        )
     if onnx_path is None:
         return None
     return ONNX_CODE.format(onnx=str(onnx_path), flags=flags, **fields)
@@ -247,7 +272,7 @@ def stems_snr(reference: Path, estimate: Path) -> float:
     for path in sorted(reference.rglob("*.wav")):
         ref, _ = sf.read(str(path), dtype="float64")
         est, _ = sf.read(str(estimate / path.relative_to(reference)), dtype="float64")
-        signal += float(np.sum(ref ** 2))
+        signal += float(np.sum(ref**2))
         noise += float(np.sum((ref - est) ** 2))
     return float(10 * np.log10(signal / max(noise, 1e-20)))
 
@@ -256,30 +281,49 @@ def _summary(runs: tp.Sequence[tp.Dict[str, float]]) -> tp.Dict[str, float]:
     """Median wall and separation times, largest peak RSS, over repeated runs."""
     import statistics
 
-    return {"wall": statistics.median(run["wall"] for run in runs),
-            "separate": statistics.median(run["separate"] for run in runs),
-            "rss_mb": max(run["rss_mb"] for run in runs), "runs": len(runs)}
+    return {
+        "wall": statistics.median(run["wall"] for run in runs),
+        "separate": statistics.median(run["separate"] for run in runs),
+        "rss_mb": max(run["rss_mb"] for run in runs),
+        "runs": len(runs),
+    }
 
 
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10 s and 40 s tracks")
-    parser.add_argument("--durations", type=float, nargs="+",
-                        help="track durations in seconds (default 60 1200)")
-    parser.add_argument("--variants", nargs="+", default=["upstream", "ours", "ours-onnx"],
-                        choices=["upstream", "ours", "ours-onnx", "ours-bf16", "ours-ft",
-                                 "ours-ft-vocals"])
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="threads of every variant (default: all cores)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds per track; the variants alternate within a round and "
-                             "each reports its median wall time (shared machines are noisy)")
-    parser.add_argument("--mp3", action="store_true",
-                        help="write the stems as 320 kb/s mp3 (every variant) instead of "
-                             "16-bit wav")
-    parser.add_argument("--force-bf16", action="store_true",
-                        help="run ours-bf16 even on a CPU without native bf16 (emulated, "
-                             "slow: for its SNR only)")
+    parser.add_argument(
+        "--durations", type=float, nargs="+", help="track durations in seconds (default 60 1200)"
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["upstream", "ours", "ours-onnx"],
+        choices=["upstream", "ours", "ours-onnx", "ours-bf16", "ours-ft", "ours-ft-vocals"],
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads of every variant (default: all cores)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds per track; the variants alternate within a round and "
+        "each reports its median wall time (shared machines are noisy)",
+    )
+    parser.add_argument(
+        "--mp3",
+        action="store_true",
+        help="write the stems as 320 kb/s mp3 (every variant) instead of 16-bit wav",
+    )
+    parser.add_argument(
+        "--force-bf16",
+        action="store_true",
+        help="run ours-bf16 even on a CPU without native bf16 (emulated, slow: for its SNR only)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep checkpoints/tracks here")
     args = parser.parse_args(argv)
     durations = args.durations or ([10.0, 40.0] if args.quick else [60.0, 1200.0])
@@ -301,8 +345,9 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
 
         if not cpu_supports_bf16():
             args.variants = [v for v in args.variants if v != "ours-bf16"]
-            notes.append("ours-bf16 skipped: this CPU has no native bf16 (--force-bf16 runs "
-                         "it emulated)")
+            notes.append(
+                "ours-bf16 skipped: this CPU has no native bf16 (--force-bf16 runs it emulated)"
+            )
 
     results: tp.Dict[tp.Tuple[str, float], tp.Dict[str, float]] = {}
     for seconds in durations:
@@ -312,44 +357,68 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
         runs: tp.Dict[str, tp.List[tp.Dict[str, float]]] = {}
         for _ in range(max(1, args.repeat)):
             for variant in args.variants:
-                code = _variant_code(variant, work, repo, checkpoint, onnx_path, track,
-                                     args.threads, seconds, args.mp3, args.force_bf16)
+                code = _variant_code(
+                    variant,
+                    work,
+                    repo,
+                    checkpoint,
+                    onnx_path,
+                    track,
+                    args.threads,
+                    seconds,
+                    args.mp3,
+                    args.force_bf16,
+                )
                 if code is None:
                     continue
                 try:
                     result = run_child(code, args.threads, variant != "upstream", work)
                 except RuntimeError as err:
-                    notes.append(f"{variant} on {seconds:g} s failed: "
-                                 f"{str(err).strip().splitlines()[-1][:200]}")
+                    notes.append(
+                        f"{variant} on {seconds:g} s failed: "
+                        f"{str(err).strip().splitlines()[-1][:200]}"
+                    )
                     continue
                 runs.setdefault(variant, []).append(result)
-                print(f"# {variant:10s} {seconds:7.0f} s: wall {result['wall']:.1f} s, "
-                      f"separation {result['separate']:.1f} s, "
-                      f"peak RSS {result['rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+                print(
+                    f"# {variant:10s} {seconds:7.0f} s: wall {result['wall']:.1f} s, "
+                    f"separation {result['separate']:.1f} s, "
+                    f"peak RSS {result['rss_mb']:.0f} MB",
+                    file=sys.stderr,
+                    flush=True,
+                )
         for variant, done in runs.items():
             results[(variant, seconds)] = _summary(done)
         if "ours-bf16" in runs and "ours" in runs and not args.mp3:
-            snr = stems_snr(work / f"out_ours_{int(seconds)}",
-                            work / f"out_ours-bf16_{int(seconds)}")
+            snr = stems_snr(
+                work / f"out_ours_{int(seconds)}", work / f"out_ours-bf16_{int(seconds)}"
+            )
             notes.append(f"ours-bf16 stems vs ours (fp32) on {seconds:g} s: SNR {snr:.1f} dB")
 
     print_table(results, durations, args, notes)
 
 
-def print_table(results: tp.Dict[tp.Tuple[str, float], tp.Dict[str, float]],
-                durations: tp.Sequence[float], args: argparse.Namespace,
-                notes: tp.List[str]) -> None:
+def print_table(
+    results: tp.Dict[tp.Tuple[str, float], tp.Dict[str, float]],
+    durations: tp.Sequence[float],
+    args: argparse.Namespace,
+    notes: tp.List[str],
+) -> None:
     import platform
 
     import torch
 
-    print(f"\nHTDemucs (release architecture, random weights), shifts=1, overlap=0.25, "
-          f"stems as {'320 kb/s mp3' if args.mp3 else '16-bit wav'}, "
-          f"{args.threads} thread(s), {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}; wall: median of {max(1, args.repeat)} interleaved "
-          f"run(s), peak RSS: the largest\n")
-    print("| variant | track | wall (s) | real-time factor | peak RSS (MB) | "
-          "speed vs upstream | RSS vs upstream |")
+    print(
+        f"\nHTDemucs (release architecture, random weights), shifts=1, overlap=0.25, "
+        f"stems as {'320 kb/s mp3' if args.mp3 else '16-bit wav'}, "
+        f"{args.threads} thread(s), {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}; wall: median of {max(1, args.repeat)} interleaved "
+        f"run(s), peak RSS: the largest\n"
+    )
+    print(
+        "| variant | track | wall (s) | real-time factor | peak RSS (MB) | "
+        "speed vs upstream | RSS vs upstream |"
+    )
     print("|---|---|---|---|---|---|---|")
     for seconds in durations:
         base = results.get(("upstream", seconds))
@@ -359,17 +428,21 @@ def print_table(results: tp.Dict[tp.Tuple[str, float], tp.Dict[str, float]],
                 continue
             speed = f"{base['wall'] / result['wall']:.2f}x" if base else "n/a"
             rss = f"{result['rss_mb'] / base['rss_mb']:.2f}x" if base else "n/a"
-            print(f"| {variant} | {seconds:g} s | {result['wall']:.1f} | "
-                  f"{result['wall'] / seconds:.3f} | {result['rss_mb']:.0f} | {speed} | {rss} |")
+            print(
+                f"| {variant} | {seconds:g} s | {result['wall']:.1f} | "
+                f"{result['wall'] / seconds:.3f} | {result['rss_mb']:.0f} | {speed} | {rss} |"
+            )
     if len(durations) >= 2:
         first, last = durations[0], durations[-1]
         print()
         for variant in args.variants:
             a, b = results.get((variant, first)), results.get((variant, last))
             if a and b:
-                print(f"- {variant}: peak RSS {a['rss_mb']:.0f} MB -> {b['rss_mb']:.0f} MB "
-                      f"from {first:g} s to {last:g} s "
-                      f"({100 * (b['rss_mb'] / a['rss_mb'] - 1):+.0f}%)")
+                print(
+                    f"- {variant}: peak RSS {a['rss_mb']:.0f} MB -> {b['rss_mb']:.0f} MB "
+                    f"from {first:g} s to {last:g} s "
+                    f"({100 * (b['rss_mb'] / a['rss_mb'] - 1):+.0f}%)"
+                )
     for note in notes:
         print(f"- note: {note}")
 

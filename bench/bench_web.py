@@ -14,6 +14,7 @@ memory of Chromium's renderer (the page, its worker and ORT's threads); then
 ``OnnxSeparator.run_segment`` in Python (``--threads``, default 2, as many as the page
 gets here). Needs ``npm ci`` and Chromium (``$CHROMIUM`` or ``chromium``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,19 +43,31 @@ def _free_port() -> int:
 
 def browser_run(onnx: Path, song: Path, work: Path) -> tp.Dict[str, tp.Any]:
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "demucs.web", "--onnx", str(onnx),
-                               "--port", str(port), "-q"], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "demucs.web", "--onnx", str(onnx), "--port", str(port), "-q"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert server.stdout is not None and "Serving" in server.stdout.readline()
         config = work / "drive.json"
-        config.write_text(json.dumps(dict(
-            url=f"http://127.0.0.1:{port}/",
-            chromium=os.environ.get("CHROMIUM") or shutil.which("chromium"),
-            out=str(work / "out"), timeoutMs=3600 * 1000,
-            cases=[dict(name=onnx.stem, audio=str(song), shifts=0)])))
-        result = subprocess.run(["node", str(ROOT / "tests" / "web" / "drive_page.mjs"),
-                                 str(config)], capture_output=True, text=True)
+        config.write_text(
+            json.dumps(
+                dict(
+                    url=f"http://127.0.0.1:{port}/",
+                    chromium=os.environ.get("CHROMIUM") or shutil.which("chromium"),
+                    out=str(work / "out"),
+                    timeoutMs=3600 * 1000,
+                    cases=[dict(name=onnx.stem, audio=str(song), shifts=0)],
+                )
+            )
+        )
+        result = subprocess.run(
+            ["node", str(ROOT / "tests" / "web" / "drive_page.mjs"), str(config)],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode:
             raise SystemExit(f"{onnx}: the page driver failed: {result.stderr[-2000:]}")
         return json.loads(result.stdout.strip().splitlines()[-1])[0]
@@ -68,8 +81,11 @@ def python_run(onnx: Path, threads: int, runs: int) -> tp.List[float]:
 
     separator = OnnxSeparator(str(onnx), threads=threads)
     spec = separator.spec
-    mix = np.random.default_rng(0).standard_normal(
-        (1, spec.audio_channels, spec.input_samples)).astype(np.float32)
+    mix = (
+        np.random.default_rng(0)
+        .standard_normal((1, spec.audio_channels, spec.input_samples))
+        .astype(np.float32)
+    )
     separator.run_segment(mix)  # warm-up
     times = []
     for _ in range(runs):
@@ -107,14 +123,20 @@ def main() -> None:
         python = python_run(onnx, args.threads, max(2, args.segments - 1))
         segments_3min = len(range(0, int(SONG_SECONDS * spec.sample_rate), stride))
         print(f"{onnx.name} ({spec.precision}): browser {report['summary']}")
-        print(f"  browser per segment: first {per_segment[0]:.1f} s, then "
-              f"{', '.join(f'{t:.1f}' for t in per_segment[1:])} s (median {steady:.1f} s); "
-              f"peak renderer RSS {report['peakRssMB']:.0f} MB")
-        print(f"  python onnxruntime ({args.threads} threads) per segment: "
-              f"{', '.join(f'{t:.1f}' for t in python)} s (median {np.median(python):.1f} s)")
-        print(f"  3-minute song ({segments_3min} segments, --shifts 0), extrapolated: "
-              f"browser {segments_3min * steady / 60:.1f} min, python "
-              f"{segments_3min * float(np.median(python)) / 60:.1f} min")
+        print(
+            f"  browser per segment: first {per_segment[0]:.1f} s, then "
+            f"{', '.join(f'{t:.1f}' for t in per_segment[1:])} s (median {steady:.1f} s); "
+            f"peak renderer RSS {report['peakRssMB']:.0f} MB"
+        )
+        print(
+            f"  python onnxruntime ({args.threads} threads) per segment: "
+            f"{', '.join(f'{t:.1f}' for t in python)} s (median {np.median(python):.1f} s)"
+        )
+        print(
+            f"  3-minute song ({segments_3min} segments, --shifts 0), extrapolated: "
+            f"browser {segments_3min * steady / 60:.1f} min, python "
+            f"{segments_3min * float(np.median(python)) / 60:.1f} min"
+        )
         sys.stdout.flush()
 
 

@@ -7,6 +7,7 @@ against our torch backend::
 
     python bench/parity.py            # needs `make oracle`
 """
+
 from __future__ import annotations
 
 import sys
@@ -27,15 +28,33 @@ from tests import oracle  # noqa: E402
 
 CASES = {
     "htdemucs (release architecture)": ("htdemucs.HTDemucs", configs.HTDEMUCS, 44100 * 3),
-    "htdemucs_6s (release architecture)": ("htdemucs.HTDemucs", configs.HTDEMUCS_6S,
-                                           44100 * 3),
+    "htdemucs_6s (release architecture)": ("htdemucs.HTDemucs", configs.HTDEMUCS_6S, 44100 * 3),
     "tiny HTDemucs, cac=False": ("htdemucs.HTDemucs", configs.TINY_HTDEMUCS_MAG, 7963),
     "HDemucs (hybrid v3, nfft 4096, depth 6)": (
-        "hdemucs.HDemucs", dict(sources=configs.SOURCES_4, channels=48, depth=6, nfft=4096,
-                                hybrid=True, hybrid_old=False, cac=True), 44100 * 3),
+        "hdemucs.HDemucs",
+        dict(
+            sources=configs.SOURCES_4,
+            channels=48,
+            depth=6,
+            nfft=4096,
+            hybrid=True,
+            hybrid_old=False,
+            cac=True,
+        ),
+        44100 * 3,
+    ),
     "Demucs (waveform, depth 6, LSTM/attention DConv)": (
-        "demucs.Demucs", dict(sources=configs.SOURCES_4, channels=48, depth=6,
-                              dconv_mode=3, dconv_lstm=4, dconv_attn=4), 44100 * 3),
+        "demucs.Demucs",
+        dict(
+            sources=configs.SOURCES_4,
+            channels=48,
+            depth=6,
+            dconv_mode=3,
+            dconv_lstm=4,
+            dconv_attn=4,
+        ),
+        44100 * 3,
+    ),
 }
 CLASSES = {"htdemucs.HTDemucs": HTDemucs, "hdemucs.HDemucs": HDemucs, "demucs.Demucs": Demucs}
 
@@ -45,12 +64,15 @@ def main() -> None:
         sys.exit("upstream oracle missing: run `make oracle`")
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)
-    inputs = {name: 0.3 * torch.randn(1, 2, length, generator=gen)
-              for name, (_, _, length) in CASES.items()}
+    inputs = {
+        name: 0.3 * torch.randn(1, 2, length, generator=gen)
+        for name, (_, _, length) in CASES.items()
+    }
     with tempfile.TemporaryDirectory() as tmp:
         refs = oracle.make_model_dict(
             {name: (klass, kwargs, inputs[name], 0) for name, (klass, kwargs, _) in CASES.items()},
-            Path(tmp))
+            Path(tmp),
+        )
     print("| model | max abs diff vs upstream | conv STFT vs torch STFT |")
     print("|---|---|---|")
     for name, (klass, kwargs, _) in CASES.items():

@@ -13,6 +13,7 @@ Usage::
     python bench/profile_forward.py                 # ours and upstream (needs make oracle)
     python bench/profile_forward.py --variants ours --runs 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,18 +80,19 @@ def category(op: str) -> str:
     return "other"
 
 
-def profile_variant(variant: str, checkpoint: Path, threads: int, runs: int,
-                    workdir: Path) -> tp.Dict[str, tp.Any]:
+def profile_variant(
+    variant: str, checkpoint: Path, threads: int, runs: int, workdir: Path
+) -> tp.Dict[str, tp.Any]:
     """Runs the worker for ``variant`` (``ours`` or ``upstream``); returns its result."""
     env = _env(threads, ours=variant != "upstream")
-    code = textwrap.dedent(WORKER.format(threads=threads, checkpoint=str(checkpoint),
-                                         runs=runs))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=str(workdir), env=env,
-                          capture_output=True, text=True)
+    code = textwrap.dedent(WORKER.format(threads=threads, checkpoint=str(checkpoint), runs=runs))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=str(workdir), env=env, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{proc.stderr[-3000:]}")
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     groups: tp.Dict[str, float] = {}
     for op, seconds in result["ops"].items():
         groups[category(op)] = groups.get(category(op), 0.0) + seconds
@@ -98,18 +100,25 @@ def profile_variant(variant: str, checkpoint: Path, threads: int, runs: int,
     return result
 
 
-def print_table(results: tp.Dict[str, tp.Dict[str, tp.Any]], threads: int, runs: int,
-                top: int = 0) -> None:
+def print_table(
+    results: tp.Dict[str, tp.Dict[str, tp.Any]], threads: int, runs: int, top: int = 0
+) -> None:
     variants = list(results)
-    print(f"\nOne 7.8 s segment, HTDemucs release architecture (random weights), "
-          f"{threads} thread(s); wall: median of {runs} passes; profile: self CPU time "
-          f"of one more pass\n")
+    print(
+        f"\nOne 7.8 s segment, HTDemucs release architecture (random weights), "
+        f"{threads} thread(s); wall: median of {runs} passes; profile: self CPU time "
+        f"of one more pass\n"
+    )
     print("| | " + " | ".join(variants) + " |")
     print("|---|" + "---|" * len(variants))
-    print("| wall per pass (s) | " + " | ".join(
-        f"{results[v]['wall']:.2f}" for v in variants) + " |")
-    print("| page faults per pass | " + " | ".join(
-        f"{results[v]['faults']:.0f}" for v in variants) + " |")
+    print(
+        "| wall per pass (s) | " + " | ".join(f"{results[v]['wall']:.2f}" for v in variants) + " |"
+    )
+    print(
+        "| page faults per pass | "
+        + " | ".join(f"{results[v]['faults']:.0f}" for v in variants)
+        + " |"
+    )
     names = [name for name, _ in CATEGORIES] + ["other"]
     for name in names:
         cells = []
@@ -119,21 +128,29 @@ def print_table(results: tp.Dict[str, tp.Dict[str, tp.Any]], threads: int, runs:
             seconds = groups.get(name, 0.0)
             cells.append(f"{seconds:.2f} s ({100 * seconds / total:.0f} %)")
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print("| profiled total | " + " | ".join(
-        f"{sum(results[v]['groups'].values()):.2f} s" for v in variants) + " |")
+    print(
+        "| profiled total | "
+        + " | ".join(f"{sum(results[v]['groups'].values()):.2f} s" for v in variants)
+        + " |"
+    )
     for variant in variants if top else []:
         ops = sorted(results[variant]["ops"].items(), key=lambda item: -item[1])[:top]
-        print(f"\n{variant}, top {top} ops by self CPU time: " + ", ".join(
-            f"{op} {seconds:.2f} s" for op, seconds in ops))
+        print(
+            f"\n{variant}, top {top} ops by self CPU time: "
+            + ", ".join(f"{op} {seconds:.2f} s" for op, seconds in ops)
+        )
     if "upstream" in results and "ours" in results:
-        print(f"\n- speed per pass, ours vs upstream: "
-              f"{results['upstream']['wall'] / results['ours']['wall']:.2f}x")
+        print(
+            f"\n- speed per pass, ours vs upstream: "
+            f"{results['upstream']['wall'] / results['ours']['wall']:.2f}x"
+        )
 
 
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", default=["ours", "upstream"],
-                        choices=["ours", "upstream"])
+    parser.add_argument(
+        "--variants", nargs="+", default=["ours", "upstream"], choices=["ours", "upstream"]
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--runs", type=int, default=3, help="timed passes (median)")
     parser.add_argument("--top", type=int, default=8, help="also list the N costliest ops")
@@ -143,8 +160,10 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
         sys.exit("the release-architecture checkpoint is made by the oracle: make oracle")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="demucs_profile_"))
     checkpoint = make_repo(work / "repo")
-    results = {variant: profile_variant(variant, checkpoint, args.threads, args.runs, work)
-               for variant in args.variants}
+    results = {
+        variant: profile_variant(variant, checkpoint, args.threads, args.runs, work)
+        for variant in args.variants
+    }
     print_table(results, args.threads, args.runs, args.top)
 
 

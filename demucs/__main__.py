@@ -1,4 +1,5 @@
 """`python -m demucs`: same as the `demucs` command."""
+
 from .separate import console_main
 
 if __name__ == "__main__":

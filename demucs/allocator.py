@@ -24,6 +24,7 @@ hands it back to the system (glibc ``malloc_trim``). Environment equivalents, fo
 own processes: ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824``
 (PyTorch) and ``MALLOC_MMAP_THRESHOLD_=1048576`` (ONNX Runtime).
 """
+
 from __future__ import annotations
 
 import os

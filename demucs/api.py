@@ -18,6 +18,7 @@ imported). Both run the separation core (:mod:`demucs.core`) with the numerics o
 ``demucs`` command: the mix is normalised by the mean and standard deviation of its mono
 downmix, separated (shifts, overlapping segments, bag weights) and scaled back.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,15 @@ if tp.TYPE_CHECKING:  # pragma: no cover
 
     from .onnx.runtime import OnnxSeparator
 
-__all__ = ["Separator", "list_models", "save_audio", "LoadAudioError", "ModelLoadingError",
-           "LoadModelError", "NotProvided"]
+__all__ = [
+    "Separator",
+    "list_models",
+    "save_audio",
+    "LoadAudioError",
+    "ModelLoadingError",
+    "LoadModelError",
+    "NotProvided",
+]
 
 #: Upstream 4.1.0's name for a model that cannot be loaded.
 LoadModelError = ModelLoadingError
@@ -82,10 +90,18 @@ class _TorchBackend:
 
         return max_allowed_segment(self.model)
 
-    def members(self, *, device: tp.Any, out_device: tp.Any, split: bool,
-                segment: tp.Optional[float], max_batch: int,
-                stems: tp.Optional[tp.Sequence[str]],
-                precision: str, numpy: bool) -> tp.List[Member]:
+    def members(
+        self,
+        *,
+        device: tp.Any,
+        out_device: tp.Any,
+        split: bool,
+        segment: tp.Optional[float],
+        max_batch: int,
+        stems: tp.Optional[tp.Sequence[str]],
+        precision: str,
+        numpy: bool,
+    ) -> tp.List[Member]:
         import torch
 
         from .allocator import ensure_tuned_for_torch
@@ -93,9 +109,16 @@ class _TorchBackend:
 
         if torch.device(device).type == "cpu":
             ensure_tuned_for_torch()
-        members = torch_members(self.model, device=device, out_device=out_device,
-                                split=split, segment=segment, max_batch=max_batch,
-                                sources=stems, precision=precision)
+        members = torch_members(
+            self.model,
+            device=device,
+            out_device=out_device,
+            split=split,
+            segment=segment,
+            max_batch=max_batch,
+            sources=stems,
+            precision=precision,
+        )
         if numpy:
             for member in members:
                 member.run = _numpy_runner(member.run)
@@ -107,6 +130,7 @@ def _numpy_runner(run: tp.Callable[[Array], Array]) -> tp.Callable[[np.ndarray],
 
     def wrapped(batch: np.ndarray) -> np.ndarray:
         return run(torch.from_numpy(batch)).cpu().numpy()
+
     return wrapped
 
 
@@ -127,8 +151,10 @@ class _OnnxBackend:
         from .onnx.runtime import onnx_members
 
         if precision != "fp32":
-            raise ValueError("precision applies to PyTorch models; an ONNX graph has its own "
-                             "(export it with --precision)")
+            raise ValueError(
+                "precision applies to PyTorch models; an ONNX graph has its own "
+                "(export it with --precision)"
+            )
         return onnx_members(self.runtime, max_batch=max_batch)
 
 
@@ -173,17 +199,26 @@ class Separator:
         ValueError: invalid parameters (e.g. a segment longer than the model allows).
     """
 
-    def __init__(self, model: tp.Union[str, "nn.Module"] = DEFAULT_MODEL,
-                 repo: tp.Optional[tp.Union[str, Path]] = None,
-                 device: tp.Any = None, shifts: int = 1, overlap: float = 0.25,
-                 split: bool = True, segment: tp.Optional[float] = None, jobs: int = 0,
-                 progress: bool = False, callback: tp.Optional[Callback] = None,
-                 callback_arg: tp.Optional[tp.Dict[str, tp.Any]] = None, *,
-                 onnx: tp.Optional[tp.Union[str, os.PathLike]] = None,
-                 onnx_threads: tp.Optional[int] = None,
-                 onnx_providers: tp.Optional[tp.Sequence[str]] = None,
-                 stems: tp.Optional[tp.Sequence[str]] = None,
-                 precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        model: tp.Union[str, "nn.Module"] = DEFAULT_MODEL,
+        repo: tp.Optional[tp.Union[str, Path]] = None,
+        device: tp.Any = None,
+        shifts: int = 1,
+        overlap: float = 0.25,
+        split: bool = True,
+        segment: tp.Optional[float] = None,
+        jobs: int = 0,
+        progress: bool = False,
+        callback: tp.Optional[Callback] = None,
+        callback_arg: tp.Optional[tp.Dict[str, tp.Any]] = None,
+        *,
+        onnx: tp.Optional[tp.Union[str, os.PathLike]] = None,
+        onnx_threads: tp.Optional[int] = None,
+        onnx_providers: tp.Optional[tp.Sequence[str]] = None,
+        stems: tp.Optional[tp.Sequence[str]] = None,
+        precision: str = "fp32",
+    ) -> None:
         self._repo = Path(repo) if repo is not None else None
         self._onnx_path = Path(onnx) if onnx is not None else None
         self._onnx_threads = onnx_threads
@@ -210,10 +245,19 @@ class Separator:
         self._callback_arg: tp.Dict[str, tp.Any] = {}
         self._stems: tp.Optional[tp.List[str]] = None
         self._precision = "fp32"
-        self.update_parameter(device=device, shifts=shifts, overlap=overlap, split=split,
-                              segment=segment, jobs=jobs, progress=progress,
-                              callback=callback, callback_arg=callback_arg, stems=stems,
-                              precision=precision)
+        self.update_parameter(
+            device=device,
+            shifts=shifts,
+            overlap=overlap,
+            split=split,
+            segment=segment,
+            jobs=jobs,
+            progress=progress,
+            callback=callback,
+            callback_arg=callback_arg,
+            stems=stems,
+            precision=precision,
+        )
 
     # ------------------------------------------------------------------ loading
     def _set_backend(self, backend: tp.Union[_TorchBackend, _OnnxBackend]) -> None:
@@ -245,12 +289,20 @@ class Separator:
         return self.load_audio(track)
 
     # ------------------------------------------------------------------ parameters
-    def update_parameter(self, device: tp.Any = NotProvided, shifts: tp.Any = NotProvided,
-                         overlap: tp.Any = NotProvided, split: tp.Any = NotProvided,
-                         segment: tp.Any = NotProvided, jobs: tp.Any = NotProvided,
-                         progress: tp.Any = NotProvided, callback: tp.Any = NotProvided,
-                         callback_arg: tp.Any = NotProvided, stems: tp.Any = NotProvided,
-                         precision: tp.Any = NotProvided) -> None:
+    def update_parameter(
+        self,
+        device: tp.Any = NotProvided,
+        shifts: tp.Any = NotProvided,
+        overlap: tp.Any = NotProvided,
+        split: tp.Any = NotProvided,
+        segment: tp.Any = NotProvided,
+        jobs: tp.Any = NotProvided,
+        progress: tp.Any = NotProvided,
+        callback: tp.Any = NotProvided,
+        callback_arg: tp.Any = NotProvided,
+        stems: tp.Any = NotProvided,
+        precision: tp.Any = NotProvided,
+    ) -> None:
         """Changes any of the separation parameters; the others keep their values."""
         if device is not NotProvided:
             self._set_device(device)
@@ -296,13 +348,16 @@ class Separator:
         if segment is not None:
             if isinstance(backend, _OnnxBackend):
                 seconds = backend.runtime.spec.segment_samples / self.samplerate
-                raise ValueError(f"the segment is fixed in the ONNX file ({seconds:g} s): "
-                                 "export again with another --segment to change it")
+                raise ValueError(
+                    f"the segment is fixed in the ONNX file ({seconds:g} s): "
+                    "export again with another --segment to change it"
+                )
             check_split_params(self._shifts, self._overlap, segment=segment)
             limit = backend.max_segment()
             if not 0 < segment <= limit:
-                raise ValueError(f"segment must be in (0, {limit}] seconds for this model, "
-                                 f"got {segment}")
+                raise ValueError(
+                    f"segment must be in (0, {limit}] seconds for this model, got {segment}"
+                )
         self._segment = segment
 
     def _set_stems(self, stems: tp.Optional[tp.Sequence[str]]) -> None:
@@ -313,8 +368,9 @@ class Separator:
             stems = [stems]
         unknown = [stem for stem in stems if stem not in self.sources]
         if unknown or not stems:
-            raise ValueError(f"unknown stems {unknown or stems}: the model has "
-                             f"{', '.join(self.sources)}")
+            raise ValueError(
+                f"unknown stems {unknown or stems}: the model has {', '.join(self.sources)}"
+            )
         self._stems = [source for source in self.sources if source in stems]
 
     def _set_precision(self, precision: str) -> None:
@@ -323,8 +379,10 @@ class Separator:
         backend = self._require_backend()
         if precision != "fp32":
             if isinstance(backend, _OnnxBackend):
-                raise ValueError("precision applies to PyTorch models; an ONNX graph has its "
-                                 "own (export it with --precision)")
+                raise ValueError(
+                    "precision applies to PyTorch models; an ONNX graph has its "
+                    "own (export it with --precision)"
+                )
             check_precision(precision, self._device)
         self._precision = precision
 
@@ -346,8 +404,9 @@ class Separator:
     def model(self) -> "nn.Module":
         """The PyTorch model (RuntimeError for an ONNX separator: see :attr:`runtime`)."""
         if self._model is None:
-            raise RuntimeError("this Separator runs an ONNX graph: it has no PyTorch model "
-                               "(see .runtime)")
+            raise RuntimeError(
+                "this Separator runs an ONNX graph: it has no PyTorch model (see .runtime)"
+            )
         return self._model
 
     @property
@@ -377,18 +436,29 @@ class Separator:
         return self._require_backend().models
 
     # ------------------------------------------------------------------ separation
-    def _members(self, out_device: tp.Any, numpy: bool, max_batch: int = 1
-                 ) -> tp.List[Member]:
+    def _members(self, out_device: tp.Any, numpy: bool, max_batch: int = 1) -> tp.List[Member]:
         backend = self._require_backend()
-        return backend.members(device=self._device, out_device=out_device, split=self._split,
-                               segment=self._segment, max_batch=max_batch, stems=self._stems,
-                               precision=self._precision, numpy=numpy)
+        return backend.members(
+            device=self._device,
+            out_device=out_device,
+            split=self._split,
+            segment=self._segment,
+            max_batch=max_batch,
+            stems=self._stems,
+            precision=self._precision,
+            numpy=numpy,
+        )
 
     def _hook(self, length: int, models: int) -> tp.Optional[engine.JobHook]:
         if self._callback is None:
             return None
-        return callback_hook(self._callback, {**self._callback_arg, "audio_length": length},
-                             models, self._shifts, self._split)
+        return callback_hook(
+            self._callback,
+            {**self._callback_arg, "audio_length": length},
+            models,
+            self._shifts,
+            self._split,
+        )
 
     def _progress_bar(self) -> tp.Tuple[tp.Any, tp.Callable[[], None]]:
         if not self._progress:
@@ -406,27 +476,34 @@ class Separator:
             if wav.dim() == 1:
                 wav = wav[None]
             if wav.dim() != 2:
-                raise ValueError(f"expected audio of shape [channels, time], "
-                                 f"got {tuple(wav.shape)}")
+                raise ValueError(
+                    f"expected audio of shape [channels, time], got {tuple(wav.shape)}"
+                )
             wav = wav.float()
-            if (sr is not None and int(sr) != self.samplerate) or \
-                    wav.shape[0] != self.audio_channels:
+            if (sr is not None and int(sr) != self.samplerate) or wav.shape[
+                0
+            ] != self.audio_channels:
                 from .audio import convert_audio
 
-                wav = convert_audio(wav, int(sr or self.samplerate), self.samplerate,
-                                    self.audio_channels)
+                wav = convert_audio(
+                    wav, int(sr or self.samplerate), self.samplerate, self.audio_channels
+                )
         else:
             wav = np.asarray(wav, dtype=np.float32)
             if wav.ndim == 1:
                 wav = wav[None]
             if wav.ndim != 2:
                 raise ValueError(f"expected audio of shape [channels, time], got {wav.shape}")
-            if (sr is not None and int(sr) != self.samplerate) or \
-                    wav.shape[0] != self.audio_channels:
+            if (sr is not None and int(sr) != self.samplerate) or wav.shape[
+                0
+            ] != self.audio_channels:
                 from .io import ArraySource, ConvertedSource
 
-                source = ConvertedSource(ArraySource(wav, int(sr or self.samplerate)),
-                                         self.samplerate, self.audio_channels)
+                source = ConvertedSource(
+                    ArraySource(wav, int(sr or self.samplerate)),
+                    self.samplerate,
+                    self.audio_channels,
+                )
                 wav = np.concatenate(list(source.blocks()), axis=1)
         if wav.shape[-1] == 0:
             raise ValueError("cannot separate audio with no samples")
@@ -449,8 +526,9 @@ class Separator:
             return torch.from_numpy(clean).to(wav.device), clean
         return clean, clean
 
-    def separate_tensor(self, wav: Array, sr: tp.Optional[int] = None
-                        ) -> tp.Tuple[Array, tp.Dict[str, Array]]:
+    def separate_tensor(
+        self, wav: Array, sr: tp.Optional[int] = None
+    ) -> tp.Tuple[Array, tp.Dict[str, Array]]:
         """Separates ``wav`` (``[channels, time]`` or ``[time]``, a tensor or an array).
 
         If ``sr`` is given and differs from :attr:`samplerate`, the audio is resampled
@@ -471,9 +549,11 @@ class Separator:
 
             limit = backend.max_segment()
             if not self._split and host.shape[-1] > limit * self.samplerate:
-                raise ValueError(f"{host.shape[-1] / self.samplerate:.1f} s of audio do not fit "
-                                 f"in one pass of this model (at most {limit:g} s): separate "
-                                 "it in segments (split=True; drop --no-split)")
+                raise ValueError(
+                    f"{host.shape[-1] / self.samplerate:.1f} s of audio do not fit "
+                    f"in one pass of this model (at most {limit:g} s): separate "
+                    "it in segments (split=True; drop --no-split)"
+                )
             ops: engine.Ops = TorchOps(wav.device)
             array = wav
             members = self._members(wav.device, numpy=False)
@@ -484,20 +564,31 @@ class Separator:
         else:
             ops, array = engine.NUMPY, host
             if not self._split and host.shape[-1] > backend.runtime.spec.input_samples:
-                raise ValueError(f"{host.shape[-1]} samples do not fit in the graph's "
-                                 f"segment: use split=True")
+                raise ValueError(
+                    f"{host.shape[-1]} samples do not fit in the graph's segment: use split=True"
+                )
             members = self._members(None, numpy=True)
         track = engine.ArrayInput(array[None], ops)
         progress, close = self._progress_bar()
         out = ops.zeros((1, len(self.sources), self.audio_channels, track.length))
         try:
             for start, _, stems in engine.separate(
-                    members, track, sources=len(self.sources), samplerate=self.samplerate,
-                    shifts=self._shifts, overlap=self._overlap, mean=stats.mean,
-                    std=stats.std, min_length=backend.min_length, order="memory", ops=ops,
-                    hook=self._hook(track.length, backend.models), progress=progress,
-                    pool=pool):
-                out[..., start:start + stems.shape[-1]] = stems
+                members,
+                track,
+                sources=len(self.sources),
+                samplerate=self.samplerate,
+                shifts=self._shifts,
+                overlap=self._overlap,
+                mean=stats.mean,
+                std=stats.std,
+                min_length=backend.min_length,
+                order="memory",
+                ops=ops,
+                hook=self._hook(track.length, backend.models),
+                progress=progress,
+                pool=pool,
+            ):
+                out[..., start : start + stems.shape[-1]] = stems
         finally:
             close()
             if pool is not None:
@@ -515,8 +606,9 @@ class Separator:
         :class:`LoadAudioError`."""
         return open_track(path, self.samplerate, self.audio_channels, scan=TrackStats.of_blocks)
 
-    def stream_track(self, track: "AudioTrack[TrackStats]"
-                     ) -> tp.Iterator[tp.Tuple[np.ndarray, np.ndarray]]:
+    def stream_track(
+        self, track: "AudioTrack[TrackStats]"
+    ) -> tp.Iterator[tp.Tuple[np.ndarray, np.ndarray]]:
         """Separates ``track`` (from :meth:`open_track`) block by block.
 
         Yields ``(origin (C, n), stems (S, C, n))`` numpy blocks in order, ``S`` being
@@ -532,12 +624,19 @@ class Separator:
         progress, close = self._progress_bar()
         try:
             for _, origin, stems in engine.separate(
-                    members, engine.BlockInput(track.source.blocks(), self.audio_channels,
-                                               track.length),
-                    sources=len(self.sources), samplerate=self.samplerate,
-                    shifts=self._shifts, overlap=self._overlap, mean=track.scanned.mean,
-                    std=track.scanned.std, min_length=backend.min_length, order="stream",
-                    hook=self._hook(track.length, backend.models), progress=progress):
+                members,
+                engine.BlockInput(track.source.blocks(), self.audio_channels, track.length),
+                sources=len(self.sources),
+                samplerate=self.samplerate,
+                shifts=self._shifts,
+                overlap=self._overlap,
+                mean=track.scanned.mean,
+                std=track.scanned.std,
+                min_length=backend.min_length,
+                order="stream",
+                hook=self._hook(track.length, backend.models),
+                progress=progress,
+            ):
                 selected = stems[0] if len(wanted) == len(self.sources) else stems[0][wanted]
                 yield origin[0], selected
         finally:
@@ -551,15 +650,16 @@ class Separator:
     def track_audio(self, track: "AudioTrack[TrackStats]") -> Array:
         """The whole track from :meth:`open_track` (a tensor for a PyTorch model, a
         numpy array for an ONNX graph)."""
-        wav = np.concatenate(list(track.source.blocks()), axis=1)[:, :track.length]
+        wav = np.concatenate(list(track.source.blocks()), axis=1)[:, : track.length]
         if isinstance(self._backend, _TorchBackend):
             import torch
 
             return torch.from_numpy(np.ascontiguousarray(wav))
         return wav
 
-    def separate_audio_file(self, file: tp.Union[str, Path]
-                            ) -> tp.Tuple[Array, tp.Dict[str, Array]]:
+    def separate_audio_file(
+        self, file: tp.Union[str, Path]
+    ) -> tp.Tuple[Array, tp.Dict[str, Array]]:
         """Reads and separates an audio (or video) file; see :meth:`separate_tensor`.
 
         With ``split`` (the default) and no callback, the file is decoded and separated
@@ -587,12 +687,15 @@ class Separator:
 
     def __repr__(self) -> str:
         kind = self._backend.kind if self._backend is not None else "model"
-        return (f"Separator({kind}={self._name!r}, samplerate={self.samplerate}, "
-                f"sources={self.sources}, device={str(self._device)!r})")
+        return (
+            f"Separator({kind}={self._name!r}, samplerate={self.samplerate}, "
+            f"sources={self.sources}, device={str(self._device)!r})"
+        )
 
 
-def list_models(repo: tp.Optional[tp.Union[str, Path]] = None
-                ) -> tp.Dict[str, tp.Dict[str, tp.Union[str, Path]]]:
+def list_models(
+    repo: tp.Optional[tp.Union[str, Path]] = None,
+) -> tp.Dict[str, tp.Dict[str, tp.Union[str, Path]]]:
     """Models available without downloading anything (upstream 4.1.0's shape).
 
     Returns ``{"single": {signature: file or URL}, "bag": {name: yaml file}}`` for the local
@@ -615,9 +718,16 @@ def list_models(repo: tp.Optional[tp.Union[str, Path]] = None
 #: Upstream 4.1.0 re-exports these from ``demucs.api``; loaded on first use, so that
 #: importing this module does not import PyTorch.
 _REEXPORTS = {
-    "AudioFile": "audio", "convert_audio": "audio", "apply_model": "apply",
-    "BagOnlyRepo": "repo", "LocalRepo": "repo", "ModelOnlyRepo": "repo", "RemoteRepo": "repo",
-    "REMOTE_ROOT": "pretrained", "get_model": "pretrained", "fatal": "utils",
+    "AudioFile": "audio",
+    "convert_audio": "audio",
+    "apply_model": "apply",
+    "BagOnlyRepo": "repo",
+    "LocalRepo": "repo",
+    "ModelOnlyRepo": "repo",
+    "RemoteRepo": "repo",
+    "REMOTE_ROOT": "pretrained",
+    "get_model": "pretrained",
+    "fatal": "utils",
 }
 
 

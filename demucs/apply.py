@@ -10,6 +10,7 @@ models into core members (:func:`torch_members`) and runs the arithmetic on tens
 Shapes: a mixture is ``(B, C, T)`` (batch, audio channels, samples); the separated
 output is ``(B, S, C, T)`` with ``S = len(model.sources)``.
 """
+
 from __future__ import annotations
 
 import threading
@@ -38,8 +39,16 @@ if tp.TYPE_CHECKING:  # pragma: no cover - typing only, avoids import cycles at 
 Model = tp.Union["Demucs", "HDemucs", "HTDemucs"]
 Weights = tp.List[tp.List[float]]
 
-__all__ = ["BagOfModels", "TensorChunk", "tensor_chunk", "apply_model", "max_allowed_segment",
-           "torch_members", "TorchOps", "MAX_SHIFT_SECONDS"]
+__all__ = [
+    "BagOfModels",
+    "TensorChunk",
+    "tensor_chunk",
+    "apply_model",
+    "max_allowed_segment",
+    "torch_members",
+    "TorchOps",
+    "MAX_SHIFT_SECONDS",
+]
 
 
 def _is_transformer(model: tp.Any) -> bool:
@@ -68,8 +77,12 @@ class BagOfModels(nn.Module):
         ValueError: no models, members that disagree, or weights of the wrong shape.
     """
 
-    def __init__(self, models: tp.Sequence[nn.Module], weights: tp.Optional[Weights] = None,
-                 segment: tp.Optional[float] = None) -> None:
+    def __init__(
+        self,
+        models: tp.Sequence[nn.Module],
+        weights: tp.Optional[Weights] = None,
+        segment: tp.Optional[float] = None,
+    ) -> None:
         super().__init__()
         if len(models) == 0:
             raise ValueError("a BagOfModels needs at least one model")
@@ -79,7 +92,8 @@ class BagOfModels(nn.Module):
                 if getattr(other, attr) != getattr(first, attr):
                     raise ValueError(
                         f"model {index} of the bag has {attr}={getattr(other, attr)!r} but "
-                        f"model 0 has {getattr(first, attr)!r}")
+                        f"model 0 has {getattr(first, attr)!r}"
+                    )
             if segment is not None:
                 setattr(other, "segment", segment)
 
@@ -90,24 +104,27 @@ class BagOfModels(nn.Module):
         self.weights: Weights = self._check_weights(weights, len(models), len(first.sources))
 
     @staticmethod
-    def _check_weights(weights: tp.Optional[Weights], num_models: int,
-                       num_sources: int) -> Weights:
+    def _check_weights(weights: tp.Optional[Weights], num_models: int, num_sources: int) -> Weights:
         if weights is None:
             return [[1.0] * num_sources for _ in range(num_models)]
         if len(weights) != num_models:
             raise ValueError(f"got {len(weights)} weight lists for {num_models} models")
         for index, weight in enumerate(weights):
             if len(weight) != num_sources:
-                raise ValueError(f"weights of model {index} have {len(weight)} entries, "
-                                 f"expected one per source ({num_sources})")
+                raise ValueError(
+                    f"weights of model {index} have {len(weight)} entries, "
+                    f"expected one per source ({num_sources})"
+                )
         return [list(weight) for weight in weights]
 
     @property
     def max_allowed_segment(self) -> float:
         """Longest ``segment`` usable with this bag: the shortest HTDemucs training segment."""
         models: tp.List[tp.Any] = list(self.models)
-        return min((float(model.segment) for model in models if _is_transformer(model)),
-                   default=float("inf"))
+        return min(
+            (float(model.segment) for model in models if _is_transformer(model)),
+            default=float("inf"),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("Call `apply_model` on this.")
@@ -129,8 +146,12 @@ class TensorChunk:
     some, and zeros past its ends. Chunks of chunks refer to the original tensor.
     """
 
-    def __init__(self, tensor: tp.Union[torch.Tensor, "TensorChunk"], offset: int = 0,
-                 length: tp.Optional[int] = None) -> None:
+    def __init__(
+        self,
+        tensor: tp.Union[torch.Tensor, "TensorChunk"],
+        offset: int = 0,
+        length: tp.Optional[int] = None,
+    ) -> None:
         total_length = tensor.shape[-1]
         if not 0 <= offset < total_length:
             raise ValueError(f"offset {offset} outside of [0, {total_length})")
@@ -164,8 +185,7 @@ class TensorChunk:
         end = start + target_length
         inner_start = max(0, start)
         inner_end = min(total_length, end)
-        out = F.pad(self.tensor[..., inner_start:inner_end],
-                    (inner_start - start, end - inner_end))
+        out = F.pad(self.tensor[..., inner_start:inner_end], (inner_start - start, end - inner_end))
         return out
 
 
@@ -218,11 +238,17 @@ def _members_and_weights(model: tp.Any) -> tp.Tuple[tp.List[tp.Any], Weights]:
     return [model], [[1.0] * len(model.sources)]
 
 
-def torch_members(model: tp.Any, *, device: tp.Union[str, torch.device] = "cpu",
-                  out_device: tp.Union[str, torch.device, None] = None, split: bool = True,
-                  segment: tp.Optional[float] = None, max_batch: int = 1,
-                  sources: tp.Optional[tp.Sequence[str]] = None,
-                  precision: str = "fp32") -> tp.List[Member]:
+def torch_members(
+    model: tp.Any,
+    *,
+    device: tp.Union[str, torch.device] = "cpu",
+    out_device: tp.Union[str, torch.device, None] = None,
+    split: bool = True,
+    segment: tp.Optional[float] = None,
+    max_batch: int = 1,
+    sources: tp.Optional[tp.Sequence[str]] = None,
+    precision: str = "fp32",
+) -> tp.List[Member]:
     """Core members (:class:`demucs.core.plan.Member`) for a model or a bag.
 
     Each model is put on ``device`` in eval mode and run under ``torch.no_grad`` on
@@ -264,15 +290,23 @@ def torch_members(model: tp.Any, *, device: tp.Union[str, torch.device] = "cpu",
             return _valid_length(_sub, length, segment)
 
         active = wanted is None or any(sub_weights[k] != 0 for k in wanted)
-        members.append(Member(
-            run=run, segment_length=segment_length, valid_length=valid_length,
-            weights=list(sub_weights), draws=_forward_draws(sub), max_batch=max_batch,
-            active=active))
+        members.append(
+            Member(
+                run=run,
+                segment_length=segment_length,
+                valid_length=valid_length,
+                weights=list(sub_weights),
+                draws=_forward_draws(sub),
+                max_batch=max_batch,
+                active=active,
+            )
+        )
     return members
 
 
-def _input_of(mix: tp.Union[torch.Tensor, TensorChunk], shifts: int,
-              samplerate: int) -> engine.ArrayInput:
+def _input_of(
+    mix: tp.Union[torch.Tensor, TensorChunk], shifts: int, samplerate: int
+) -> engine.ArrayInput:
     """The core's view of ``mix``; a chunk pads from its tensor's real samples, within
     the context upstream's shift trick copies (``max_shift`` on each side) when shifting."""
     chunk = tensor_chunk(mix)
@@ -285,16 +319,23 @@ def _input_of(mix: tp.Union[torch.Tensor, TensorChunk], shifts: int,
     return engine.ArrayInput(chunk.tensor, ops, chunk.offset, chunk.length, lo, hi)
 
 
-def apply_model(model: tp.Any,
-                mix: tp.Union[torch.Tensor, TensorChunk],
-                shifts: int = 1, split: bool = True,
-                overlap: float = 0.25, transition_power: float = 1.,
-                progress: bool = False, device: tp.Union[str, torch.device, None] = None,
-                num_workers: int = 0, segment: tp.Optional[float] = None,
-                pool: tp.Optional[Executor] = None, lock: tp.Any = None,
-                callback: tp.Optional[Callback] = None,
-                callback_arg: tp.Optional[tp.Dict[str, tp.Any]] = None,
-                precision: str = "fp32") -> torch.Tensor:
+def apply_model(
+    model: tp.Any,
+    mix: tp.Union[torch.Tensor, TensorChunk],
+    shifts: int = 1,
+    split: bool = True,
+    overlap: float = 0.25,
+    transition_power: float = 1.0,
+    progress: bool = False,
+    device: tp.Union[str, torch.device, None] = None,
+    num_workers: int = 0,
+    segment: tp.Optional[float] = None,
+    pool: tp.Optional[Executor] = None,
+    lock: tp.Any = None,
+    callback: tp.Optional[Callback] = None,
+    callback_arg: tp.Optional[tp.Dict[str, tp.Any]] = None,
+    precision: str = "fp32",
+) -> torch.Tensor:
     """Separates ``mix`` with ``model`` (a single model or a :class:`BagOfModels`).
 
     Args:
@@ -334,7 +375,8 @@ def apply_model(model: tp.Any,
     if segment is not None and float(segment) > max_allowed_segment(model):
         raise ValueError(
             "Cannot use a Transformer model with a longer segment than it was trained "
-            f"for: segment={float(segment)}, maximum is {max_allowed_segment(model)}")
+            f"for: segment={float(segment)}, maximum is {max_allowed_segment(model)}"
+        )
     track = _input_of(mix, shifts, model.samplerate)
     ops = TorchOps(track.array.device)
     device = ops.device if device is None else torch.device(device)
@@ -344,32 +386,51 @@ def apply_model(model: tp.Any,
     own_pool = None
     if pool is None and num_workers > 0 and device.type == "cpu":
         pool = own_pool = ThreadPoolExecutor(num_workers)
-    members = torch_members(model, device=device, out_device=ops.device, split=split,
-                            segment=segment, precision=precision)
+    members = torch_members(
+        model,
+        device=device,
+        out_device=ops.device,
+        split=split,
+        segment=segment,
+        precision=precision,
+    )
     hook = None
     if callback is not None:
-        hook = locked_hook(callback_hook(callback, callback_arg, len(members), shifts, split),
-                           lock if lock is not None else threading.Lock())
+        hook = locked_hook(
+            callback_hook(callback, callback_arg, len(members), shifts, split),
+            lock if lock is not None else threading.Lock(),
+        )
 
     bar, close = None, None
     if progress:
-        seconds = (segment or getattr(members[0], "segment_length", 0) / model.samplerate
-                   if split else track.length / model.samplerate)
+        seconds = (
+            segment or getattr(members[0], "segment_length", 0) / model.samplerate
+            if split
+            else track.length / model.samplerate
+        )
         bar, close = progress_bar(float(seconds) * (1 - overlap) if split else seconds)
     out = None
     try:
         for start, _, stems in engine.separate(
-                members, track, sources=len(model.sources), samplerate=model.samplerate,
-                shifts=shifts, overlap=overlap, transition_power=transition_power,
-                order="memory", ops=ops, hook=hook, progress=bar,
-                pool=pool if not isinstance(pool, DummyPoolExecutor) else None):
+            members,
+            track,
+            sources=len(model.sources),
+            samplerate=model.samplerate,
+            shifts=shifts,
+            overlap=overlap,
+            transition_power=transition_power,
+            order="memory",
+            ops=ops,
+            hook=hook,
+            progress=bar,
+            pool=pool if not isinstance(pool, DummyPoolExecutor) else None,
+        ):
             if start == 0 and stems.shape[-1] == track.length:
                 out = stems
             else:
                 if out is None:
-                    out = ops.zeros((track.batch, len(model.sources), track.channels,
-                                     track.length))
-                out[..., start:start + stems.shape[-1]] = stems
+                    out = ops.zeros((track.batch, len(model.sources), track.channels, track.length))
+                out[..., start : start + stems.shape[-1]] = stems
     finally:
         if close is not None:
             close()

@@ -6,6 +6,7 @@ same ones the streaming command line uses), clipping uses the constants of
 :mod:`demucs.io.writers`. torch and julius are imported only when a tensor is made or
 resampled.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,21 +24,43 @@ from .io.readers import check_input, read_array
 from .io.resample import convert_channels, uses_polyphase
 from .io.resample import resample as resample_array
 from .io.tempfiles import TempFileWriter, atomic_write
-from .io.writers import (CLAMP_LIMIT, SAVE_FORMATS, ClipMode, check_clip_mode,
-                         rescale_divisor, write_array)
+from .io.writers import (
+    CLAMP_LIMIT,
+    SAVE_FORMATS,
+    ClipMode,
+    check_clip_mode,
+    rescale_divisor,
+    write_array,
+)
 
 if tp.TYPE_CHECKING:  # pragma: no cover
     import torch
 
 PathLike = tp.Union[str, os.PathLike]
 #: Largest 16-bit PCM value: float full scale maps to it (as upstream).
-I16_SCALE = 2 ** 15 - 1
+I16_SCALE = 2**15 - 1
 
 __all__ = [
-    "AudioFile", "LoadAudioError", "AudioWarning", "read_audio", "convert_audio",
-    "convert_audio_channels", "i16_pcm", "f32_pcm", "as_dtype_pcm", "prevent_clip",
-    "encode_mp3", "encode_wav", "encode_ffmpeg", "save_audio", "atomic_write",
-    "SAVE_FORMATS", "Mp3Writer", "TempFileWriter", "MP3_SAMPLERATES", "check_input",
+    "AudioFile",
+    "LoadAudioError",
+    "AudioWarning",
+    "read_audio",
+    "convert_audio",
+    "convert_audio_channels",
+    "i16_pcm",
+    "f32_pcm",
+    "as_dtype_pcm",
+    "prevent_clip",
+    "encode_mp3",
+    "encode_wav",
+    "encode_ffmpeg",
+    "save_audio",
+    "atomic_write",
+    "SAVE_FORMATS",
+    "Mp3Writer",
+    "TempFileWriter",
+    "MP3_SAMPLERATES",
+    "check_input",
     "ClipMode",
 ]
 
@@ -49,6 +72,7 @@ def _numpy(wav: "torch.Tensor") -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------
+
 
 def read_audio(path: PathLike) -> tp.Tuple["torch.Tensor", int]:
     """Reads a whole audio file (or a video's first audio track).
@@ -71,19 +95,27 @@ class AudioFile(MediaFile):
     ``info``, ``duration`` and ``len()``. Decoded with PyAV (see
     :mod:`demucs.io.audiofile`)."""
 
-    def read(self, seek_time: tp.Optional[float] = None, duration: tp.Optional[float] = None,
-             streams: tp.Union[int, slice, tp.Sequence[int]] = slice(None),
-             samplerate: tp.Optional[int] = None,
-             channels: tp.Optional[int] = None) -> "torch.Tensor":
+    def read(
+        self,
+        seek_time: tp.Optional[float] = None,
+        duration: tp.Optional[float] = None,
+        streams: tp.Union[int, slice, tp.Sequence[int]] = slice(None),
+        samplerate: tp.Optional[int] = None,
+        channels: tp.Optional[int] = None,
+    ) -> "torch.Tensor":
         from torch import from_numpy
 
-        return from_numpy(np.ascontiguousarray(
-            self.read_array(seek_time, duration, streams, samplerate, channels)))
+        return from_numpy(
+            np.ascontiguousarray(
+                self.read_array(seek_time, duration, streams, samplerate, channels)
+            )
+        )
 
 
 # --------------------------------------------------------------------------------------
 # Conversion
 # --------------------------------------------------------------------------------------
+
 
 def convert_audio_channels(wav: "torch.Tensor", channels: int = 2) -> "torch.Tensor":
     """Converts ``[..., C, T]`` audio to ``channels`` channels (rules of
@@ -100,8 +132,9 @@ def convert_audio_channels(wav: "torch.Tensor", channels: int = 2) -> "torch.Ten
     return wav[..., :channels, :]
 
 
-def convert_audio(wav: "torch.Tensor", from_samplerate: int, to_samplerate: int,
-                  channels: int) -> "torch.Tensor":
+def convert_audio(
+    wav: "torch.Tensor", from_samplerate: int, to_samplerate: int, channels: int
+) -> "torch.Tensor":
     """Channel conversion (see :func:`convert_audio_channels`) then resampling: julius
     (as upstream, on the tensor's device) for the usual rate pairs, and the bounded
     resampler of :mod:`demucs.io.resample` for rates julius cannot handle in bounded
@@ -161,8 +194,10 @@ def prevent_clip(wav: "torch.Tensor", mode: tp.Optional[str] = "rescale") -> "to
 # Writing
 # --------------------------------------------------------------------------------------
 
-def _write_to(path: tp.Union[PathLike, tp.BinaryIO], suffix: str,
-              write: tp.Callable[[Path], None]) -> None:
+
+def _write_to(
+    path: tp.Union[PathLike, tp.BinaryIO], suffix: str, write: tp.Callable[[Path], None]
+) -> None:
     """Runs ``write`` on ``path``, or on a temporary file copied into a file object."""
     if hasattr(path, "write"):
         with tempfile.TemporaryDirectory() as folder:
@@ -173,52 +208,78 @@ def _write_to(path: tp.Union[PathLike, tp.BinaryIO], suffix: str,
         write(Path(path))  # type: ignore[arg-type]
 
 
-def encode_mp3(wav: "torch.Tensor", path: tp.Union[PathLike, tp.BinaryIO],
-               samplerate: int = 44100, bitrate: int = 320, quality: int = 2,
-               verbose: bool = False) -> None:
+def encode_mp3(
+    wav: "torch.Tensor",
+    path: tp.Union[PathLike, tp.BinaryIO],
+    samplerate: int = 44100,
+    bitrate: int = 320,
+    quality: int = 2,
+    verbose: bool = False,
+) -> None:
     """Encodes ``[channels, time]`` audio (1 or 2 channels) as a CBR mp3 with ``lameenc``.
 
     ``quality`` is LAME's preset (2 = best, 7 = fastest). A LAME Info tag compensates the
     encoder delay, so decoded stems stay sample-aligned with the input.
     """
     array = _numpy(f32_pcm(wav if wav.dim() == 2 else wav[None]))
-    _write_to(path, ".mp3", lambda target: write_array(
-        array, target, samplerate, bitrate=bitrate, preset=quality, clip="none"))
+    _write_to(
+        path,
+        ".mp3",
+        lambda target: write_array(
+            array, target, samplerate, bitrate=bitrate, preset=quality, clip="none"
+        ),
+    )
 
 
-def encode_wav(wav: "torch.Tensor", path: PathLike, samplerate: int,
-               bits_per_sample: int = 16, as_float: bool = False) -> None:
+def encode_wav(
+    wav: "torch.Tensor",
+    path: PathLike,
+    samplerate: int,
+    bits_per_sample: int = 16,
+    as_float: bool = False,
+) -> None:
     """Saves ``[channels, time]`` audio as wav: 16/24-bit PCM, or float32 with
     ``as_float`` (as upstream 4.1.0, float samples are clamped to [-1, 1])."""
     data = _numpy(f32_pcm(wav)).clip(-1, 1)
-    write_array(data, path, samplerate, clip="none", bits_per_sample=bits_per_sample,
-                as_float=as_float, format="wav")
+    write_array(
+        data,
+        path,
+        samplerate,
+        clip="none",
+        bits_per_sample=bits_per_sample,
+        as_float=as_float,
+        format="wav",
+    )
 
 
-def encode_ffmpeg(wav: "torch.Tensor", path: PathLike, samplerate: int,
-                  bits_per_sample: int = 16) -> None:
+def encode_ffmpeg(
+    wav: "torch.Tensor", path: PathLike, samplerate: int, bits_per_sample: int = 16
+) -> None:
     """Saves ``[channels, time]`` audio in the format of ``path``'s extension, with FFmpeg
     (PyAV's, no external program): flac, wav and mp3 go through :func:`save_audio`'s
     writers; other extensions (ogg, opus, m4a...) through FFmpeg's default encoder for the
     container."""
     path = Path(path)
     if path.suffix.lower() in tuple(f".{ext}" for ext in SAVE_FORMATS):
-        write_array(_numpy(f32_pcm(wav)), path, samplerate, clip="none",
-                    bits_per_sample=bits_per_sample)
+        write_array(
+            _numpy(f32_pcm(wav)), path, samplerate, clip="none", bits_per_sample=bits_per_sample
+        )
         return
     from .io.ffmpeg import write_with_ffmpeg
 
     write_with_ffmpeg(_numpy(f32_pcm(wav)), path, samplerate)
 
 
-def save_audio(wav: "torch.Tensor",
-               path: PathLike,
-               samplerate: int,
-               bitrate: int = 320,
-               clip: ClipMode = "rescale",
-               bits_per_sample: tp.Literal[16, 24, 32] = 16,
-               as_float: bool = False,
-               preset: tp.Literal[2, 3, 4, 5, 6, 7] = 2) -> None:
+def save_audio(
+    wav: "torch.Tensor",
+    path: PathLike,
+    samplerate: int,
+    bitrate: int = 320,
+    clip: ClipMode = "rescale",
+    bits_per_sample: tp.Literal[16, 24, 32] = 16,
+    as_float: bool = False,
+    preset: tp.Literal[2, 3, 4, 5, 6, 7] = 2,
+) -> None:
     """Saves ``[channels, time]`` audio to ``path``; the format comes from the extension.
 
     ``.wav``: 16 or 24-bit PCM, or float32 with ``as_float`` (or ``bits_per_sample=32``);
@@ -229,8 +290,16 @@ def save_audio(wav: "torch.Tensor",
     unsupported options, ``OSError`` naming ``path`` when the file cannot be written.
     Same writers as the streaming command line (:func:`demucs.io.writers.open_stem_writer`).
     """
-    write_array(_numpy(f32_pcm(wav)), path, samplerate, bitrate=bitrate, clip=clip,
-                bits_per_sample=bits_per_sample, as_float=as_float, preset=preset)
+    write_array(
+        _numpy(f32_pcm(wav)),
+        path,
+        samplerate,
+        bitrate=bitrate,
+        clip=clip,
+        bits_per_sample=bits_per_sample,
+        as_float=as_float,
+        preset=preset,
+    )
 
 
 #: Upstream's name, from :mod:`demucs.utils` (which needs torch: loaded on first use).

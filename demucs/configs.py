@@ -13,20 +13,33 @@ benchmarks build when no checkpoint is at hand. No torch import here.
 :data:`RELEASE_PARAMETERS` holds the exact parameter count of each release
 architecture (a test builds them and checks).
 """
+
 from __future__ import annotations
 
 import typing as tp
 from fractions import Fraction
 
-__all__ = ["SOURCES_4", "SOURCES_6", "HTDEMUCS", "HTDEMUCS_6S", "RELEASE_CONFIGS",
-           "RELEASE_PARAMETERS", "TINY_HTDEMUCS", "TINY_HTDEMUCS_MAG"]
+__all__ = [
+    "SOURCES_4",
+    "SOURCES_6",
+    "HTDEMUCS",
+    "HTDEMUCS_6S",
+    "RELEASE_CONFIGS",
+    "RELEASE_PARAMETERS",
+    "TINY_HTDEMUCS",
+    "TINY_HTDEMUCS_MAG",
+]
 
 SOURCES_4 = ["drums", "bass", "other", "vocals"]
 SOURCES_6 = ["drums", "bass", "other", "vocals", "guitar", "piano"]
 
 HTDEMUCS: tp.Dict[str, tp.Any] = dict(
-    sources=SOURCES_4, segment=Fraction(39, 5), channels=48, dconv_mode=3,
-    bottom_channels=512, t_layers=5,
+    sources=SOURCES_4,
+    segment=Fraction(39, 5),
+    channels=48,
+    dconv_mode=3,
+    bottom_channels=512,
+    t_layers=5,
 )
 HTDEMUCS_6S: tp.Dict[str, tp.Any] = dict(HTDEMUCS, sources=SOURCES_6)
 
@@ -45,7 +58,15 @@ RELEASE_PARAMETERS: tp.Dict[str, int] = {
 
 # 16 kHz, nfft 512 (hop 128): three frequency layers, 256 -> 64 -> 16 -> 4 bins.
 TINY_HTDEMUCS: tp.Dict[str, tp.Any] = dict(
-    sources=SOURCES_4, channels=8, depth=3, nfft=512, t_layers=1, t_heads=2,
-    samplerate=16000, segment=Fraction(1, 2), norm_starts=2, dconv_comp=4,
+    sources=SOURCES_4,
+    channels=8,
+    depth=3,
+    nfft=512,
+    t_layers=1,
+    t_heads=2,
+    samplerate=16000,
+    segment=Fraction(1, 2),
+    norm_starts=2,
+    dconv_comp=4,
 )
 TINY_HTDEMUCS_MAG: tp.Dict[str, tp.Any] = dict(TINY_HTDEMUCS, cac=False)

@@ -6,6 +6,7 @@ on tensor values, and all shape arithmetic uses Python ints.
 
 Shapes use ``B`` batch, ``C`` channels, ``T`` time steps, ``S`` sources.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,10 @@ _CONV_TYPES = (nn.Conv1d, nn.ConvTranspose1d, nn.Conv2d, nn.ConvTranspose2d)
 # Resampling: julius' windowed-sinc filters, applied with Python-int shape arithmetic
 # ---------------------------------------------------------------------------------------
 
-def resample_kernel(old_sr: int, new_sr: int, zeros: int = 24,
-                    rolloff: float = 0.945) -> tp.Tuple[torch.Tensor, int, int]:
+
+def resample_kernel(
+    old_sr: int, new_sr: int, zeros: int = 24, rolloff: float = 0.945
+) -> tp.Tuple[torch.Tensor, int, int]:
     """The polyphase filter bank julius uses to resample from ``old_sr`` to ``new_sr``.
 
     Returns:
@@ -73,12 +76,13 @@ def resample_frac(x: torch.Tensor, kernel: torch.Tensor, old: int, new: int) -> 
     flat = F.pad(x.reshape(-1, 1, length), (width, width + old), mode="replicate")
     phases = F.conv1d(flat, kernel.to(x), stride=old)  # (N, new, frames)
     out = phases.transpose(1, 2).reshape(*other, -1)
-    return out[..., :(length * new) // old]
+    return out[..., : (length * new) // old]
 
 
 # ---------------------------------------------------------------------------------------
 # Weight init
 # ---------------------------------------------------------------------------------------
+
 
 @torch.no_grad()
 def rescale_conv(conv: tp.Any, reference: float) -> None:
@@ -105,6 +109,7 @@ def rescale_module(module: nn.Module, reference: float) -> None:
 # Residual branch blocks
 # ---------------------------------------------------------------------------------------
 
+
 class BLSTM(nn.Module):
     """Bidirectional LSTM over time whose output has as many channels as its input.
 
@@ -119,14 +124,14 @@ class BLSTM(nn.Module):
         skip: add the input to the output.
     """
 
-    def __init__(self, dim: int, layers: int = 1, max_steps: tp.Optional[int] = None,
-                 skip: bool = False) -> None:
+    def __init__(
+        self, dim: int, layers: int = 1, max_steps: tp.Optional[int] = None, skip: bool = False
+    ) -> None:
         super().__init__()
         if max_steps is not None and (max_steps <= 0 or max_steps % 4 != 0):
             raise ValueError(f"max_steps must be a positive multiple of 4, got {max_steps}")
         self.max_steps = max_steps
-        self.lstm = nn.LSTM(bidirectional=True, num_layers=layers, hidden_size=dim,
-                            input_size=dim)
+        self.lstm = nn.LSTM(bidirectional=True, num_layers=layers, hidden_size=dim, input_size=dim)
         self.linear = nn.Linear(2 * dim, dim)
         self.skip = skip
 
@@ -156,8 +161,8 @@ class BLSTM(nn.Module):
             n_frames = frames.shape[2]
             flat = frames.permute(0, 2, 1, 3).reshape(-1, channels, width)
             processed = self._run(flat).reshape(batch, n_frames, channels, width)
-            pieces = [processed[:, 0, :, :width - margin]]
-            pieces += [processed[:, k, :, margin:width - margin] for k in range(1, n_frames - 1)]
+            pieces = [processed[:, 0, :, : width - margin]]
+            pieces += [processed[:, k, :, margin : width - margin] for k in range(1, n_frames - 1)]
             pieces.append(processed[:, n_frames - 1, :, margin:])
             out = torch.cat(pieces, dim=-1)[..., :length]
         if self.skip:
@@ -214,12 +219,12 @@ class LocalState(nn.Module):
         if self.nfreqs:
             periods = torch.arange(1, self.nfreqs + 1, device=x.device, dtype=x.dtype)
             freq_kernel = torch.cos(2 * math.pi * delta / periods.view(-1, 1, 1))
-            freq_q = self.query_freqs(x).view(batch, heads, -1, length) / self.nfreqs ** 0.5
+            freq_q = self.query_freqs(x).view(batch, heads, -1, length) / self.nfreqs**0.5
             dots = dots + torch.einsum("fts,bhfs->bhts", freq_kernel, freq_q)
         if self.ndecay:
             decays = torch.arange(1, self.ndecay + 1, device=x.device, dtype=x.dtype)
             decay_q = torch.sigmoid(self.query_decay(x).view(batch, heads, -1, length)) / 2
-            decay_kernel = -decays.view(-1, 1, 1) * delta.abs() / self.ndecay ** 0.5
+            decay_kernel = -decays.view(-1, 1, 1) * delta.abs() / self.ndecay**0.5
             dots = dots + torch.einsum("fts,bhfs->bhts", decay_kernel, decay_q)
 
         self_mask = steps[:, None] == steps[None, :]  # torch.eye, minus ONNX EyeLike(bool)
@@ -264,10 +269,21 @@ class DConv(nn.Module):
         dilate: allow dilation (combined with the sign of ``depth``).
     """
 
-    def __init__(self, channels: int, compress: float = 4, depth: int = 2, init: float = 1e-4,
-                 norm: bool = True, attn: bool = False, heads: int = 4, ndecay: int = 4,
-                 lstm: bool = False, gelu: bool = True, kernel: int = 3,
-                 dilate: bool = True) -> None:
+    def __init__(
+        self,
+        channels: int,
+        compress: float = 4,
+        depth: int = 2,
+        init: float = 1e-4,
+        norm: bool = True,
+        attn: bool = False,
+        heads: int = 4,
+        ndecay: int = 4,
+        lstm: bool = False,
+        gelu: bool = True,
+        kernel: int = 3,
+        dilate: bool = True,
+    ) -> None:
         super().__init__()
         if kernel % 2 != 1:
             raise ValueError(f"kernel must be odd, got {kernel}")
@@ -281,19 +297,28 @@ class DConv(nn.Module):
 
         self.layers = nn.ModuleList()
         for d in range(self.depth):
-            dilation = 2 ** d if use_dilation else 1
+            dilation = 2**d if use_dilation else 1
             # Modules are created in upstream's order (both convs, then attention, then
             # LSTM) so that a seeded init matches; in the branch the LSTM comes first.
-            conv_in = nn.Conv1d(channels, hidden, kernel, dilation=dilation,
-                                padding=dilation * (kernel // 2))
+            conv_in = nn.Conv1d(
+                channels, hidden, kernel, dilation=dilation, padding=dilation * (kernel // 2)
+            )
             conv_out = nn.Conv1d(hidden, 2 * channels, 1)
             middle: tp.List[nn.Module] = []
             if attn:
                 middle.append(LocalState(hidden, heads=heads, ndecay=ndecay))
             if lstm:
                 middle.insert(0, BLSTM(hidden, layers=2, max_steps=200, skip=True))
-            mods = [conv_in, norm_fn(hidden), act(), *middle,
-                    conv_out, norm_fn(2 * channels), nn.GLU(1), LayerScale(channels, init)]
+            mods = [
+                conv_in,
+                norm_fn(hidden),
+                act(),
+                *middle,
+                conv_out,
+                norm_fn(2 * channels),
+                nn.GLU(1),
+                LayerScale(channels, init),
+            ]
             self.layers.append(nn.Sequential(*mods))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -311,6 +336,7 @@ class DConv(nn.Module):
 # ---------------------------------------------------------------------------------------
 # The waveform model
 # ---------------------------------------------------------------------------------------
+
 
 class Demucs(nn.Module):
     """Waveform U-Net source separation model (Demucs v2, and v3 with DConv branches).
@@ -348,32 +374,34 @@ class Demucs(nn.Module):
     """
 
     @capture_init
-    def __init__(self,
-                 sources: tp.List[str],
-                 audio_channels: int = 2,
-                 channels: int = 64,
-                 growth: float = 2.,
-                 depth: int = 6,
-                 rewrite: bool = True,
-                 lstm_layers: int = 0,
-                 kernel_size: int = 8,
-                 stride: int = 4,
-                 context: int = 1,
-                 gelu: bool = True,
-                 glu: bool = True,
-                 norm_starts: int = 4,
-                 norm_groups: int = 4,
-                 dconv_mode: int = 1,
-                 dconv_depth: int = 2,
-                 dconv_comp: float = 4,
-                 dconv_attn: int = 4,
-                 dconv_lstm: int = 4,
-                 dconv_init: float = 1e-4,
-                 normalize: bool = True,
-                 resample: bool = True,
-                 rescale: float = 0.1,
-                 samplerate: int = 44100,
-                 segment: float = 4 * 10) -> None:
+    def __init__(
+        self,
+        sources: tp.List[str],
+        audio_channels: int = 2,
+        channels: int = 64,
+        growth: float = 2.0,
+        depth: int = 6,
+        rewrite: bool = True,
+        lstm_layers: int = 0,
+        kernel_size: int = 8,
+        stride: int = 4,
+        context: int = 1,
+        gelu: bool = True,
+        glu: bool = True,
+        norm_starts: int = 4,
+        norm_groups: int = 4,
+        dconv_mode: int = 1,
+        dconv_depth: int = 2,
+        dconv_comp: float = 4,
+        dconv_attn: int = 4,
+        dconv_lstm: int = 4,
+        dconv_init: float = 1e-4,
+        normalize: bool = True,
+        resample: bool = True,
+        rescale: float = 0.1,
+        samplerate: int = 44100,
+        segment: float = 4 * 10,
+    ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
@@ -402,8 +430,12 @@ class Demucs(nn.Module):
         for index in range(depth):
             norm_fn = _group_norm_or_identity(index >= norm_starts, norm_groups)
             dconv_kw: tp.Dict[str, tp.Any] = dict(
-                depth=dconv_depth, init=dconv_init, compress=dconv_comp,
-                attn=index >= dconv_attn, lstm=index >= dconv_lstm)
+                depth=dconv_depth,
+                init=dconv_init,
+                compress=dconv_comp,
+                attn=index >= dconv_attn,
+                lstm=index >= dconv_lstm,
+            )
 
             encode: tp.List[nn.Module] = [
                 nn.Conv1d(in_channels, channels, kernel_size, stride),
@@ -413,16 +445,21 @@ class Demucs(nn.Module):
             if dconv_mode & 1:
                 encode.append(DConv(channels, **dconv_kw))
             if rewrite:
-                encode += [nn.Conv1d(channels, ch_scale * channels, 1),
-                           norm_fn(ch_scale * channels), activation]
+                encode += [
+                    nn.Conv1d(channels, ch_scale * channels, 1),
+                    norm_fn(ch_scale * channels),
+                    activation,
+                ]
             self.encoder.append(nn.Sequential(*encode))
 
             out_channels = in_channels if index > 0 else len(sources) * audio_channels
             decode: tp.List[nn.Module] = []
             if rewrite:
-                decode += [nn.Conv1d(channels, ch_scale * channels, 2 * context + 1,
-                                     padding=context),
-                           norm_fn(ch_scale * channels), activation]
+                decode += [
+                    nn.Conv1d(channels, ch_scale * channels, 2 * context + 1, padding=context),
+                    norm_fn(ch_scale * channels),
+                    activation,
+                ]
             if dconv_mode & 2:
                 decode.append(DConv(channels, **dconv_kw))
             decode.append(nn.ConvTranspose1d(channels, out_channels, kernel_size, stride))
@@ -494,8 +531,12 @@ class Demucs(nn.Module):
         return x.view(x.shape[0], len(self.sources), self.audio_channels, x.shape[-1])
 
     def load_state_dict(  # type: ignore[override]  # upstream names the state `state`
-        self, state: tp.Optional[tp.Mapping[str, tp.Any]] = None, strict: bool = True,
-        assign: bool = False, *, state_dict: tp.Optional[tp.Mapping[str, tp.Any]] = None,
+        self,
+        state: tp.Optional[tp.Mapping[str, tp.Any]] = None,
+        strict: bool = True,
+        assign: bool = False,
+        *,
+        state_dict: tp.Optional[tp.Mapping[str, tp.Any]] = None,
     ) -> tp.Any:
         """Loads a state, also accepting the key layout of older Demucs checkpoints.
 

@@ -1,4 +1,5 @@
 """Exceptions shared by the model loaders and the ONNX path (no torch import here)."""
+
 import typing as tp
 
 __all__ = ["ModelLoadingError", "ModelArgumentsError", "TrainingOnlyError", "training_only"]

@@ -10,6 +10,7 @@ ever sees real ``(B, C, F, T)`` tensors.
 Shapes: ``B`` batch, ``C`` channels, ``F`` frequency bins, ``T`` time steps (frames in
 the frequency branch, samples in the time branch), ``S`` sources.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,17 @@ from .demucs import DConv, rescale_module
 from .spec import SpectralMixin, pad1d
 from .states import capture_init
 
-__all__ = ["pad1d", "ScaledEmbedding", "HEncLayer", "HDecLayer", "MultiWrap", "UNetSkips",
-           "HybridUNetMixin", "HDemucs", "standardize"]
+__all__ = [
+    "pad1d",
+    "ScaledEmbedding",
+    "HEncLayer",
+    "HDecLayer",
+    "MultiWrap",
+    "UNetSkips",
+    "HybridUNetMixin",
+    "HDemucs",
+    "standardize",
+]
 
 
 class ScaledEmbedding(nn.Module):
@@ -41,8 +51,9 @@ class ScaledEmbedding(nn.Module):
         smooth: use the smooth initialization.
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, scale: float = 10.,
-                 smooth: bool = False) -> None:
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, scale: float = 10.0, smooth: bool = False
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(num_embeddings, embedding_dim)
         with torch.no_grad():
@@ -114,11 +125,22 @@ class HEncLayer(nn.Module):
         rewrite: add the rewrite conv.
     """
 
-    def __init__(self, chin: int, chout: int, kernel_size: int = 8, stride: int = 4,
-                 norm_groups: int = 1, empty: bool = False, freq: bool = True,
-                 dconv: bool = True, norm: bool = True, context: int = 0,
-                 dconv_kw: tp.Optional[tp.Dict[str, tp.Any]] = None, pad: bool = True,
-                 rewrite: bool = True) -> None:
+    def __init__(
+        self,
+        chin: int,
+        chout: int,
+        kernel_size: int = 8,
+        stride: int = 4,
+        norm_groups: int = 1,
+        empty: bool = False,
+        freq: bool = True,
+        dconv: bool = True,
+        norm: bool = True,
+        context: int = 0,
+        dconv_kw: tp.Optional[tp.Dict[str, tp.Any]] = None,
+        pad: bool = True,
+        rewrite: bool = True,
+    ) -> None:
         super().__init__()
         norm_fn = _norm_factory(norm, norm_groups)
         padding = kernel_size // 4 if pad else 0
@@ -129,8 +151,9 @@ class HEncLayer(nn.Module):
         self.norm = norm
         self.pad = padding
         if freq:
-            self.conv: nn.Module = nn.Conv2d(chin, chout, (kernel_size, 1), (stride, 1),
-                                             (padding, 0))
+            self.conv: nn.Module = nn.Conv2d(
+                chin, chout, (kernel_size, 1), (stride, 1), (padding, 0)
+            )
         else:
             self.conv = nn.Conv1d(chin, chout, kernel_size, stride, padding)
         if empty:
@@ -194,11 +217,24 @@ class HDecLayer(nn.Module):
             conv and its norm.
     """
 
-    def __init__(self, chin: int, chout: int, last: bool = False, kernel_size: int = 8,
-                 stride: int = 4, norm_groups: int = 1, empty: bool = False,
-                 freq: bool = True, dconv: bool = True, norm: bool = True, context: int = 1,
-                 dconv_kw: tp.Optional[tp.Dict[str, tp.Any]] = None, pad: bool = True,
-                 context_freq: bool = True, rewrite: bool = True) -> None:
+    def __init__(
+        self,
+        chin: int,
+        chout: int,
+        last: bool = False,
+        kernel_size: int = 8,
+        stride: int = 4,
+        norm_groups: int = 1,
+        empty: bool = False,
+        freq: bool = True,
+        dconv: bool = True,
+        norm: bool = True,
+        context: int = 1,
+        dconv_kw: tp.Optional[tp.Dict[str, tp.Any]] = None,
+        pad: bool = True,
+        context_freq: bool = True,
+        rewrite: bool = True,
+    ) -> None:
         super().__init__()
         norm_fn = _norm_factory(norm, norm_groups)
         self.pad = kernel_size // 4 if pad else 0
@@ -211,8 +247,7 @@ class HDecLayer(nn.Module):
         self.norm = norm
         self.context_freq = context_freq
         if freq:
-            self.conv_tr: nn.Module = nn.ConvTranspose2d(chin, chout, (kernel_size, 1),
-                                                         (stride, 1))
+            self.conv_tr: nn.Module = nn.ConvTranspose2d(chin, chout, (kernel_size, 1), (stride, 1))
         else:
             self.conv_tr = nn.ConvTranspose1d(chin, chout, kernel_size, stride)
         self.norm2 = norm_fn(chout)
@@ -225,15 +260,15 @@ class HDecLayer(nn.Module):
             elif context_freq:
                 self.rewrite = nn.Conv2d(chin, 2 * chin, 1 + 2 * context, 1, context)
             else:
-                self.rewrite = nn.Conv2d(chin, 2 * chin, (1, 1 + 2 * context), 1,
-                                         (0, context))
+                self.rewrite = nn.Conv2d(chin, 2 * chin, (1, 1 + 2 * context), 1, (0, context))
             self.norm1 = norm_fn(2 * chin)
         self.dconv: tp.Optional[DConv] = None
         if dconv:
             self.dconv = DConv(chin, **(dconv_kw or {}))
 
-    def decode(self, x: torch.Tensor, skip: tp.Optional[torch.Tensor],
-               length: tp.Optional[int]) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self, x: torch.Tensor, skip: tp.Optional[torch.Tensor], length: tp.Optional[int]
+    ) -> tp.Tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`forward` but without the final activation."""
         if self.freq and x.dim() == 3:
             batch, _, steps = x.shape
@@ -253,15 +288,16 @@ class HDecLayer(nn.Module):
         z = self.norm2(self.conv_tr(y))
         if self.freq:
             if self.pad:
-                z = z[..., self.pad:z.shape[-2] - self.pad, :]
+                z = z[..., self.pad : z.shape[-2] - self.pad, :]
         else:
             if length is None:
                 raise ValueError("a time decoder layer needs the output length")
-            z = z[..., self.pad:self.pad + length]
+            z = z[..., self.pad : self.pad + length]
         return z, y
 
-    def forward(self, x: torch.Tensor, skip: tp.Optional[torch.Tensor],
-                length: tp.Optional[int]) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, skip: tp.Optional[torch.Tensor], length: tp.Optional[int]
+    ) -> tp.Tuple[torch.Tensor, torch.Tensor]:
         """Decodes one level.
 
         Args:
@@ -297,8 +333,9 @@ class MultiWrap(nn.Module):
         split_ratios: increasing ratios in ``(0, 1)``.
     """
 
-    def __init__(self, layer: tp.Union[HEncLayer, HDecLayer],
-                 split_ratios: tp.Sequence[float]) -> None:
+    def __init__(
+        self, layer: tp.Union[HEncLayer, HDecLayer], split_ratios: tp.Sequence[float]
+    ) -> None:
         super().__init__()
         if not isinstance(layer, (HEncLayer, HDecLayer)):
             raise ValueError(f"MultiWrap wraps HEncLayer or HDecLayer, got {type(layer)}")
@@ -321,9 +358,12 @@ class MultiWrap(nn.Module):
                     reset()
             self.layers.append(replica)
 
-    def forward(self, x: torch.Tensor, skip: tp.Optional[torch.Tensor] = None,
-                length: tp.Optional[int] = None
-                ) -> tp.Union[torch.Tensor, tp.Tuple[torch.Tensor, None]]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        skip: tp.Optional[torch.Tensor] = None,
+        length: tp.Optional[int] = None,
+    ) -> tp.Union[torch.Tensor, tp.Tuple[torch.Tensor, None]]:
         """Applies each replica to its band and stitches the bands back.
 
         Args:
@@ -361,8 +401,10 @@ class MultiWrap(nn.Module):
                 if start == 0:
                     limit -= pad
             if not start < limit <= freqs:
-                raise ValueError(f"split_ratios {self.split_ratios} give an invalid band "
-                                 f"[{start}, {limit}) for {freqs} frequencies")
+                raise ValueError(
+                    f"split_ratios {self.split_ratios} give an invalid band "
+                    f"[{start}, {limit}) for {freqs} frequencies"
+                )
             band = x[:, :, start:limit, :]
             band = F.pad(band, (0, 0, pad if start == 0 else 0, pad if ratio == 1 else 0))
             outs.append(layer(band))
@@ -385,13 +427,17 @@ class MultiWrap(nn.Module):
                 bias = tp.cast(torch.Tensor, getattr(layer.conv_tr, "bias")).view(1, -1, 1, 1)
                 prev = outs[-1]
                 outs[-1] = torch.cat(
-                    [prev[:, :, :prev.shape[2] - stride],
-                     prev[:, :, prev.shape[2] - stride:] + out[:, :, :stride] - bias], dim=2)
+                    [
+                        prev[:, :, : prev.shape[2] - stride],
+                        prev[:, :, prev.shape[2] - stride :] + out[:, :, :stride] - bias,
+                    ],
+                    dim=2,
+                )
                 out = out[:, :, stride:]
             if ratio == 1:
-                out = out[:, :, :(-stride) // 2, :]
+                out = out[:, :, : (-stride) // 2, :]
             if start == 0:
-                out = out[:, :, stride // 2:, :]
+                out = out[:, :, stride // 2 :, :]
             outs.append(out)
             last = layer.last
             start = limit
@@ -401,8 +447,9 @@ class MultiWrap(nn.Module):
         return out
 
 
-def standardize(x: torch.Tensor, dims: tp.Tuple[int, ...]
-                ) -> tp.Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def standardize(
+    x: torch.Tensor, dims: tp.Tuple[int, ...]
+) -> tp.Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x - mean) / (1e-5 + std)`` over ``dims``, as both hybrid models normalize
     their branch inputs; returns the result, mean and std (kept to undo it)."""
     mean = x.mean(dim=dims, keepdim=True)
@@ -446,13 +493,26 @@ class HybridUNetMixin:
     freq_emb: tp.Optional[ScaledEmbedding]
     freq_emb_scale: float
 
-    def _build_unets(self, *, channels: int, channels_time: tp.Optional[int],
-                     growth: float, rewrite: bool,
-                     multi_freqs: tp.Optional[tp.Sequence[float]], multi_freqs_depth: int,
-                     freq_emb: float, emb_scale: float, emb_smooth: bool, time_stride: int,
-                     context_enc: int, norm_starts: int, norm_groups: int, dconv_mode: int,
-                     dconv_kw: tp.Callable[[int], tp.Dict[str, tp.Any]],
-                     hybrid: bool = True) -> None:
+    def _build_unets(
+        self,
+        *,
+        channels: int,
+        channels_time: tp.Optional[int],
+        growth: float,
+        rewrite: bool,
+        multi_freqs: tp.Optional[tp.Sequence[float]],
+        multi_freqs_depth: int,
+        freq_emb: float,
+        emb_scale: float,
+        emb_smooth: bool,
+        time_stride: int,
+        context_enc: int,
+        norm_starts: int,
+        norm_groups: int,
+        dconv_mode: int,
+        dconv_kw: tp.Callable[[int], tp.Dict[str, tp.Any]],
+        hybrid: bool = True,
+    ) -> None:
         """Creates the encoder/decoder layers of both branches, outermost first.
 
         The frequency axis shrinks by ``stride`` per layer; once it is no longer than
@@ -472,7 +532,8 @@ class HybridUNetMixin:
             freq = freqs > 1
             last_freq = freq and freqs <= self.kernel_size
             kw: tp.Dict[str, tp.Any] = {
-                "kernel_size": (freqs if last_freq else self.kernel_size) if freq
+                "kernel_size": (freqs if last_freq else self.kernel_size)
+                if freq
                 else time_stride * 2,
                 "stride": self.stride if freq else time_stride,
                 "freq": freq,
@@ -482,8 +543,9 @@ class HybridUNetMixin:
                 "norm_groups": norm_groups,
                 "dconv_kw": dconv_kw(index),
             }
-            kw_time = dict(kw, freq=False, kernel_size=self.kernel_size, stride=self.stride,
-                           pad=True)
+            kw_time = dict(
+                kw, freq=False, kernel_size=self.kernel_size, stride=self.stride, pad=True
+            )
             multi = bool(multi_freqs) and index < multi_freqs_depth
             kw_dec = dict(kw, context_freq=False) if multi else dict(kw)
             if last_freq:
@@ -491,24 +553,47 @@ class HybridUNetMixin:
                 chout = chout_z
             with_time = hybrid and freq
 
-            enc_layer = HEncLayer(chin_z, chout_z, dconv=bool(dconv_mode & 1),
-                                  context=context_enc, **kw)
+            enc_layer = HEncLayer(
+                chin_z, chout_z, dconv=bool(dconv_mode & 1), context=context_enc, **kw
+            )
             if with_time:
-                self.tencoder.append(HEncLayer(chin, chout, dconv=bool(dconv_mode & 1),
-                                               context=context_enc, empty=last_freq,
-                                               **kw_time))
+                self.tencoder.append(
+                    HEncLayer(
+                        chin,
+                        chout,
+                        dconv=bool(dconv_mode & 1),
+                        context=context_enc,
+                        empty=last_freq,
+                        **kw_time,
+                    )
+                )
             self.encoder.append(MultiWrap(enc_layer, multi_freqs or ()) if multi else enc_layer)
 
             if index == 0:
                 chin = self.audio_channels * len(self.sources)
                 chin_z = chin * spec_channels
-            dec_layer = HDecLayer(chout_z, chin_z, dconv=bool(dconv_mode & 2),
-                                  last=index == 0, context=self.context, **kw_dec)
+            dec_layer = HDecLayer(
+                chout_z,
+                chin_z,
+                dconv=bool(dconv_mode & 2),
+                last=index == 0,
+                context=self.context,
+                **kw_dec,
+            )
             dec: nn.Module = MultiWrap(dec_layer, multi_freqs or ()) if multi else dec_layer
             if with_time:
-                self.tdecoder.insert(0, HDecLayer(chout, chin, dconv=bool(dconv_mode & 2),
-                                                  empty=last_freq, last=index == 0,
-                                                  context=self.context, **kw_time))
+                self.tdecoder.insert(
+                    0,
+                    HDecLayer(
+                        chout,
+                        chin,
+                        dconv=bool(dconv_mode & 2),
+                        empty=last_freq,
+                        last=index == 0,
+                        context=self.context,
+                        **kw_time,
+                    ),
+                )
             self.decoder.insert(0, dec)
 
             chin, chin_z = chout, chout_z
@@ -516,12 +601,12 @@ class HybridUNetMixin:
             if freq:
                 freqs = 1 if freqs <= self.kernel_size else freqs // self.stride
             if index == 0 and freq_emb:
-                self.freq_emb = ScaledEmbedding(freqs, chin_z, smooth=emb_smooth,
-                                                scale=emb_scale)
+                self.freq_emb = ScaledEmbedding(freqs, chin_z, smooth=emb_smooth, scale=emb_scale)
                 self.freq_emb_scale = freq_emb
 
-    def _encode(self, x: torch.Tensor, xt: torch.Tensor
-                ) -> tp.Tuple[torch.Tensor, torch.Tensor, UNetSkips]:
+    def _encode(
+        self, x: torch.Tensor, xt: torch.Tensor
+    ) -> tp.Tuple[torch.Tensor, torch.Tensor, UNetSkips]:
         """Runs both encoders; the time branch merges into the frequency branch
         (``inject``) at the layer where its encoder is ``empty``."""
         skips = UNetSkips()
@@ -546,8 +631,9 @@ class HybridUNetMixin:
             skips.saved.append(x)
         return x, xt, skips
 
-    def _decode(self, x: torch.Tensor, xt: torch.Tensor, skips: UNetSkips
-                ) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+    def _decode(
+        self, x: torch.Tensor, xt: torch.Tensor, skips: UNetSkips
+    ) -> tp.Tuple[torch.Tensor, torch.Tensor]:
         """Runs both decoders; the time branch splits off where its decoder is
         ``empty``, starting from the frequency decoder's pre-activation output
         (a single frequency row)."""
@@ -623,44 +709,46 @@ class HDemucs(HybridUNetMixin, SpectralMixin, nn.Module):
     """
 
     @capture_init
-    def __init__(self,
-                 sources: tp.List[str],
-                 audio_channels: int = 2,
-                 channels: int = 48,
-                 channels_time: tp.Optional[int] = None,
-                 growth: float = 2,
-                 nfft: int = 4096,
-                 wiener_iters: int = 0,
-                 end_iters: int = 0,
-                 wiener_residual: bool = False,
-                 cac: bool = True,
-                 depth: int = 6,
-                 rewrite: bool = True,
-                 hybrid: bool = True,
-                 hybrid_old: bool = False,
-                 multi_freqs: tp.Optional[tp.Sequence[float]] = None,
-                 multi_freqs_depth: int = 2,
-                 freq_emb: float = 0.2,
-                 emb_scale: float = 10,
-                 emb_smooth: bool = True,
-                 kernel_size: int = 8,
-                 time_stride: int = 2,
-                 stride: int = 4,
-                 context: int = 1,
-                 context_enc: int = 0,
-                 norm_starts: int = 4,
-                 norm_groups: int = 4,
-                 dconv_mode: int = 1,
-                 dconv_depth: int = 2,
-                 dconv_comp: float = 4,
-                 dconv_attn: int = 4,
-                 dconv_lstm: int = 4,
-                 dconv_init: float = 1e-4,
-                 rescale: float = 0.1,
-                 samplerate: int = 44100,
-                 segment: float = 4 * 10,
-                 *,
-                 use_conv_stft: bool = False) -> None:
+    def __init__(
+        self,
+        sources: tp.List[str],
+        audio_channels: int = 2,
+        channels: int = 48,
+        channels_time: tp.Optional[int] = None,
+        growth: float = 2,
+        nfft: int = 4096,
+        wiener_iters: int = 0,
+        end_iters: int = 0,
+        wiener_residual: bool = False,
+        cac: bool = True,
+        depth: int = 6,
+        rewrite: bool = True,
+        hybrid: bool = True,
+        hybrid_old: bool = False,
+        multi_freqs: tp.Optional[tp.Sequence[float]] = None,
+        multi_freqs_depth: int = 2,
+        freq_emb: float = 0.2,
+        emb_scale: float = 10,
+        emb_smooth: bool = True,
+        kernel_size: int = 8,
+        time_stride: int = 2,
+        stride: int = 4,
+        context: int = 1,
+        context_enc: int = 0,
+        norm_starts: int = 4,
+        norm_groups: int = 4,
+        dconv_mode: int = 1,
+        dconv_depth: int = 2,
+        dconv_comp: float = 4,
+        dconv_attn: int = 4,
+        dconv_lstm: int = 4,
+        dconv_init: float = 1e-4,
+        rescale: float = 0.1,
+        samplerate: int = 44100,
+        segment: float = 4 * 10,
+        *,
+        use_conv_stft: bool = False,
+    ) -> None:
         super().__init__()
         # The STFT backend is a run-time choice, not part of the checkpoint arguments.
         init_args = getattr(self, "_init_args_kwargs", None)
@@ -669,8 +757,10 @@ class HDemucs(HybridUNetMixin, SpectralMixin, nn.Module):
         if hybrid_old and not hybrid:
             raise ValueError("hybrid_old=True requires hybrid=True")
         if hybrid and wiener_iters != end_iters:
-            raise ValueError(f"a hybrid model needs wiener_iters == end_iters, "
-                             f"got {wiener_iters} and {end_iters}")
+            raise ValueError(
+                f"a hybrid model needs wiener_iters == end_iters, "
+                f"got {wiener_iters} and {end_iters}"
+            )
         if nfft < 4 or nfft % 4 != 0:
             raise ValueError(f"nfft must be a positive multiple of 4, got {nfft}")
         self.use_conv_stft = use_conv_stft
@@ -699,15 +789,33 @@ class HDemucs(HybridUNetMixin, SpectralMixin, nn.Module):
         self.tdecoder = nn.ModuleList()
 
         def layer_dconv_kw(index: int) -> tp.Dict[str, tp.Any]:
-            return dict(lstm=index >= dconv_lstm, attn=index >= dconv_attn,
-                        depth=dconv_depth, compress=dconv_comp, init=dconv_init, gelu=True)
+            return dict(
+                lstm=index >= dconv_lstm,
+                attn=index >= dconv_attn,
+                depth=dconv_depth,
+                compress=dconv_comp,
+                init=dconv_init,
+                gelu=True,
+            )
 
         self._build_unets(
-            channels=channels, channels_time=channels_time, growth=growth, rewrite=rewrite,
-            multi_freqs=multi_freqs, multi_freqs_depth=multi_freqs_depth, freq_emb=freq_emb,
-            emb_scale=emb_scale, emb_smooth=emb_smooth, time_stride=time_stride,
-            context_enc=context_enc, norm_starts=norm_starts, norm_groups=norm_groups,
-            dconv_mode=dconv_mode, dconv_kw=layer_dconv_kw, hybrid=hybrid)
+            channels=channels,
+            channels_time=channels_time,
+            growth=growth,
+            rewrite=rewrite,
+            multi_freqs=multi_freqs,
+            multi_freqs_depth=multi_freqs_depth,
+            freq_emb=freq_emb,
+            emb_scale=emb_scale,
+            emb_smooth=emb_smooth,
+            time_stride=time_stride,
+            context_enc=context_enc,
+            norm_starts=norm_starts,
+            norm_groups=norm_groups,
+            dconv_mode=dconv_mode,
+            dconv_kw=layer_dconv_kw,
+            hybrid=hybrid,
+        )
 
         if rescale:
             rescale_module(self, reference=rescale)

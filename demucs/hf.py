@@ -21,6 +21,7 @@ Every value then goes through the same checks as a ``.th`` checkpoint
 ``hf://[namespace/]name`` names are downloaded with ``huggingface_hub`` (optional extra
 ``demucs[hf]``) into its usual cache, so ``HF_HUB_OFFLINE=1`` works from that cache.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,16 @@ from .errors import ModelLoadingError
 from .model_checks import check_name
 from .states import build_model, import_diffq, load_model, model_classes  # noqa: F401
 
-__all__ = ["DEFAULT_NAMESPACE", "HF_SCHEME", "hf_repo_name", "load_safetensors_model",
-           "save_safetensors_model", "get_hf_model", "hf_download", "export_bag"]
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "HF_SCHEME",
+    "hf_repo_name",
+    "load_safetensors_model",
+    "save_safetensors_model",
+    "get_hf_model",
+    "hf_download",
+    "export_bag",
+]
 
 #: Hub namespace of the released models.
 DEFAULT_NAMESPACE = "adefossez"
@@ -43,8 +52,7 @@ DEFAULT_NAMESPACE = "adefossez"
 HF_SCHEME = "hf://"
 
 #: DiffQ quantizer classes that a quantized state may name, as written in ``_class``.
-DIFFQ_CLASS_NAMES = ("diffq.diffq.DiffQuantizer", "diffq.uniform.UniformQuantizer",
-                     "diffq.lsq.LSQ")
+DIFFQ_CLASS_NAMES = ("diffq.diffq.DiffQuantizer", "diffq.uniform.UniformQuantizer", "diffq.lsq.LSQ")
 
 _HF_HINT = "loading hf:// models needs huggingface_hub: pip install 'demucs[hf]'"
 _ST_HINT = "reading .safetensors models needs safetensors: pip install 'demucs[hf]'"
@@ -58,7 +66,7 @@ def hf_repo_name(name: str) -> str:
     if name == "htdemucs":
         return "HTDemucs"
     if name.startswith("htdemucs_"):
-        return "HTDemucs-" + name[len("htdemucs_"):]
+        return "HTDemucs-" + name[len("htdemucs_") :]
     return "Demucs-" + name
 
 
@@ -66,11 +74,11 @@ def hf_repo_name(name: str) -> str:
 # JSON encoding of constructor arguments and nested states
 # --------------------------------------------------------------------------------------
 
+
 def _encode_value(value: tp.Any) -> tp.Any:
     """Constructor argument -> JSON-ready value (Fractions tagged, tuples as lists)."""
     if isinstance(value, Fraction):
-        return {"_type": "fraction", "numerator": value.numerator,
-                "denominator": value.denominator}
+        return {"_type": "fraction", "numerator": value.numerator, "denominator": value.denominator}
     if isinstance(value, dict):
         if not all(isinstance(key, str) for key in value):
             raise ValueError(f"cannot encode a dict with non-string keys: {value!r}")
@@ -87,8 +95,13 @@ def _decode_value(value: tp.Any, origin: str) -> tp.Any:
     if isinstance(value, dict):
         if value.get("_type") == "fraction":
             num, den = value.get("numerator"), value.get("denominator")
-            if not isinstance(num, int) or not isinstance(den, int) or den == 0 \
-                    or isinstance(num, bool) or isinstance(den, bool):
+            if (
+                not isinstance(num, int)
+                or not isinstance(den, int)
+                or den == 0
+                or isinstance(num, bool)
+                or isinstance(den, bool)
+            ):
                 raise ModelLoadingError(f"{origin}: invalid fraction {value!r}")
             return Fraction(num, den)
         return {key: _decode_value(item, origin) for key, item in value.items()}
@@ -106,14 +119,26 @@ def _flatten_state(state: tp.Any, tensors: tp.Dict[str, tp.Any], path: str = "")
         tensors[key] = state.detach().cpu().contiguous().clone()
         return {"_tensor": key}
     if isinstance(state, dict):
-        return {"_dict": [[key, _flatten_state(item, tensors, f"{path}.{key}".lstrip("."))]
-                          for key, item in state.items()]}
+        return {
+            "_dict": [
+                [key, _flatten_state(item, tensors, f"{path}.{key}".lstrip("."))]
+                for key, item in state.items()
+            ]
+        }
     if isinstance(state, list):
-        return {"_list": [_flatten_state(item, tensors, f"{path}.{index}".lstrip("."))
-                          for index, item in enumerate(state)]}
+        return {
+            "_list": [
+                _flatten_state(item, tensors, f"{path}.{index}".lstrip("."))
+                for index, item in enumerate(state)
+            ]
+        }
     if isinstance(state, tuple):
-        return {"_tuple": [_flatten_state(item, tensors, f"{path}.{index}".lstrip("."))
-                           for index, item in enumerate(state)]}
+        return {
+            "_tuple": [
+                _flatten_state(item, tensors, f"{path}.{index}".lstrip("."))
+                for index, item in enumerate(state)
+            ]
+        }
     if isinstance(state, type):
         return {"_class": f"{state.__module__}.{state.__qualname__}"}
     if state is None or isinstance(state, (bool, int, str)):
@@ -126,8 +151,8 @@ def _flatten_state(state: tp.Any, tensors: tp.Dict[str, tp.Any], path: str = "")
 def _diffq_class(name: tp.Any, origin: str) -> type:
     if name not in DIFFQ_CLASS_NAMES:
         raise ModelLoadingError(
-            f"{origin}: the state names class {str(name)[:80]!r}, not a DiffQ quantizer: "
-            "refused")
+            f"{origin}: the state names class {str(name)[:80]!r}, not a DiffQ quantizer: refused"
+        )
     import importlib
 
     import_diffq()  # MissingDiffQError with the install hint
@@ -143,12 +168,16 @@ def _unflatten_state(node: Node, tensors: tp.Dict[str, tp.Any], origin: str) -> 
                 return tensors[node["_tensor"]]
             except (KeyError, TypeError):
                 raise ModelLoadingError(
-                    f"{origin}: structure names a missing tensor {node['_tensor']!r}") from None
+                    f"{origin}: structure names a missing tensor {node['_tensor']!r}"
+                ) from None
         if "_dict" in node and isinstance(node["_dict"], list):
             out = {}
             for pair in node["_dict"]:
-                if not isinstance(pair, list) or len(pair) != 2 \
-                        or isinstance(pair[0], (list, dict)):
+                if (
+                    not isinstance(pair, list)
+                    or len(pair) != 2
+                    or isinstance(pair[0], (list, dict))
+                ):
                     raise ModelLoadingError(f"{origin}: invalid structure entry {pair!r}")
                 out[pair[0]] = _unflatten_state(pair[1], tensors, origin)
             return out
@@ -168,23 +197,28 @@ def _unflatten_state(node: Node, tensors: tp.Dict[str, tp.Any], origin: str) -> 
 # One member: SIG.safetensors
 # --------------------------------------------------------------------------------------
 
+
 def _class_by_name(name: tp.Any, origin: str) -> type:
     classes = {f"{klass.__module__}.{klass.__qualname__}": klass for klass in model_classes()}
     if name not in classes:
-        raise ModelLoadingError(f"{origin}: model class {str(name)[:80]!r} is not one of "
-                                f"{', '.join(sorted(classes))}: refused")
+        raise ModelLoadingError(
+            f"{origin}: model class {str(name)[:80]!r} is not one of "
+            f"{', '.join(sorted(classes))}: refused"
+        )
     return classes[name]
 
 
 def _json_field(metadata: tp.Dict[str, str], key: str, origin: str) -> tp.Any:
     if key not in metadata:
-        raise ModelLoadingError(f"{origin} is not a Demucs safetensors model: "
-                                f"no {key!r} in its metadata")
+        raise ModelLoadingError(
+            f"{origin} is not a Demucs safetensors model: no {key!r} in its metadata"
+        )
     try:
         return json.loads(metadata[key])
     except (ValueError, RecursionError) as exc:
-        raise ModelLoadingError(f"{origin}: metadata {key!r} is not valid JSON "
-                                f"({str(exc)[:80]})") from None
+        raise ModelLoadingError(
+            f"{origin}: metadata {key!r} is not valid JSON ({str(exc)[:80]})"
+        ) from None
 
 
 def read_safetensors_package(path: tp.Union[str, Path]) -> tp.Dict[str, tp.Any]:
@@ -200,16 +234,15 @@ def read_safetensors_package(path: tp.Union[str, Path]) -> tp.Dict[str, tp.Any]:
     try:
         with safe_open(origin, framework="pt") as file:
             metadata = file.metadata() or {}
-            klass = _class_by_name(metadata.get("klass"), origin) if "klass" in metadata \
-                else None
+            klass = _class_by_name(metadata.get("klass"), origin) if "klass" in metadata else None
             tensors = {key: file.get_tensor(key) for key in file.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadingError(f"{origin} is not a valid safetensors file ({first})") \
-            from None
+        raise ModelLoadingError(f"{origin} is not a valid safetensors file ({first})") from None
     if klass is None:
-        raise ModelLoadingError(f"{origin} is not a Demucs safetensors model: "
-                                "no 'klass' in its metadata")
+        raise ModelLoadingError(
+            f"{origin} is not a Demucs safetensors model: no 'klass' in its metadata"
+        )
     args = _decode_value(_json_field(metadata, "args", origin), origin)
     kwargs = _decode_value(_json_field(metadata, "kwargs", origin), origin)
     if "structure" in metadata:
@@ -249,10 +282,9 @@ def save_safetensors_model(package_or_model: tp.Any, path: tp.Union[str, Path]) 
     state = package["state"]
     tensors: tp.Dict[str, tp.Any] = {}
     import torch
-    if isinstance(state, dict) and all(isinstance(value, torch.Tensor)
-                                       for value in state.values()):
-        tensors = {key: value.detach().cpu().contiguous().clone()
-                   for key, value in state.items()}
+
+    if isinstance(state, dict) and all(isinstance(value, torch.Tensor) for value in state.values()):
+        tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state.items()}
     else:
         metadata["structure"] = json.dumps(_flatten_state(state, tensors))
     path = Path(path)
@@ -263,6 +295,7 @@ def save_safetensors_model(package_or_model: tp.Any, path: tp.Union[str, Path]) 
 # --------------------------------------------------------------------------------------
 # Bags: a folder or a hub repository
 # --------------------------------------------------------------------------------------
+
 
 def hf_download(repo_id: str, filename: str) -> Path:
     """Path of ``filename`` from hub repository ``repo_id`` (downloaded or cached)."""
@@ -276,14 +309,13 @@ def hf_download(repo_id: str, filename: str) -> Path:
         from .repo import DownloadError
 
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise DownloadError(f"{repo_id}/{filename}", f"{type(exc).__name__}: {first}") \
-            from None
+        raise DownloadError(f"{repo_id}/{filename}", f"{type(exc).__name__}: {first}") from None
 
 
 def split_hf_name(name: str) -> tp.Tuple[str, str]:
     """``[hf://][namespace/]name`` -> ``(namespace, name)``, each a checked name."""
     if name.startswith(HF_SCHEME):
-        name = name[len(HF_SCHEME):]
+        name = name[len(HF_SCHEME) :]
     namespace = DEFAULT_NAMESPACE
     if "/" in name:
         namespace, name = name.split("/", 1)
@@ -302,8 +334,9 @@ def get_hf_model(name: str) -> BagOfModels:
     repo_id = f"{namespace}/{hf_repo_name(name)}"
     yaml_file = hf_download(repo_id, f"{name}.yaml")
     bag = read_bag(yaml_file)
-    models = [load_safetensors_model(hf_download(repo_id, f"{sig}.safetensors"))
-              for sig in bag["models"]]
+    models = [
+        load_safetensors_model(hf_download(repo_id, f"{sig}.safetensors")) for sig in bag["models"]
+    ]
     apply_bag_segment(models, bag["segment"], str(yaml_file))
     try:
         return BagOfModels(models, bag["weights"])
@@ -311,8 +344,7 @@ def get_hf_model(name: str) -> BagOfModels:
         raise ModelLoadingError(f"invalid bag of models {name}: {exc}") from exc
 
 
-def export_bag(name: str, out_dir: tp.Union[str, Path],
-               repo: tp.Optional[Path] = None) -> Path:
+def export_bag(name: str, out_dir: tp.Union[str, Path], repo: tp.Optional[Path] = None) -> Path:
     """Writes model ``name`` (a bag or a signature, from ``repo`` or the catalog) in
     upstream 4.1.0's layout: ``out_dir/NAME.yaml`` and ``out_dir/SIG.safetensors``.
 
@@ -346,12 +378,16 @@ def main(argv: tp.Optional[tp.List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m demucs.hf",
         description="Write a model in upstream 4.1.0's safetensors layout "
-                    "(NAME.yaml and one SIG.safetensors per member).")
+        "(NAME.yaml and one SIG.safetensors per member).",
+    )
     parser.add_argument("name", help="bag name or model signature")
     parser.add_argument("out_dir", type=Path, help="folder to write (created if needed)")
-    parser.add_argument("--repo", type=Path, default=None,
-                        help="folder of .th/.yaml files (default: $DEMUCS_REPO or the "
-                             "remote catalog)")
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=None,
+        help="folder of .th/.yaml files (default: $DEMUCS_REPO or the remote catalog)",
+    )
     args = parser.parse_args(argv)
     try:
         out = export_bag(args.name, args.out_dir, repo=args.repo)

@@ -13,6 +13,7 @@ Differences from upstream 4.0.1, none of which touch the checkpoint format:
   (``model.use_conv_stft = True``). It is never saved in a checkpoint.
 * The forward pass has no asserts or data-dependent branches (export-safe).
 """
+
 from __future__ import annotations
 
 import typing as tp
@@ -169,13 +170,26 @@ class HTDemucs(HybridUNetMixin, SpectralMixin, nn.Module):
         self.tencoder = nn.ModuleList()
         self.tdecoder = nn.ModuleList()
         self._build_unets(
-            channels=channels, channels_time=channels_time, growth=growth,
-            rewrite=rewrite, multi_freqs=multi_freqs, multi_freqs_depth=multi_freqs_depth,
-            freq_emb=freq_emb, emb_scale=emb_scale, emb_smooth=emb_smooth,
-            time_stride=time_stride, context_enc=context_enc, norm_starts=norm_starts,
-            norm_groups=norm_groups, dconv_mode=dconv_mode,
-            dconv_kw=lambda index: {"depth": dconv_depth, "compress": dconv_comp,
-                                    "init": dconv_init, "gelu": True},
+            channels=channels,
+            channels_time=channels_time,
+            growth=growth,
+            rewrite=rewrite,
+            multi_freqs=multi_freqs,
+            multi_freqs_depth=multi_freqs_depth,
+            freq_emb=freq_emb,
+            emb_scale=emb_scale,
+            emb_smooth=emb_smooth,
+            time_stride=time_stride,
+            context_enc=context_enc,
+            norm_starts=norm_starts,
+            norm_groups=norm_groups,
+            dconv_mode=dconv_mode,
+            dconv_kw=lambda index: {
+                "depth": dconv_depth,
+                "compress": dconv_comp,
+                "init": dconv_init,
+                "gelu": True,
+            },
         )
         if rescale:
             rescale_module(self, reference=rescale)
@@ -191,20 +205,37 @@ class HTDemucs(HybridUNetMixin, SpectralMixin, nn.Module):
         self.crosstransformer: tp.Optional[CrossTransformerEncoder] = None
         if t_layers > 0:
             self.crosstransformer = CrossTransformerEncoder(
-                dim=dim, emb=t_emb, hidden_scale=t_hidden_scale, num_heads=t_heads,
-                num_layers=t_layers, cross_first=t_cross_first, dropout=t_dropout,
-                max_positions=t_max_positions, norm_in=t_norm_in,
-                norm_in_group=t_norm_in_group, group_norm=t_group_norm,
-                norm_first=t_norm_first, norm_out=t_norm_out, max_period=t_max_period,
-                weight_decay=t_weight_decay, lr=t_lr, layer_scale=t_layer_scale,
-                gelu=t_gelu, sin_random_shift=t_sin_random_shift,
+                dim=dim,
+                emb=t_emb,
+                hidden_scale=t_hidden_scale,
+                num_heads=t_heads,
+                num_layers=t_layers,
+                cross_first=t_cross_first,
+                dropout=t_dropout,
+                max_positions=t_max_positions,
+                norm_in=t_norm_in,
+                norm_in_group=t_norm_in_group,
+                group_norm=t_group_norm,
+                norm_first=t_norm_first,
+                norm_out=t_norm_out,
+                max_period=t_max_period,
+                weight_decay=t_weight_decay,
+                lr=t_lr,
+                layer_scale=t_layer_scale,
+                gelu=t_gelu,
+                sin_random_shift=t_sin_random_shift,
                 weight_pos_embed=t_weight_pos_embed,
-                cape_mean_normalize=t_cape_mean_normalize, cape_augment=t_cape_augment,
+                cape_mean_normalize=t_cape_mean_normalize,
+                cape_augment=t_cape_augment,
                 cape_glob_loc_scale=list(t_cape_glob_loc_scale),
-                sparse_self_attn=t_sparse_self_attn, sparse_cross_attn=t_sparse_cross_attn,
-                mask_type=t_mask_type, mask_random_seed=t_mask_random_seed,
-                sparse_attn_window=t_sparse_attn_window, global_window=t_global_window,
-                sparsity=t_sparsity, auto_sparsity=t_auto_sparsity,
+                sparse_self_attn=t_sparse_self_attn,
+                sparse_cross_attn=t_sparse_cross_attn,
+                mask_type=t_mask_type,
+                mask_random_seed=t_mask_random_seed,
+                sparse_attn_window=t_sparse_attn_window,
+                global_window=t_global_window,
+                sparsity=t_sparsity,
+                auto_sparsity=t_auto_sparsity,
             )
 
     # ------------------------------------------------------------------ inference API
@@ -220,8 +251,9 @@ class HTDemucs(HybridUNetMixin, SpectralMixin, nn.Module):
             return length
         training_length = int(self.segment * self.samplerate)
         if training_length < length:
-            raise ValueError(f"Given length {length} is longer than "
-                             f"training length {training_length}")
+            raise ValueError(
+                f"Given length {length} is longer than training length {training_length}"
+            )
         return training_length
 
     def forward(self, mix: Tensor) -> Tensor:
@@ -264,13 +296,19 @@ class HTDemucs(HybridUNetMixin, SpectralMixin, nn.Module):
             return x, xt
         if self.bottom_channels:
             f = x.shape[2]
-            x = rearrange(self.channel_upsampler(rearrange(x, "b c f t -> b c (f t)")),
-                          "b c (f t) -> b c f t", f=f)
+            x = rearrange(
+                self.channel_upsampler(rearrange(x, "b c f t -> b c (f t)")),
+                "b c (f t) -> b c f t",
+                f=f,
+            )
             xt = self.channel_upsampler_t(xt)
         x, xt = self.crosstransformer(x, xt)
         if self.bottom_channels:
-            x = rearrange(self.channel_downsampler(rearrange(x, "b c f t -> b c (f t)")),
-                          "b c (f t) -> b c f t", f=f)
+            x = rearrange(
+                self.channel_downsampler(rearrange(x, "b c f t -> b c (f t)")),
+                "b c (f t) -> b c f t",
+                f=f,
+            )
             xt = self.channel_downsampler_t(xt)
         return x, xt
 

@@ -8,6 +8,7 @@ is one :class:`~demucs.errors.ModelLoadingError` line naming the file (``origin`
 This module does not import torch at import time (the ONNX path uses the name checks);
 only :func:`count_parameters` needs it.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -18,11 +19,23 @@ from fractions import Fraction
 
 from .errors import ModelArgumentsError, ModelLoadingError
 
-__all__ = ["MAX_NAME_BYTES", "MAX_SOURCES", "MAX_PARAMETERS", "MAX_WIDTH",
-           "SAMPLERATE_RANGE", "MAX_SEGMENT_SECONDS", "MAX_TRAIN_SEGMENT_SECONDS",
-           "check_name", "check_sources",
-           "check_samplerate", "check_audio_channels", "check_segment", "check_model_kwargs",
-           "count_parameters", "check_parameter_count"]
+__all__ = [
+    "MAX_NAME_BYTES",
+    "MAX_SOURCES",
+    "MAX_PARAMETERS",
+    "MAX_WIDTH",
+    "SAMPLERATE_RANGE",
+    "MAX_SEGMENT_SECONDS",
+    "MAX_TRAIN_SEGMENT_SECONDS",
+    "check_name",
+    "check_sources",
+    "check_samplerate",
+    "check_audio_channels",
+    "check_segment",
+    "check_model_kwargs",
+    "count_parameters",
+    "check_parameter_count",
+]
 
 #: Longest name (UTF-8 bytes) a model file may give a source or a model: it becomes a
 #: file name component, with room left for a prefix and an extension within 255 bytes.
@@ -100,20 +113,20 @@ def check_name(name: tp.Any, what: str, origin: str) -> str:
     if name in _FORBIDDEN_NAMES:
         raise ModelLoadingError(f"{origin}: {what} {name!r} is not a valid file name")
     if any(char in "/\\" for char in name):
-        raise ModelLoadingError(
-            f"{origin}: {what} {_describe(name)} contains a path separator")
+        raise ModelLoadingError(f"{origin}: {what} {_describe(name)} contains a path separator")
     if any(ord(char) < 32 or ord(char) == 127 for char in name):
-        raise ModelLoadingError(
-            f"{origin}: {what} {_describe(name)} contains a control character")
+        raise ModelLoadingError(f"{origin}: {what} {_describe(name)} contains a control character")
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
-        raise ModelLoadingError(f"{origin}: {what} {_describe(name)} is not valid "
-                                "Unicode") from None
+        raise ModelLoadingError(
+            f"{origin}: {what} {_describe(name)} is not valid Unicode"
+        ) from None
     if size > MAX_NAME_BYTES:
         raise ModelLoadingError(
             f"{origin}: {what} {_describe(name)} is too long ({size} bytes, "
-            f"at most {MAX_NAME_BYTES})")
+            f"at most {MAX_NAME_BYTES})"
+        )
     return name
 
 
@@ -121,10 +134,12 @@ def check_sources(sources: tp.Any, origin: str) -> tp.List[str]:
     """``sources`` must be a list of 1 to :data:`MAX_SOURCES` distinct valid names."""
     if not isinstance(sources, (list, tuple)):
         raise ModelLoadingError(
-            f"{origin}: sources must be a list of names, got {_describe(sources)}")
+            f"{origin}: sources must be a list of names, got {_describe(sources)}"
+        )
     if not 1 <= len(sources) <= MAX_SOURCES:
         raise ModelLoadingError(
-            f"{origin}: a model needs 1 to {MAX_SOURCES} sources, got {len(sources)}")
+            f"{origin}: a model needs 1 to {MAX_SOURCES} sources, got {len(sources)}"
+        )
     for source in sources:
         check_name(source, "source name", origin)
     if len(set(sources)) != len(sources):
@@ -144,26 +159,34 @@ def check_samplerate(samplerate: tp.Any, origin: str) -> int:
     """An integer sample rate within :data:`SAMPLERATE_RANGE`."""
     low, high = SAMPLERATE_RANGE
     if not _is_int(samplerate) or not low <= samplerate <= high:
-        raise ModelLoadingError(f"{origin}: samplerate must be an integer between {low} "
-                                f"and {high} Hz, got {_describe(samplerate)}")
+        raise ModelLoadingError(
+            f"{origin}: samplerate must be an integer between {low} "
+            f"and {high} Hz, got {_describe(samplerate)}"
+        )
     return int(samplerate)
 
 
 def check_audio_channels(channels: tp.Any, origin: str) -> int:
     """An integer between 1 and :data:`MAX_AUDIO_CHANNELS`."""
     if not _is_int(channels) or not 1 <= channels <= MAX_AUDIO_CHANNELS:
-        raise ModelLoadingError(f"{origin}: audio_channels must be an integer between 1 "
-                                f"and {MAX_AUDIO_CHANNELS}, got {_describe(channels)}")
+        raise ModelLoadingError(
+            f"{origin}: audio_channels must be an integer between 1 "
+            f"and {MAX_AUDIO_CHANNELS}, got {_describe(channels)}"
+        )
     return int(channels)
 
 
 def check_segment(segment: tp.Any, origin: str, what: str = "segment") -> tp.Any:
     """A finite number of seconds in ``(0, MAX_SEGMENT_SECONDS]`` (returned unchanged)."""
-    if not _is_real(segment) or not math.isfinite(float(segment)) \
-            or not 0 < float(segment) <= MAX_SEGMENT_SECONDS:
+    if (
+        not _is_real(segment)
+        or not math.isfinite(float(segment))
+        or not 0 < float(segment) <= MAX_SEGMENT_SECONDS
+    ):
         raise ModelLoadingError(
             f"{origin}: {what} must be a number of seconds in (0, {MAX_SEGMENT_SECONDS:g}], "
-            f"got {_describe(segment)}")
+            f"got {_describe(segment)}"
+        )
     return segment
 
 
@@ -173,28 +196,40 @@ def _check_bounds(name: str, value: tp.Any, origin: str) -> None:
         if value is None and name == "channels_time":
             return
         if not _is_int(value) or not low <= value <= high:
-            raise ModelLoadingError(f"{origin}: {name} must be an integer between {low} "
-                                    f"and {high}, got {_describe(value)}")
+            raise ModelLoadingError(
+                f"{origin}: {name} must be an integer between {low} "
+                f"and {high}, got {_describe(value)}"
+            )
     elif name in _FLOAT_BOUNDS:
         low_f, high_f = _FLOAT_BOUNDS[name]
-        if not _is_real(value) or not math.isfinite(float(value)) \
-                or not low_f < float(value) <= high_f:
-            raise ModelLoadingError(f"{origin}: {name} must be a number in ({low_f:g}, "
-                                    f"{high_f:g}], got {_describe(value)}")
+        if (
+            not _is_real(value)
+            or not math.isfinite(float(value))
+            or not low_f < float(value) <= high_f
+        ):
+            raise ModelLoadingError(
+                f"{origin}: {name} must be a number in ({low_f:g}, "
+                f"{high_f:g}], got {_describe(value)}"
+            )
 
 
 def _check_multi_freqs(value: tp.Any, origin: str) -> None:
     if value is None:
         return
-    if not isinstance(value, (list, tuple)) or len(value) > 16 \
-            or not all(_is_real(ratio) and 0 < float(ratio) < 1 for ratio in value) \
-            or list(value) != sorted(value):
-        raise ModelLoadingError(f"{origin}: multi_freqs must be increasing ratios in (0, 1), "
-                                f"got {_describe(value)}")
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) > 16
+        or not all(_is_real(ratio) and 0 < float(ratio) < 1 for ratio in value)
+        or list(value) != sorted(value)
+    ):
+        raise ModelLoadingError(
+            f"{origin}: multi_freqs must be increasing ratios in (0, 1), got {_describe(value)}"
+        )
 
 
-def check_model_kwargs(klass: type, args: tp.Any, kwargs: tp.Any,
-                       origin: str) -> tp.Dict[str, tp.Any]:
+def check_model_kwargs(
+    klass: type, args: tp.Any, kwargs: tp.Any, origin: str
+) -> tp.Dict[str, tp.Any]:
     """Checks the constructor arguments a model file gives for ``klass``.
 
     The arguments must bind to ``klass``'s signature (no unknown or missing argument),
@@ -208,13 +243,15 @@ def check_model_kwargs(klass: type, args: tp.Any, kwargs: tp.Any,
     if not isinstance(args, (list, tuple)):
         raise ModelLoadingError(f"{origin}: 'args' must be a list, got {type(args).__name__}")
     if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
-        raise ModelLoadingError(f"{origin}: 'kwargs' must be a dict of named arguments, "
-                                f"got {type(kwargs).__name__}")
+        raise ModelLoadingError(
+            f"{origin}: 'kwargs' must be a dict of named arguments, got {type(kwargs).__name__}"
+        )
     try:
         bound = inspect.signature(klass).bind(*args, **kwargs)
     except TypeError as exc:
         raise ModelArgumentsError(
-            f"{origin}: wrong constructor arguments for {klass.__name__}: {exc}") from None
+            f"{origin}: wrong constructor arguments for {klass.__name__}: {exc}"
+        ) from None
     bound.apply_defaults()
     values = dict(bound.arguments)
     for name, value in values.items():
@@ -230,37 +267,44 @@ def check_model_kwargs(klass: type, args: tp.Any, kwargs: tp.Any,
             _check_multi_freqs(value, origin)
         else:
             _check_bounds(name, value, origin)
-    if values.get("use_train_segment") and "segment" in values \
-            and float(values["segment"]) > MAX_TRAIN_SEGMENT_SECONDS:
+    if (
+        values.get("use_train_segment")
+        and "segment" in values
+        and float(values["segment"]) > MAX_TRAIN_SEGMENT_SECONDS
+    ):
         raise ModelLoadingError(
             f"{origin}: {klass.__name__} runs every input at its training segment, "
-            f"{float(values['segment']):g} s here (at most {MAX_TRAIN_SEGMENT_SECONDS:g} s)")
+            f"{float(values['segment']):g} s here (at most {MAX_TRAIN_SEGMENT_SECONDS:g} s)"
+        )
     if "depth" in values and "channels" in values:
         growth = float(values.get("growth", 1) or 1)
-        widest = max(values["channels"], values.get("channels_time") or 0) \
-            * max(growth, 1.0) ** (values["depth"] - 1)
+        widest = max(values["channels"], values.get("channels_time") or 0) * max(growth, 1.0) ** (
+            values["depth"] - 1
+        )
         if widest > MAX_WIDTH:
             raise ModelLoadingError(
                 f"{origin}: channels={values['channels']}, growth={growth:g} and "
                 f"depth={values['depth']} give layers of {widest:.3g} channels "
-                f"(at most {MAX_WIDTH})")
+                f"(at most {MAX_WIDTH})"
+            )
     return values
 
 
-def count_parameters(klass: type, args: tp.Sequence[tp.Any],
-                     kwargs: tp.Dict[str, tp.Any]) -> int:
+def count_parameters(klass: type, args: tp.Sequence[tp.Any], kwargs: tp.Dict[str, tp.Any]) -> int:
     """Parameters and buffers of ``klass(*args, **kwargs)``, counted on the ``meta``
     device (shapes only: nothing is allocated, no weight initialised for real)."""
     import torch
 
     with torch.device("meta"):
         model = klass(*args, **kwargs)
-    return sum(tensor.numel() for tensor in model.parameters()) + \
-        sum(tensor.numel() for tensor in model.buffers())
+    return sum(tensor.numel() for tensor in model.parameters()) + sum(
+        tensor.numel() for tensor in model.buffers()
+    )
 
 
-def check_parameter_count(klass: type, args: tp.Sequence[tp.Any],
-                          kwargs: tp.Dict[str, tp.Any], origin: str) -> int:
+def check_parameter_count(
+    klass: type, args: tp.Sequence[tp.Any], kwargs: tp.Dict[str, tp.Any], origin: str
+) -> int:
     """Refuses a model that would hold more than :data:`MAX_PARAMETERS` numbers, or that
     cannot even be built from its arguments; returns the count."""
     try:
@@ -269,9 +313,12 @@ def check_parameter_count(klass: type, args: tp.Sequence[tp.Any],
         raise
     except Exception as exc:  # any constructor failure is a bad file, not a crash
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelLoadingError(f"{origin}: cannot build {klass.__name__} from its "
-                                f"arguments ({type(exc).__name__}: {first})") from None
+        raise ModelLoadingError(
+            f"{origin}: cannot build {klass.__name__} from its "
+            f"arguments ({type(exc).__name__}: {first})"
+        ) from None
     if count > MAX_PARAMETERS:
-        raise ModelLoadingError(f"{origin}: the model would have {count:,} parameters "
-                                f"(at most {MAX_PARAMETERS:,})")
+        raise ModelLoadingError(
+            f"{origin}: the model would have {count:,} parameters (at most {MAX_PARAMETERS:,})"
+        )
     return count

@@ -29,6 +29,7 @@ CPUs have no fast float16 arithmetic).
 ``torch.autocast`` state is per thread: enter the context in the thread that calls the
 model (e.g. inside each segment worker of a thread pool).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -84,16 +85,19 @@ def check_precision(precision: str, device: tp.Any = "cpu") -> None:
     before the model is loaded.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: choose one of "
-                         f"{', '.join(PRECISIONS)}")
+        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     kind = _device_type(device)
     if precision == "fp16" and kind != "cuda":
-        raise ValueError(f"precision fp16 needs a CUDA device (got {kind}); on CPU use "
-                         "bf16 where the CPU supports it, or fp32")
+        raise ValueError(
+            f"precision fp16 needs a CUDA device (got {kind}); on CPU use "
+            "bf16 where the CPU supports it, or fp32"
+        )
     if precision == "bf16" and kind == "cpu" and not cpu_supports_bf16():
-        raise ValueError("precision bf16 needs a CPU with native bf16 instructions "
-                         "(avx512_bf16 or amx_bf16 in /proc/cpuinfo), which this one lacks: "
-                         "it would run slower than fp32; use fp32")
+        raise ValueError(
+            "precision bf16 needs a CPU with native bf16 instructions "
+            "(avx512_bf16 or amx_bf16 in /proc/cpuinfo), which this one lacks: "
+            "it would run slower than fp32; use fp32"
+        )
     if precision == "bf16" and kind not in ("cpu", "cuda"):
         raise ValueError(f"precision bf16 is supported on cpu and cuda, not {kind}")
 
@@ -113,16 +117,20 @@ def _float32_norm_hook(module: tp.Any, args: tp.Tuple[tp.Any, ...]) -> tp.Any:
     if not isinstance(module, (nn.GroupNorm, nn.LayerNorm)) or not args:
         return None
     first = args[0]
-    if not (isinstance(first, torch.Tensor) and first.is_floating_point()
-            and first.dtype != torch.float32
-            and torch.is_autocast_enabled(first.device.type)):
+    if not (
+        isinstance(first, torch.Tensor)
+        and first.is_floating_point()
+        and first.dtype != torch.float32
+        and torch.is_autocast_enabled(first.device.type)
+    ):
         return None
     return (first.float(), *args[1:])
 
 
 @contextlib.contextmanager
-def precision_context(precision: str, device: tp.Any = "cpu",
-                      check: bool = True) -> tp.Iterator[None]:
+def precision_context(
+    precision: str, device: tp.Any = "cpu", check: bool = True
+) -> tp.Iterator[None]:
     """Runs the PyTorch code inside with ``precision`` (see the module docstring).
 
     ``device``: where the model runs (``torch.device`` or string). ``check=False`` skips
@@ -133,8 +141,7 @@ def precision_context(precision: str, device: tp.Any = "cpu",
     if check:
         check_precision(precision, device)
     elif precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: choose one of "
-                         f"{', '.join(PRECISIONS)}")
+        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         yield
         return

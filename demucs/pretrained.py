@@ -13,6 +13,7 @@ Where models come from, first match wins:
 3. ``$DEMUCS_REPO``: the same, for programs that cannot pass ``repo`` (air-gapped use);
 4. the catalog above, downloaded from ``$DEMUCS_REMOTE_ROOT`` or :data:`ROOT_URL`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,16 @@ from .utils import fatal  # noqa: F401 (upstream's name)
 from .apply import Model
 from .hdemucs import HDemucs  # noqa: F401 (upstream's pretrained module exposes it)
 from .hf import HF_SCHEME, get_hf_model
-from .repo import (AnyModel, AnyModelRepo, BagOnlyRepo, DownloadError,  # noqa: F401
-                   LocalRepo, ModelLoadingError, ModelOnlyRepo, RemoteRepo)
+from .repo import (
+    AnyModel,
+    AnyModelRepo,
+    BagOnlyRepo,
+    DownloadError,  # noqa: F401
+    LocalRepo,
+    ModelLoadingError,
+    ModelOnlyRepo,
+    RemoteRepo,
+)
 from .flags import DEFAULT_MODEL, add_model_flags  # noqa: F401 (part of this module's API)
 from .states import set_stft_backend
 
@@ -105,8 +114,9 @@ def model_repos(repo: tp.Optional[Path] = None) -> tp.Tuple[ModelOnlyRepo, BagOn
     return model_repo, BagOnlyRepo(repo, model_repo)
 
 
-def get_model(name: str, repo: tp.Optional[Path] = None,
-              use_conv_stft: tp.Optional[bool] = None) -> AnyModel:
+def get_model(
+    name: str, repo: tp.Optional[Path] = None, use_conv_stft: tp.Optional[bool] = None
+) -> AnyModel:
     """Loads a pretrained model or bag of models, in eval mode.
 
     Args:
@@ -150,14 +160,16 @@ def get_model_from_sig(sig: str, repo: tp.Optional[Path] = None) -> Model:
         raise ModelLoadingError(
             f"no single model with signature {sig} (training experiments are not "
             "supported by this inference package; put SIG.th in a folder and pass it "
-            f"as repo or {REPO_ENV})")
+            f"as repo or {REPO_ENV})"
+        )
     model = model_repo.get_model(sig)
     model.eval()
     return model
 
 
-def find_model_package(name: str, repo: tp.Optional[Path] = None
-                       ) -> tp.Tuple[tp.Dict[str, tp.Any], tp.Dict[str, tp.Any]]:
+def find_model_package(
+    name: str, repo: tp.Optional[Path] = None
+) -> tp.Tuple[tp.Dict[str, tp.Any], tp.Dict[str, tp.Any]]:
     """The bag description and the checkpoint dict of each member of ``name``, read
     safely without building any model (a signature gives a one-model bag)."""
     model_repo, bag_repo = model_repos(repo)
@@ -193,8 +205,9 @@ def random_model(name: str, seed: int = 0) -> AnyModel:
     from .htdemucs import HTDemucs
 
     if name not in RELEASE_CONFIGS:
-        raise ModelLoadingError(f"--random-weights knows {', '.join(sorted(RELEASE_CONFIGS))}, "
-                                f"not {name!r}")
+        raise ModelLoadingError(
+            f"--random-weights knows {', '.join(sorted(RELEASE_CONFIGS))}, not {name!r}"
+        )
     config = RELEASE_CONFIGS[name]
     with torch.random.fork_rng():
         if name not in ONE_SOURCE_MEMBERS:
@@ -208,8 +221,9 @@ def random_model(name: str, seed: int = 0) -> AnyModel:
     return BagOfModels(models, weights).eval()
 
 
-def list_models(repo: tp.Optional[Path] = None,
-                signatures: tp.Optional[bool] = None) -> tp.List[str]:
+def list_models(
+    repo: tp.Optional[Path] = None, signatures: tp.Optional[bool] = None
+) -> tp.List[str]:
     """Names that :func:`get_model` accepts, without downloading anything.
 
     Args:

@@ -7,6 +7,7 @@
   optional ``weights`` and ``segment``), whose members come from a model repo.
 * :class:`AnyModelRepo`: a single model by signature, or else a bag by name.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -34,8 +35,17 @@ logger = logging.getLogger(__name__)
 #: Suffix of upstream 4.1.0's pickle-free model files.
 SAFETENSORS_SUFFIX = ".safetensors"
 
-__all__ = ["AnyModel", "ModelLoadingError", "DownloadError", "check_checksum",
-           "ModelOnlyRepo", "RemoteRepo", "LocalRepo", "BagOnlyRepo", "AnyModelRepo"]
+__all__ = [
+    "AnyModel",
+    "ModelLoadingError",
+    "DownloadError",
+    "check_checksum",
+    "ModelOnlyRepo",
+    "RemoteRepo",
+    "LocalRepo",
+    "BagOnlyRepo",
+    "AnyModelRepo",
+]
 
 AnyModel = tp.Union[Model, BagOfModels]
 
@@ -50,8 +60,8 @@ class DownloadError(ModelLoadingError):
         self.name = name
         self.reason = reason
         super().__init__(
-            f"cannot download {name}: {reason}; "
-            "place the files in a folder and pass --repo DIR")
+            f"cannot download {name}: {reason}; place the files in a folder and pass --repo DIR"
+        )
 
 
 def _file_sha256(path: Path) -> str:
@@ -64,10 +74,11 @@ def _file_sha256(path: Path) -> str:
 
 def check_checksum(path: tp.Union[str, Path], checksum: str) -> None:
     """Raises :class:`ModelLoadingError` unless sha256(file) starts with ``checksum``."""
-    actual = _file_sha256(Path(path))[:len(checksum)]
+    actual = _file_sha256(Path(path))[: len(checksum)]
     if actual != checksum.lower():
-        raise ModelLoadingError(f"Invalid checksum for file {path}, "
-                                f"expected {checksum} but got {actual}")
+        raise ModelLoadingError(
+            f"Invalid checksum for file {path}, expected {checksum} but got {actual}"
+        )
 
 
 class ModelOnlyRepo:
@@ -137,8 +148,8 @@ class RemoteRepo(ModelOnlyRepo):
                     check_checksum(partial, checksum)
                 except ModelLoadingError as exc:
                     raise ModelLoadingError(
-                        f"downloaded file for {sig} from {url} is corrupted: {exc}; "
-                        "it was deleted") from exc
+                        f"downloaded file for {sig} from {url} is corrupted: {exc}; it was deleted"
+                    ) from exc
             os.replace(partial, target)
         finally:
             if partial.exists():
@@ -150,7 +161,8 @@ class RemoteRepo(ModelOnlyRepo):
             url = self._models[sig]
         except KeyError:
             raise ModelLoadingError(
-                f"Could not find a pre-trained model with signature {sig}.") from None
+                f"Could not find a pre-trained model with signature {sig}."
+            ) from None
         filename = url.rsplit("/", 1)[-1].split("?", 1)[0]
         match = _CHECKSUM_RE.search(filename)
         checksum = match.group(1) if match else None
@@ -164,7 +176,8 @@ class RemoteRepo(ModelOnlyRepo):
                 target.unlink()
                 raise ModelLoadingError(
                     f"cached file for {sig} was corrupted and has been deleted, "
-                    f"retry to download it again ({exc})") from exc
+                    f"retry to download it again ({exc})"
+                ) from exc
         return target
 
     def get_model(self, sig: str) -> Model:
@@ -209,7 +222,8 @@ class LocalRepo(ModelOnlyRepo):
                     continue
                 raise ModelLoadingError(
                     f"Duplicate pre-trained model exist for signature {sig}. "
-                    "Please delete all but one.")
+                    "Please delete all but one."
+                )
             if sep:
                 self._checksums[sig] = checksum
             self._models[sig] = file
@@ -229,7 +243,8 @@ class LocalRepo(ModelOnlyRepo):
             file = self._models[sig]
         except KeyError:
             raise ModelLoadingError(
-                f"Could not find pre-trained model with signature {sig}.") from None
+                f"Could not find pre-trained model with signature {sig}."
+            ) from None
         if sig in self._checksums:
             check_checksum(file, self._checksums[sig])
         return file
@@ -266,8 +281,7 @@ def read_bag(path: tp.Union[str, Path]) -> tp.Dict[str, tp.Any]:
         problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ModelLoadingError(f"{path} is not a valid bag YAML file: {problem}{where}") \
-            from None
+        raise ModelLoadingError(f"{path} is not a valid bag YAML file: {problem}{where}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelLoadingError(f"cannot read bag file {path}: {exc}") from None
     return check_bag(bag, str(path))
@@ -283,7 +297,8 @@ def check_bag(bag: tp.Any, origin: str) -> tp.Dict[str, tp.Any]:
     models = bag["models"]
     if not 1 <= len(models) <= MAX_BAG_MODELS:
         raise ModelLoadingError(
-            f"{origin}: a bag needs 1 to {MAX_BAG_MODELS} models, got {len(models)}")
+            f"{origin}: a bag needs 1 to {MAX_BAG_MODELS} models, got {len(models)}"
+        )
     names = []
     for sig in models:
         if isinstance(sig, int) and not isinstance(sig, bool):
@@ -292,10 +307,11 @@ def check_bag(bag: tp.Any, origin: str) -> tp.Dict[str, tp.Any]:
     weights = bag.get("weights")
     if weights is not None:
         if not isinstance(weights, list) or not all(
-                isinstance(row, list) and all(_is_finite_number(w) for w in row)
-                for row in weights):
+            isinstance(row, list) and all(_is_finite_number(w) for w in row) for row in weights
+        ):
             raise ModelLoadingError(
-                f"{origin}: weights must be lists of finite numbers, one per model")
+                f"{origin}: weights must be lists of finite numbers, one per model"
+            )
         weights = [[float(w) for w in row] for row in weights]
     segment = bag.get("segment")
     if segment is not None:
@@ -304,12 +320,10 @@ def check_bag(bag: tp.Any, origin: str) -> tp.Dict[str, tp.Any]:
 
 
 def _is_finite_number(value: tp.Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def apply_bag_segment(models: tp.Sequence[Model], segment: tp.Optional[float],
-                      origin: str) -> None:
+def apply_bag_segment(models: tp.Sequence[Model], segment: tp.Optional[float], origin: str) -> None:
     """Sets a bag's ``segment`` on its members, as upstream 4.1.0 does: a segment longer
     than an HTDemucs member's training segment is ignored for that member (the
     transformer cannot run on longer inputs), and logged."""
@@ -317,9 +331,14 @@ def apply_bag_segment(models: tp.Sequence[Model], segment: tp.Optional[float],
         return
     for index, model in enumerate(models):
         if isinstance(model, HTDemucs) and float(segment) > float(model.segment):
-            logger.info("%s: bag segment %gs is longer than the training segment %gs of "
-                        "member %d (HTDemucs): ignored for that member", origin,
-                        float(segment), float(model.segment), index)
+            logger.info(
+                "%s: bag segment %gs is longer than the training segment %gs of "
+                "member %d (HTDemucs): ignored for that member",
+                origin,
+                float(segment),
+                float(model.segment),
+                index,
+            )
             continue
         model.segment = segment
 
@@ -335,7 +354,8 @@ class BagOnlyRepo:
     def scan(self) -> None:
         """(Re)reads the folder."""
         self._bags: tp.Dict[str, Path] = {
-            file.stem: file for file in self.root.iterdir() if file.suffix == ".yaml"}
+            file.stem: file for file in self.root.iterdir() if file.suffix == ".yaml"
+        }
 
     def has_model(self, name: str) -> bool:
         return name in self._bags
@@ -353,8 +373,9 @@ class BagOnlyRepo:
         try:
             yaml_file = self._bags[name]
         except KeyError:
-            raise ModelLoadingError(f"{name} is neither a single pre-trained model or "
-                                    "a bag of models.") from None
+            raise ModelLoadingError(
+                f"{name} is neither a single pre-trained model or a bag of models."
+            ) from None
         return read_bag(yaml_file)
 
     def get_model(self, name: str) -> BagOfModels:

@@ -18,6 +18,7 @@ argparse does for bad flags), so a program can run it and carry on; Ctrl-C raise
 ``KeyboardInterrupt`` once partial files are removed. The console script is
 :func:`console_main`, which turns all of this into exit statuses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,17 @@ from .flags import DEFAULT_MODEL, add_model_flags
 from .lazy import lazy_exports
 from .io import StemWriter, open_stem_writer
 from .io.writers import ResamplingWriter
-from .tracks import (InputError, TrackInput, describe_collisions, discover, find_collisions,
-                     is_complete, plain_track, stale_temporaries, stem_paths)
+from .tracks import (
+    InputError,
+    TrackInput,
+    describe_collisions,
+    discover,
+    find_collisions,
+    is_complete,
+    plain_track,
+    stale_temporaries,
+    stem_paths,
+)
 
 if tp.TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -79,102 +89,174 @@ class CommandError(Exception):
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        PROG, description="Separate the sources for the given tracks")
-    parser.add_argument("tracks", nargs="*", type=Path, default=[],
-                        help="Path to tracks, or folders: every audio or video file under a "
-                        "folder is separated (recursively, sorted; other files are skipped) "
-                        "and its subfolders are kept in the output ({track} = sub/name).")
+    parser = argparse.ArgumentParser(PROG, description="Separate the sources for the given tracks")
+    parser.add_argument(
+        "tracks",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="Path to tracks, or folders: every audio or video file under a "
+        "folder is separated (recursively, sorted; other files are skipped) "
+        "and its subfolders are kept in the output ({track} = sub/name).",
+    )
     add_model_flags(parser)
     # Upstream's defaults, marked so that --onnx can tell them from values the user gave.
     parser.set_defaults(name=Default(DEFAULT_MODEL), device=Default(default_device()))
-    parser.add_argument("--onnx", type=Path, default=None, metavar="FILE",
-                        help="Separate with this ONNX graph (python -m demucs.export_onnx) "
-                        "through ONNX Runtime instead of a PyTorch model; replaces "
-                        "-n/-s/--repo. The segment is the one fixed in the file.")
-    parser.add_argument("--list-models", action="store_true",
-                        help="List the models of --repo (or the remote catalog) and exit.")
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="Separate with this ONNX graph (python -m demucs.export_onnx) "
+        "through ONNX Runtime instead of a PyTorch model; replaces "
+        "-n/-s/--repo. The segment is the one fixed in the file.",
+    )
+    parser.add_argument(
+        "--list-models",
+        action="store_true",
+        help="List the models of --repo (or the remote catalog) and exit.",
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true")
-    verbosity.add_argument("-q", "--quiet", action="store_true",
-                           help="Only print errors (no progress bar).")
-    parser.add_argument("-o", "--out", type=Path, default=Path("separated"),
-                        help="Folder where to put extracted tracks. A subfolder "
-                        "with the model name will be created.")
-    parser.add_argument("--filename", default="{track}/{stem}.{ext}",
-                        help='Set the name of output file. Use "{track}", "{trackext}", '
-                        '"{stem}", "{ext}" to use variables of track name without extension, '
-                        "track extension, stem name and default output file extension. "
-                        'Default is "{track}/{stem}.{ext}".')
-    parser.add_argument("--skip-existing", action="store_true",
-                        help="Do not separate again a track whose stems all exist (stems "
-                        "appear only once complete, so an interrupted run can be resumed).")
-    parser.add_argument("-d", "--device",
-                        help="Device to use, default is cuda if available else cpu "
-                        "(with --onnx: cuda needs onnxruntime-gpu)")
-    parser.add_argument("--shifts", default=1, type=int,
-                        help="Number of random shifts for equivariant stabilization. "
-                        "Increase separation time but improves quality for Demucs. "
-                        f"10 was used in the original paper. Any number is accepted; above "
-                        f"{MANY_SHIFTS} a warning says how much longer the run takes.")
-    parser.add_argument("--overlap", default=0.25, type=float,
-                        help="Overlap between the splits.")
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", help="Only print errors (no progress bar)."
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=Path("separated"),
+        help="Folder where to put extracted tracks. A subfolder "
+        "with the model name will be created.",
+    )
+    parser.add_argument(
+        "--filename",
+        default="{track}/{stem}.{ext}",
+        help='Set the name of output file. Use "{track}", "{trackext}", '
+        '"{stem}", "{ext}" to use variables of track name without extension, '
+        "track extension, stem name and default output file extension. "
+        'Default is "{track}/{stem}.{ext}".',
+    )
+    parser.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="Do not separate again a track whose stems all exist (stems "
+        "appear only once complete, so an interrupted run can be resumed).",
+    )
+    parser.add_argument(
+        "-d",
+        "--device",
+        help="Device to use, default is cuda if available else cpu "
+        "(with --onnx: cuda needs onnxruntime-gpu)",
+    )
+    parser.add_argument(
+        "--shifts",
+        default=1,
+        type=int,
+        help="Number of random shifts for equivariant stabilization. "
+        "Increase separation time but improves quality for Demucs. "
+        f"10 was used in the original paper. Any number is accepted; above "
+        f"{MANY_SHIFTS} a warning says how much longer the run takes.",
+    )
+    parser.add_argument("--overlap", default=0.25, type=float, help="Overlap between the splits.")
     split_group = parser.add_mutually_exclusive_group()
-    split_group.add_argument("--no-split", action="store_false", dest="split", default=True,
-                             help="Doesn't split audio in chunks. "
-                             "This can use large amounts of memory.")
-    split_group.add_argument("--segment", type=float,
-                             help="Set split size of each chunk (seconds). "
-                             "This can help save memory of graphic card.")
-    parser.add_argument("--two-stems", dest="stem", metavar="STEM",
-                        help="Only separate audio into {STEM} and no_{STEM} (or "
-                        "minus_{STEM}, see --other-method).")
-    parser.add_argument("--other-method", dest="other_method", default="add",
-                        choices=["none", "add", "minus"],
-                        help="With --two-stems: how the rest is made: no_{STEM} = sum of "
-                        "the other stems (add, default: runs every model of a bag), "
-                        "minus_{STEM} = mix minus STEM (minus), or not saved (none). minus "
-                        "and none run only the bag members STEM needs (htdemucs_ft: one "
-                        "model of four).")
+    split_group.add_argument(
+        "--no-split",
+        action="store_false",
+        dest="split",
+        default=True,
+        help="Doesn't split audio in chunks. This can use large amounts of memory.",
+    )
+    split_group.add_argument(
+        "--segment",
+        type=float,
+        help="Set split size of each chunk (seconds). This can help save memory of graphic card.",
+    )
+    parser.add_argument(
+        "--two-stems",
+        dest="stem",
+        metavar="STEM",
+        help="Only separate audio into {STEM} and no_{STEM} (or minus_{STEM}, see --other-method).",
+    )
+    parser.add_argument(
+        "--other-method",
+        dest="other_method",
+        default="add",
+        choices=["none", "add", "minus"],
+        help="With --two-stems: how the rest is made: no_{STEM} = sum of "
+        "the other stems (add, default: runs every model of a bag), "
+        "minus_{STEM} = mix minus STEM (minus), or not saved (none). minus "
+        "and none run only the bag members STEM needs (htdemucs_ft: one "
+        "model of four).",
+    )
     depth = parser.add_mutually_exclusive_group()
     depth.add_argument("--int24", action="store_true", help="Save wav output as 24 bits wav.")
-    depth.add_argument("--float32", action="store_true",
-                       help="Save wav output as float32 (2x bigger).")
-    parser.add_argument("--clip-mode", default="rescale", choices=["rescale", "clamp", "none"],
-                        help="Strategy for avoiding clipping: rescaling entire signal "
-                        "if necessary (rescale), hard clipping (clamp) or none (write as "
-                        "computed: --float32 keeps values beyond 1).")
+    depth.add_argument(
+        "--float32", action="store_true", help="Save wav output as float32 (2x bigger)."
+    )
+    parser.add_argument(
+        "--clip-mode",
+        default="rescale",
+        choices=["rescale", "clamp", "none"],
+        help="Strategy for avoiding clipping: rescaling entire signal "
+        "if necessary (rescale), hard clipping (clamp) or none (write as "
+        "computed: --float32 keeps values beyond 1).",
+    )
     format_group = parser.add_mutually_exclusive_group()
-    format_group.add_argument("--flac", action="store_true",
-                              help="Convert the output wavs to flac.")
-    format_group.add_argument("--mp3", action="store_true",
-                              help="Convert the output wavs to mp3.")
-    parser.add_argument("--mp3-bitrate", default=320, type=int,
-                        help="Bitrate of converted mp3.")
-    parser.add_argument("--mp3-preset", choices=range(2, 8), type=int, default=2,
-                        help="Encoder preset of MP3, 2 for highest quality, 7 for "
-                        "fastest speed. Default is 2")
-    parser.add_argument("-j", "--jobs", default=0, type=int,
-                        help="Number of jobs. This can increase memory usage but will "
-                        "be much faster when multiple cores are available.")
-    parser.add_argument("--keep-samplerate", action="store_true",
-                        help="Write the stems at the input's sample rate and length (e.g. "
-                        "48 kHz in, 48 kHz out) instead of the model's rate.")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="Seed of the shift trick's random offsets, set before each "
-                        "track: runs with the same seed give identical stems.")
-    parser.add_argument("--onnx-providers", default=None, metavar="LIST",
-                        help="With --onnx: comma-separated ONNX Runtime execution "
-                        "providers (cuda, coreml, dml, rocm, cpu or full names); default: "
-                        "the best available.")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="PyTorch models: fp32 (default, exact), bf16 (CPUs with "
-                        "AVX-512 BF16 / AMX, GPUs) or fp16 (CUDA): faster, slightly "
-                        "different stems.")
+    format_group.add_argument(
+        "--flac", action="store_true", help="Convert the output wavs to flac."
+    )
+    format_group.add_argument("--mp3", action="store_true", help="Convert the output wavs to mp3.")
+    parser.add_argument("--mp3-bitrate", default=320, type=int, help="Bitrate of converted mp3.")
+    parser.add_argument(
+        "--mp3-preset",
+        choices=range(2, 8),
+        type=int,
+        default=2,
+        help="Encoder preset of MP3, 2 for highest quality, 7 for fastest speed. Default is 2",
+    )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        default=0,
+        type=int,
+        help="Number of jobs. This can increase memory usage but will "
+        "be much faster when multiple cores are available.",
+    )
+    parser.add_argument(
+        "--keep-samplerate",
+        action="store_true",
+        help="Write the stems at the input's sample rate and length (e.g. "
+        "48 kHz in, 48 kHz out) instead of the model's rate.",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="Seed of the shift trick's random offsets, set before each "
+        "track: runs with the same seed give identical stems.",
+    )
+    parser.add_argument(
+        "--onnx-providers",
+        default=None,
+        metavar="LIST",
+        help="With --onnx: comma-separated ONNX Runtime execution "
+        "providers (cuda, coreml, dml, rocm, cpu or full names); default: "
+        "the best available.",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="PyTorch models: fp32 (default, exact), bf16 (CPUs with "
+        "AVX-512 BF16 / AMX, GPUs) or fp16 (CUDA): faster, slightly "
+        "different stems.",
+    )
     return parser
 
 
 # ---------------------------------------------------------------------- helpers
+
 
 def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
@@ -194,12 +276,15 @@ def check_template(template: str) -> None:
         except KeyError as err:
             raise CommandError(
                 f"--filename {template!r}: unknown key {{{err.args[0]}}}; use "
-                + ", ".join("{" + key + "}" for key in TEMPLATE_KEYS)) from None
+                + ", ".join("{" + key + "}" for key in TEMPLATE_KEYS)
+            ) from None
         except (IndexError, ValueError, AttributeError) as err:
             raise CommandError(f"--filename {template!r}: invalid template ({err})") from None
     if names[0] == names[1]:
-        raise CommandError(f"--filename {template!r} must contain {{stem}}, otherwise "
-                           "every stem is written to the same file")
+        raise CommandError(
+            f"--filename {template!r} must contain {{stem}}, otherwise "
+            "every stem is written to the same file"
+        )
     if not names[0].strip() or names[0].endswith(("/", "\\")):
         raise CommandError(f"--filename {template!r} does not name a file")
 
@@ -227,8 +312,7 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
     except ModelLoadingError as err:
         raise CommandError(f"cannot load model: {_one_line(err)}") from None
     except (OSError, RuntimeError, ValueError, ImportError) as err:
-        raise CommandError(f"cannot load model {_model_name(args)}: "
-                           f"{_one_line(err)}") from None
+        raise CommandError(f"cannot load model {_model_name(args)}: {_one_line(err)}") from None
 
 
 def _model_name(args: argparse.Namespace) -> str:
@@ -237,23 +321,35 @@ def _model_name(args: argparse.Namespace) -> str:
 
 def _check_onnx_flags(args: argparse.Namespace) -> None:
     """Raises CommandError for the flags that do not apply to ``--onnx``."""
-    given = [flag for flag, value in (("-n/--name", args.name), ("-s/--sig", args.sig),
-                                      ("--repo", args.repo),
-                                      ("--random-weights", args.random_weights or None))
-             if _given(value)]
+    given = [
+        flag
+        for flag, value in (
+            ("-n/--name", args.name),
+            ("-s/--sig", args.sig),
+            ("--repo", args.repo),
+            ("--random-weights", args.random_weights or None),
+        )
+        if _given(value)
+    ]
     if given:
-        raise CommandError(f"--onnx replaces {', '.join(given)}: the graph is the model; "
-                           "give one or the other")
+        raise CommandError(
+            f"--onnx replaces {', '.join(given)}: the graph is the model; give one or the other"
+        )
     if args.segment is not None:
-        raise CommandError("--segment cannot be used with --onnx: the segment is fixed in "
-                           "the ONNX file (export again with python -m demucs.export_onnx "
-                           "--segment SECONDS)")
+        raise CommandError(
+            "--segment cannot be used with --onnx: the segment is fixed in "
+            "the ONNX file (export again with python -m demucs.export_onnx "
+            "--segment SECONDS)"
+        )
     if not args.split:
-        raise CommandError("--no-split cannot be used with --onnx: the graph separates "
-                           "segments of a fixed length")
+        raise CommandError(
+            "--no-split cannot be used with --onnx: the graph separates segments of a fixed length"
+        )
     if args.precision != "fp32":
-        raise CommandError("--precision applies to PyTorch models; an ONNX graph has its own "
-                           "(export it with python -m demucs.export_onnx --precision)")
+        raise CommandError(
+            "--precision applies to PyTorch models; an ONNX graph has its own "
+            "(export it with python -m demucs.export_onnx --precision)"
+        )
 
 
 def _wanted_stems(args: argparse.Namespace) -> tp.Optional[tp.List[str]]:
@@ -270,9 +366,14 @@ def _onnx_separator(args: argparse.Namespace, progress: bool) -> Separator:
     providers = [p for p in (args.onnx_providers or "").split(",") if p.strip()]
     try:
         device = args.device if _given(args.device) else None  # None: the best providers
-        separator = Separator(onnx=args.onnx, device=device, shifts=args.shifts,
-                              overlap=args.overlap, progress=progress,
-                              onnx_providers=providers or None)
+        separator = Separator(
+            onnx=args.onnx,
+            device=device,
+            shifts=args.shifts,
+            overlap=args.overlap,
+            progress=progress,
+            onnx_providers=providers or None,
+        )
     except (ModelLoadingError, ValueError) as err:
         raise CommandError(_one_line(err)) from None
     _check_stem(args, separator)
@@ -282,11 +383,15 @@ def _onnx_separator(args: argparse.Namespace, progress: bool) -> Separator:
 
 def _check_stem(args: argparse.Namespace, separator: Separator) -> None:
     if args.stem is not None and args.stem not in separator.sources:
-        raise CommandError(f'stem "{args.stem}" is not in selected model. '
-                           f"STEM must be one of {', '.join(separator.sources)}.")
+        raise CommandError(
+            f'stem "{args.stem}" is not in selected model. '
+            f"STEM must be one of {', '.join(separator.sources)}."
+        )
     if args.stem is not None and args.other_method == "add" and len(separator.sources) < 2:
-        raise CommandError(f"--other-method add sums the other stems, but the model only "
-                           f"makes {args.stem}: use --other-method minus or none")
+        raise CommandError(
+            f"--other-method add sums the other stems, but the model only "
+            f"makes {args.stem}: use --other-method minus or none"
+        )
 
 
 def _torch_separator(args: argparse.Namespace, progress: bool) -> Separator:
@@ -299,23 +404,39 @@ def _torch_separator(args: argparse.Namespace, progress: bool) -> Separator:
     model = _load_model(args)
     limit = max_allowed_segment(model)
     if args.segment is not None and not args.segment <= limit:
-        raise CommandError("Cannot use a Transformer model with a longer segment than it was "
-                           f"trained for. Maximum segment is: {limit}")
+        raise CommandError(
+            "Cannot use a Transformer model with a longer segment than it was "
+            f"trained for. Maximum segment is: {limit}"
+        )
     try:
-        separator = Separator(model, device=device, shifts=args.shifts, overlap=args.overlap,
-                              split=args.split, segment=args.segment, jobs=args.jobs,
-                              progress=progress, precision=args.precision)
+        separator = Separator(
+            model,
+            device=device,
+            shifts=args.shifts,
+            overlap=args.overlap,
+            split=args.split,
+            segment=args.segment,
+            jobs=args.jobs,
+            progress=progress,
+            precision=args.precision,
+        )
     except ValueError as err:
         raise CommandError(_one_line(err)) from None
     _check_stem(args, separator)
     separator.update_parameter(stems=_wanted_stems(args))
     if not args.quiet and isinstance(model, BagOfModels) and len(model.models) > 1:
-        running = sum(1 for sub, weights in zip(model.models, model.weights)
-                      if args.stem is None or _wanted_stems(args) is None
-                      or weights[model.sources.index(args.stem)] != 0)
-        print(f"Selected model is a bag of {len(model.models)} models"
-              + (f", {running} of which make {args.stem}" if running < len(model.models)
-                 else "") + ". You will see that many progress bars per track.")
+        running = sum(
+            1
+            for sub, weights in zip(model.models, model.weights)
+            if args.stem is None
+            or _wanted_stems(args) is None
+            or weights[model.sources.index(args.stem)] != 0
+        )
+        print(
+            f"Selected model is a bag of {len(model.models)} models"
+            + (f", {running} of which make {args.stem}" if running < len(model.models) else "")
+            + ". You will see that many progress bars per track."
+        )
     return separator
 
 
@@ -364,11 +485,16 @@ def _save_options(args: argparse.Namespace, samplerate: int) -> tp.Dict[str, tp.
     }
 
 
-def _output_path(track: Path, stem: str, args: argparse.Namespace, out: Path,
-                 item: tp.Optional[TrackInput] = None) -> Path:
+def _output_path(
+    track: Path,
+    stem: str,
+    args: argparse.Namespace,
+    out: Path,
+    item: tp.Optional[TrackInput] = None,
+) -> Path:
     """Final path of one stem; ``item`` gives the track name (default: upstream's)."""
     item = item or plain_track(track)
-    path, = stem_paths(item, [stem], args.filename, output_extension(args), out)
+    (path,) = stem_paths(item, [stem], args.filename, output_extension(args), out)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -381,8 +507,9 @@ def _stem_names(sources: tp.Sequence[str], args: argparse.Namespace) -> tp.List[
     return [args.stem, rest_name(args)]
 
 
-def _stem_blocks(stems: np.ndarray, origin: np.ndarray, sources: tp.Sequence[str],
-                 args: argparse.Namespace) -> tp.List[np.ndarray]:
+def _stem_blocks(
+    stems: np.ndarray, origin: np.ndarray, sources: tp.Sequence[str], args: argparse.Namespace
+) -> tp.List[np.ndarray]:
     """Blocks to write, in the order of :func:`_stem_names`: the stems, or STEM and the
     rest (sum of the other stems, or mix minus STEM) for --two-stems."""
     if args.stem is None:
@@ -396,8 +523,14 @@ def _stem_blocks(stems: np.ndarray, origin: np.ndarray, sources: tp.Sequence[str
     return result
 
 
-def separate_track(track: Path, separator: Separator, args: argparse.Namespace, out: Path,
-                   written: _Written, item: tp.Optional[TrackInput] = None) -> None:
+def separate_track(
+    track: Path,
+    separator: Separator,
+    args: argparse.Namespace,
+    out: Path,
+    written: _Written,
+    item: tp.Optional[TrackInput] = None,
+) -> None:
     """Separates one track and writes its stems; raises LoadAudioError / OSError.
 
     The track is decoded, separated and written block by block (memory does not grow
@@ -418,15 +551,16 @@ def separate_track(track: Path, separator: Separator, args: argparse.Namespace, 
     writers: tp.List[StemWriter] = []
     try:
         for stem in _stem_names(separator.sources, args):
-            writer = open_stem_writer(_output_path(track, stem, args, out, item), channels=channels,
-                                      **options)
+            writer = open_stem_writer(
+                _output_path(track, stem, args, out, item), channels=channels, **options
+            )
             if keep:
-                writer = ResamplingWriter(writer, rate, opened.input_samplerate, channels,
-                                          opened.input_length)
+                writer = ResamplingWriter(
+                    writer, rate, opened.input_samplerate, channels, opened.input_length
+                )
             writers.append(writer)
         for origin, stems in _separated_blocks(separator, opened, args):
-            for writer, block in zip(writers, _stem_blocks(stems, origin, separator.stems,
-                                                           args)):
+            for writer, block in zip(writers, _stem_blocks(stems, origin, separator.stems, args)):
                 writer.write(block)
         finish_writers(writers, written.paths)
     except BaseException:
@@ -435,8 +569,9 @@ def separate_track(track: Path, separator: Separator, args: argparse.Namespace, 
         raise
 
 
-def _separated_blocks(separator: Separator, opened: tp.Any, args: argparse.Namespace
-                      ) -> tp.Iterator[tp.Tuple[np.ndarray, np.ndarray]]:
+def _separated_blocks(
+    separator: Separator, opened: tp.Any, args: argparse.Namespace
+) -> tp.Iterator[tp.Tuple[np.ndarray, np.ndarray]]:
     """``(origin (C, n), stems (S, C, n))`` blocks: streamed, or the whole track at once
     with ``-j N`` (upstream's parallel segments) or ``--no-split``."""
     parallel = args.jobs and not args.onnx
@@ -451,8 +586,9 @@ def _numpy(array: tp.Any) -> np.ndarray:
     return array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
 
 
-def finish_writers(writers: tp.Sequence[StemWriter], done: tp.List[Path],
-                   workers: tp.Optional[int] = None) -> None:
+def finish_writers(
+    writers: tp.Sequence[StemWriter], done: tp.List[Path], workers: tp.Optional[int] = None
+) -> None:
     """Closes every stem writer, several at a time; appends each finished path to ``done``.
 
     Closing does the last pass over a stem: with ``--clip-mode rescale`` (the default)
@@ -479,8 +615,11 @@ def finish_writers(writers: tp.Sequence[StemWriter], done: tp.List[Path],
         wait(futures)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        done.extend(writer.path for writer, future in zip(writers, futures)
-                    if not future.cancelled() and future.exception() is None)
+        done.extend(
+            writer.path
+            for writer, future in zip(writers, futures)
+            if not future.cancelled() and future.exception() is None
+        )
     for future in futures:
         future.result()
 
@@ -502,12 +641,15 @@ def check_separation_flags(args: argparse.Namespace) -> None:
         flag = next((f for f in ("shifts", "overlap", "segment") if f in str(err)), "")
         raise CommandError(f"--{flag}: {err}" if flag else str(err)) from None
     if args.shifts > MANY_SHIFTS:
-        print(f"{PROG}: warning: --shifts {args.shifts} runs every model {args.shifts} times "
-              f"per track (upstream's paper used 10)", file=sys.stderr, flush=True)
+        print(
+            f"{PROG}: warning: --shifts {args.shifts} runs every model {args.shifts} times "
+            f"per track (upstream's paper used 10)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
-def build_separator(args: argparse.Namespace, progress: bool = False
-                    ) -> tp.Tuple[Separator, str]:
+def build_separator(args: argparse.Namespace, progress: bool = False) -> tp.Tuple[Separator, str]:
     """The separator the flags ask for and the model's name (the output subfolder).
 
     Raises CommandError for a model or flags that cannot work; ``demucs-batch`` workers
@@ -527,9 +669,12 @@ def check_options(args: argparse.Namespace) -> None:
         raise CommandError(f"--mp3-bitrate must be between 8 and 320, got {args.mp3_bitrate}")
 
 
-def find_tracks(paths: tp.Sequence[Path], args: argparse.Namespace,
-                stems: tp.Sequence[str] = ("{stem}",), lists: bool = False
-                ) -> tp.List[TrackInput]:
+def find_tracks(
+    paths: tp.Sequence[Path],
+    args: argparse.Namespace,
+    stems: tp.Sequence[str] = ("{stem}",),
+    lists: bool = False,
+) -> tp.List[TrackInput]:
     """Expands the inputs (folders, and ``.txt`` lists when ``lists``) into tracks.
 
     Raises CommandError when two of them would write the same stem (nothing is separated
@@ -556,11 +701,13 @@ class TrackOutcome:
     seconds: tp.Optional[float] = None
 
 
-def expected_stems(item: TrackInput, separator: Separator,
-                   args: argparse.Namespace, out: Path) -> tp.List[Path]:
+def expected_stems(
+    item: TrackInput, separator: Separator, args: argparse.Namespace, out: Path
+) -> tp.List[Path]:
     """Final paths of the stems that separating ``item`` writes."""
-    return stem_paths(item, _stem_names(separator.sources, args), args.filename,
-                      output_extension(args), out)
+    return stem_paths(
+        item, _stem_names(separator.sources, args), args.filename, output_extension(args), out
+    )
 
 
 def _audio_seconds(path: Path) -> tp.Optional[float]:
@@ -573,8 +720,9 @@ def _audio_seconds(path: Path) -> tp.Optional[float]:
     return info.frames / info.samplerate if info.samplerate else None
 
 
-def process_track(item: TrackInput, separator: Separator,
-                  args: argparse.Namespace, out: Path, written: _Written) -> TrackOutcome:
+def process_track(
+    item: TrackInput, separator: Separator, args: argparse.Namespace, out: Path, written: _Written
+) -> TrackOutcome:
     """Separates one track unless ``--skip-existing`` finds it complete; never raises for
     a problem of this track (bad input, unwritable output): the outcome says it, and the
     stems it had written are removed again (a track is either complete or absent)."""
@@ -595,8 +743,7 @@ def process_track(item: TrackInput, separator: Separator,
     except OSError as err:
         outcome = TrackOutcome("failed", [], f"{item.path}: {_describe_write_error(err)}")
     except (RuntimeError, ValueError) as err:
-        outcome = TrackOutcome("failed", [], f"{item.path}: separation failed: "
-                               f"{_one_line(err)}")
+        outcome = TrackOutcome("failed", [], f"{item.path}: separation failed: {_one_line(err)}")
     else:
         stems = list(written.paths)
         written.paths.clear()
@@ -606,8 +753,10 @@ def process_track(item: TrackInput, separator: Separator,
 
 
 def summary_line(counts: tp.Mapping[str, int]) -> str:
-    return (f"{counts.get('done', 0)} separated, {counts.get('skipped', 0)} skipped, "
-            f"{counts.get('failed', 0)} failed")
+    return (
+        f"{counts.get('done', 0)} separated, {counts.get('skipped', 0)} skipped, "
+        f"{counts.get('failed', 0)} failed"
+    )
 
 
 def _run(args: argparse.Namespace, written: _Written) -> int:
@@ -621,8 +770,9 @@ def _run(args: argparse.Namespace, written: _Written) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CommandError(f"cannot create output folder {out}: "
-                           f"{err.strerror or _one_line(err)}") from None
+        raise CommandError(
+            f"cannot create output folder {out}: {err.strerror or _one_line(err)}"
+        ) from None
     if not args.quiet:
         print(f"Separated tracks will be stored in {out.resolve()}")
 
@@ -643,8 +793,7 @@ def _run(args: argparse.Namespace, written: _Written) -> int:
     return 1 if counts["failed"] else 0
 
 
-def load_track(track: tp.Union[str, Path], audio_channels: int,
-               samplerate: int) -> torch.Tensor:
+def load_track(track: tp.Union[str, Path], audio_channels: int, samplerate: int) -> torch.Tensor:
     """Reads an audio (or video) file as a float32 tensor ``(audio_channels, samples)`` at
     ``samplerate`` (upstream 4.0.1's helper, kept for the programs that call it).
 
@@ -672,8 +821,9 @@ def _main(opts: tp.Optional[tp.Sequence[str]]) -> int:
     try:
         if args.list_models:
             if args.onnx is not None:
-                raise CommandError("--list-models lists the models of --repo; it does not "
-                                   "take --onnx")
+                raise CommandError(
+                    "--list-models lists the models of --repo; it does not take --onnx"
+                )
             _print_models(args.repo)
             return 0
         if not args.tracks:
@@ -719,9 +869,15 @@ def console_main(opts: tp.Optional[tp.Sequence[str]] = None) -> tp.NoReturn:
 #: Names upstream's ``demucs.separate`` exposes (imports of its own), loaded on first use
 #: so that ``demucs --onnx`` never imports PyTorch.
 _REEXPORTS = {
-    "AudioFile": "audio", "convert_audio": "audio", "save_audio": "audio",
-    "BagOfModels": "apply", "apply_model": "apply", "HTDemucs": "htdemucs",
-    "fatal": "utils", "get_model_from_args": "pretrained", "list_models": "api",
+    "AudioFile": "audio",
+    "convert_audio": "audio",
+    "save_audio": "audio",
+    "BagOfModels": "apply",
+    "apply_model": "apply",
+    "HTDemucs": "htdemucs",
+    "fatal": "utils",
+    "get_model_from_args": "pretrained",
+    "list_models": "api",
 }
 
 

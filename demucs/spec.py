@@ -16,6 +16,7 @@ are identical whichever backend is used.
 ``_spec``, ``_ispec``, ``_magnitude``, ``_mask`` for both backends, switched by the
 model attribute ``use_conv_stft``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,10 @@ Tensor = torch.Tensor
 # torch backend (complex tensors)
 # ---------------------------------------------------------------------------
 
-def spectro(x: Tensor, n_fft: int = 512, hop_length: tp.Optional[int] = None,
-            pad: int = 0) -> Tensor:
+
+def spectro(
+    x: Tensor, n_fft: int = 512, hop_length: tp.Optional[int] = None, pad: int = 0
+) -> Tensor:
     """Normalized centered STFT with ``torch.stft``.
 
     Args:
@@ -49,14 +52,23 @@ def spectro(x: Tensor, n_fft: int = 512, hop_length: tp.Optional[int] = None,
     *other, length = x.shape
     x = x.reshape(-1, length)
     window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
-    z = torch.stft(x, n_fft * (1 + pad), hop_length or n_fft // 4, window=window,
-                   win_length=n_fft, normalized=True, center=True,
-                   return_complex=True, pad_mode="reflect")
+    z = torch.stft(
+        x,
+        n_fft * (1 + pad),
+        hop_length or n_fft // 4,
+        window=window,
+        win_length=n_fft,
+        normalized=True,
+        center=True,
+        return_complex=True,
+        pad_mode="reflect",
+    )
     return z.view(*other, z.shape[-2], z.shape[-1])
 
 
-def ispectro(z: Tensor, hop_length: tp.Optional[int] = None,
-             length: tp.Optional[int] = None, pad: int = 0) -> Tensor:
+def ispectro(
+    z: Tensor, hop_length: tp.Optional[int] = None, length: tp.Optional[int] = None, pad: int = 0
+) -> Tensor:
     """Inverse of :func:`spectro` with ``torch.istft``.
 
     Args:
@@ -69,8 +81,16 @@ def ispectro(z: Tensor, hop_length: tp.Optional[int] = None,
     n_fft = 2 * freqs - 2
     win_length = n_fft // (1 + pad)
     window = torch.hann_window(win_length, device=z.device, dtype=z.real.dtype)
-    x = torch.istft(z.reshape(-1, freqs, frames), n_fft, hop_length, window=window,
-                    win_length=win_length, normalized=True, length=length, center=True)
+    x = torch.istft(
+        z.reshape(-1, freqs, frames),
+        n_fft,
+        hop_length,
+        window=window,
+        win_length=win_length,
+        normalized=True,
+        length=length,
+        center=True,
+    )
     return x.view(*other, x.shape[-1])
 
 
@@ -105,8 +125,9 @@ def _hann(n_fft: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     return 0.5 - 0.5 * torch.cos(n * (2 * math.pi / n_fft))
 
 
-def _build_bases(n_fft: int, n_bins: int, device: torch.device,
-                 dtype: torch.dtype) -> tp.Tuple[Tensor, Tensor]:
+def _build_bases(
+    n_fft: int, n_bins: int, device: torch.device, dtype: torch.dtype
+) -> tp.Tuple[Tensor, Tensor]:
     """Analysis and synthesis kernels for the first ``n_bins`` DFT bins.
 
     Returns:
@@ -138,13 +159,15 @@ def _build_bases(n_fft: int, n_bins: int, device: torch.device,
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_bases(n_fft: int, n_bins: int, device: torch.device,
-                  dtype: torch.dtype) -> tp.Tuple[Tensor, Tensor]:
+def _cached_bases(
+    n_fft: int, n_bins: int, device: torch.device, dtype: torch.dtype
+) -> tp.Tuple[Tensor, Tensor]:
     return _build_bases(n_fft, n_bins, device, dtype)
 
 
-def dft_bases(n_fft: int, n_bins: int, device: torch.device,
-              dtype: torch.dtype) -> tp.Tuple[Tensor, Tensor]:
+def dft_bases(
+    n_fft: int, n_bins: int, device: torch.device, dtype: torch.dtype
+) -> tp.Tuple[Tensor, Tensor]:
     """The ``(analysis, synthesis)`` kernels, see :func:`_build_bases`.
 
     Eagerly they are cached per (size, device, dtype). While exporting they are rebuilt
@@ -167,8 +190,9 @@ def _resolve_impl(impl: tp.Optional[str], n_fft: int, hop: int) -> str:
     return impl
 
 
-def planar_spectro(x: Tensor, n_fft: int, hop: int, n_bins: int,
-                   impl: tp.Optional[str] = None) -> Tensor:
+def planar_spectro(
+    x: Tensor, n_fft: int, hop: int, n_bins: int, impl: tp.Optional[str] = None
+) -> Tensor:
     """:func:`conv_spectro` of ``x`` ``(N, L)`` in the planar layout ``(N, 2, n_bins, T)``.
 
     Both implementations produce this layout without a transpose (the real and
@@ -184,8 +208,13 @@ def planar_spectro(x: Tensor, n_fft: int, hop: int, n_bins: int,
     return z.reshape(z.shape[0], 2, n_bins, z.shape[-1])
 
 
-def planar_ispectro(spec: Tensor, n_fft: int, hop: int, length: tp.Optional[int] = None,
-                    impl: tp.Optional[str] = None) -> Tensor:
+def planar_ispectro(
+    spec: Tensor,
+    n_fft: int,
+    hop: int,
+    length: tp.Optional[int] = None,
+    impl: tp.Optional[str] = None,
+) -> Tensor:
     """:func:`conv_ispectro` of a planar spectrogram ``(N, 2, bins, T)`` -> ``(N, length)``."""
     _, _, bins, n_frames = spec.shape
     n_fft, hop, n_frames = int(n_fft), int(hop), int(n_frames)
@@ -193,20 +222,26 @@ def planar_ispectro(spec: Tensor, n_fft: int, hop: int, length: tp.Optional[int]
         out = _factored_ispectro(spec, n_fft, hop)  # (N, hop * (T - 1) + n_fft)
     else:
         _, synthesis = dft_bases(n_fft, bins, spec.device, spec.dtype)
-        frames = F.conv_transpose1d(spec.reshape(spec.shape[0], 2 * bins, n_frames),
-                                    synthesis, stride=hop)  # (N, 1, hop*(T-1)+n_fft)
+        frames = F.conv_transpose1d(
+            spec.reshape(spec.shape[0], 2 * bins, n_frames), synthesis, stride=hop
+        )  # (N, 1, hop*(T-1)+n_fft)
         out = frames[:, 0] / _window_envelope(n_fft, hop, n_frames, spec.device, spec.dtype)
     start = n_fft // 2
     target = hop * (n_frames - 1) if length is None else int(length)
     available = out.shape[-1] - start
-    out = out[:, start: start + min(available, target)]
+    out = out[:, start : start + min(available, target)]
     if target > available:
         out = F.pad(out, (0, target - available))
     return out
 
 
-def conv_spectro(x: Tensor, n_fft: int = 512, hop_length: tp.Optional[int] = None,
-                 n_bins: tp.Optional[int] = None, impl: tp.Optional[str] = None) -> Tensor:
+def conv_spectro(
+    x: Tensor,
+    n_fft: int = 512,
+    hop_length: tp.Optional[int] = None,
+    n_bins: tp.Optional[int] = None,
+    impl: tp.Optional[str] = None,
+) -> Tensor:
     """Normalized centered STFT with real operators; same values as :func:`spectro`.
 
     Args:
@@ -223,9 +258,13 @@ def conv_spectro(x: Tensor, n_fft: int = 512, hop_length: tp.Optional[int] = Non
     return z.permute(0, 2, 3, 1).reshape(*other, bins, z.shape[-1], 2)
 
 
-def conv_ispectro(z: Tensor, hop_length: tp.Optional[int] = None,
-                  length: tp.Optional[int] = None, n_fft: tp.Optional[int] = None,
-                  impl: tp.Optional[str] = None) -> Tensor:
+def conv_ispectro(
+    z: Tensor,
+    hop_length: tp.Optional[int] = None,
+    length: tp.Optional[int] = None,
+    n_fft: tp.Optional[int] = None,
+    impl: tp.Optional[str] = None,
+) -> Tensor:
     """Inverse of :func:`conv_spectro` by windowed overlap-add.
 
     Same values as :func:`ispectro` (``torch.istft``): overlap-added windowed frames
@@ -250,8 +289,9 @@ def conv_ispectro(z: Tensor, hop_length: tp.Optional[int] = None,
     return out.reshape(*other, out.shape[-1])
 
 
-def _window_envelope(n_fft: int, hop: int, n_frames: int, device: torch.device,
-                     dtype: torch.dtype) -> Tensor:
+def _window_envelope(
+    n_fft: int, hop: int, n_frames: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
     """Overlap-added squared window ``(hop * (n_frames - 1) + n_fft,)``.
 
     Samples that no window covers would divide by ~0; torch.istft refuses such
@@ -265,8 +305,9 @@ def _window_envelope(n_fft: int, hop: int, n_frames: int, device: torch.device,
     return torch.where(env > 1e-11, env, torch.ones_like(env))
 
 
-def window_envelope(n_fft: int, hop: int, n_frames: int, device: torch.device,
-                    dtype: torch.dtype) -> Tensor:
+def window_envelope(
+    n_fft: int, hop: int, n_frames: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
     """Overlap-added squared Hann window that the inverse STFT divides by (the exporter
     recognises it in traced graphs)."""
     return _window_envelope(n_fft, hop, n_frames, device, dtype)
@@ -276,6 +317,7 @@ def window_envelope(n_fft: int, hop: int, n_frames: int, device: torch.device,
 # conv backend, "factored" implementation: frames cut from hop-blocks, one level of
 # Cooley-Tukey (two small MatMuls and a twiddle product), frames kept last
 # ---------------------------------------------------------------------------
+
 
 def _factor(n_fft: int, hop: int) -> tp.Tuple[int, int]:
     """``(n1, n2)``, ``n1 * n2 == n_fft``, ``n2`` the largest divisor of ``hop`` that is
@@ -314,6 +356,7 @@ class FactoredBases(tp.NamedTuple):
     DFT over ``k1``) and ``weight`` ``(2, n1 * k2s, 1)``: the one-sided factors (2; 1
     for the real part and 0 for the imaginary part of DC and Nyquist).
     """
+
     first: Tensor
     twiddle: Tensor
     last: Tensor
@@ -321,49 +364,55 @@ class FactoredBases(tp.NamedTuple):
     weight: Tensor
 
 
-def _build_factored(n_fft: int, hop: int, n_bins: int, inverse: bool,
-                    device: torch.device, dtype: torch.dtype) -> FactoredBases:
+def _build_factored(
+    n_fft: int, hop: int, n_bins: int, inverse: bool, device: torch.device, dtype: torch.dtype
+) -> FactoredBases:
     """Builds :class:`FactoredBases` in float64, returned in ``dtype``."""
     n1, n2 = _factor(n_fft, hop)
     k2s = -(-n_bins // n1)
     ints = functools.partial(torch.arange, dtype=torch.int64, device=device)
-    cos1, sin1 = _unit_circle(ints(n1), ints(n1), n1)              # symmetric (k1, a)
+    cos1, sin1 = _unit_circle(ints(n1), ints(n1), n1)  # symmetric (k1, a)
     twiddle = torch.stack(_unit_circle(ints(n2), ints(n1), n_fft))[..., None]
-    cos2, sin2 = _unit_circle(ints(k2s), ints(n2), n2)             # (k2, b)
+    cos2, sin2 = _unit_circle(ints(k2s), ints(n2), n2)  # (k2, b)
     # Rows (j', k2), columns (b, j): X_re = sum B_re cos + B_im sin,
     # X_im = sum B_im cos - B_re sin (a length-n2 DFT of complex input).
-    last = torch.stack([torch.stack([cos2, sin2], dim=-1),
-                        torch.stack([-sin2, cos2], dim=-1)]).reshape(2 * k2s, 2 * n2)
+    last = torch.stack(
+        [torch.stack([cos2, sin2], dim=-1), torch.stack([-sin2, cos2], dim=-1)]
+    ).reshape(2 * k2s, 2 * n2)
     window = _hann(n_fft, device, torch.float64).reshape(n1, n2).T[..., None]
     window = window / math.sqrt(n_fft)
     weight = torch.ones(1, dtype=torch.float64, device=device)
-    first = torch.cat([cos1, -sin1], dim=0)                        # ((j, k1), a)
+    first = torch.cat([cos1, -sin1], dim=0)  # ((j, k1), a)
     if inverse:
-        first = first.T                                            # (a, (j, k1))
-        last = last.T                                              # conjugate transpose
+        first = first.T  # (a, (j, k1))
+        last = last.T  # conjugate transpose
         k = ints(n1 * k2s)
         edge = (k == 0) | (k == n_fft // 2)
-        weight = torch.stack([torch.where(edge, 1.0, 2.0),
-                              torch.where(edge, 0.0, 2.0)]).to(torch.float64)[..., None]
+        weight = torch.stack([torch.where(edge, 1.0, 2.0), torch.where(edge, 0.0, 2.0)]).to(
+            torch.float64
+        )[..., None]
     parts = (first, twiddle, last, window, weight)
     return FactoredBases(*(t.to(dtype).contiguous() for t in parts))
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_factored(n_fft: int, hop: int, n_bins: int, inverse: bool,
-                     device: torch.device, dtype: torch.dtype) -> FactoredBases:
+def _cached_factored(
+    n_fft: int, hop: int, n_bins: int, inverse: bool, device: torch.device, dtype: torch.dtype
+) -> FactoredBases:
     return _build_factored(n_fft, hop, n_bins, inverse, device, dtype)
 
 
-def factored_bases(n_fft: int, hop: int, n_bins: int, inverse: bool,
-                   device: torch.device, dtype: torch.dtype) -> FactoredBases:
+def factored_bases(
+    n_fft: int, hop: int, n_bins: int, inverse: bool, device: torch.device, dtype: torch.dtype
+) -> FactoredBases:
     """:class:`FactoredBases`, cached per size, device and dtype.
 
     ``~8 n_fft + 8 n1 k2s`` values (50 K floats for ``n_fft = 4096``, either
     direction): exported graphs store them as small constants.
     """
-    return _cached_factored(int(n_fft), int(hop), int(n_bins), bool(inverse),
-                            torch.device(device), dtype)
+    return _cached_factored(
+        int(n_fft), int(hop), int(n_bins), bool(inverse), torch.device(device), dtype
+    )
 
 
 def _twiddle(z: Tensor, twiddle: Tensor, sign: float) -> Tensor:
@@ -383,9 +432,9 @@ def _frames_planar(x: Tensor, n_fft: int, hop: int, n2: int, n_frames: int) -> T
     shifted views are concatenated. No convolution, no gather.
     """
     r, rows = n_fft // hop, hop // n2
-    blocks = x[:, :(n_frames + r - 1) * hop].reshape(x.shape[0], n_frames + r - 1, rows, n2)
+    blocks = x[:, : (n_frames + r - 1) * hop].reshape(x.shape[0], n_frames + r - 1, rows, n2)
     blocks = blocks.permute(0, 3, 2, 1)  # (N, n2, rows, blocks)
-    return torch.cat([blocks[..., j:j + n_frames] for j in range(r)], dim=2)
+    return torch.cat([blocks[..., j : j + n_frames] for j in range(r)], dim=2)
 
 
 def _overlap_add_planar(frames: Tensor, hop: int) -> Tensor:
@@ -405,8 +454,9 @@ def _overlap_add_planar(frames: Tensor, hop: int) -> Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _inverse_envelope(n_fft: int, hop: int, n_frames: int, device: torch.device,
-                      dtype: torch.dtype) -> Tensor:
+def _inverse_envelope(
+    n_fft: int, hop: int, n_frames: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
     """``1 / envelope`` (see :func:`_window_envelope`) as hop-blocks ``(T + r - 1, hop)``."""
     env = _window_envelope(n_fft, hop, n_frames, device, torch.float64)
     return (1.0 / env).to(dtype).reshape(-1, hop)
@@ -425,9 +475,10 @@ def _divide_by_envelope(out: Tensor, n_fft: int, hop: int) -> Tensor:
     if n_frames < 2 * r - 1:  # too short to have a periodic part: the whole envelope
         return out * _inverse_envelope(n_fft, hop, n_frames, out.device, out.dtype)
     inverse = _inverse_envelope(n_fft, hop, 2 * r - 1, out.device, out.dtype)
-    head, middle, tail = inverse[:r - 1], inverse[r - 1:r], inverse[2 * r - 1:]
-    return torch.cat([out[:, :r - 1] * head, out[:, r - 1:n_frames] * middle,
-                      out[:, n_frames:] * tail], dim=1)
+    head, middle, tail = inverse[: r - 1], inverse[r - 1 : r], inverse[2 * r - 1 :]
+    return torch.cat(
+        [out[:, : r - 1] * head, out[:, r - 1 : n_frames] * middle, out[:, n_frames:] * tail], dim=1
+    )
 
 
 def _factored_spectro(x: Tensor, n_fft: int, hop: int, bins: int) -> Tensor:
@@ -437,7 +488,7 @@ def _factored_spectro(x: Tensor, n_fft: int, hop: int, bins: int) -> Tensor:
     n_frames = int(x.shape[-1]) // hop + 1
     padded = F.pad(x[:, None], (n_fft // 2, n_fft // 2), mode="reflect")[:, 0]
     frames = _frames_planar(padded, n_fft, hop, n2, n_frames) * bases.window
-    a = torch.matmul(bases.first, frames)                     # (N, n2, (j, k1), T)
+    a = torch.matmul(bases.first, frames)  # (N, n2, (j, k1), T)
     b = _twiddle(a.reshape(-1, n2, 2, n1, n_frames), bases.twiddle, -1.0)
     z = torch.matmul(bases.last, b.reshape(-1, 2 * n2, n1 * n_frames))  # (N, (j, k2), (k1, T))
     return z.reshape(-1, 2, z.shape[1] // 2 * n1, n_frames)[:, :, :bins]
@@ -456,7 +507,7 @@ def _factored_ispectro(spec: Tensor, n_fft: int, hop: int) -> Tensor:
     if padded_bins != bins:
         spec = F.pad(spec, (0, 0, 0, padded_bins - bins))
     spec = (spec * bases.weight).reshape(-1, 2 * padded_bins // n1, n1 * n_frames)
-    d = torch.matmul(bases.last, spec)                         # (N, (b, j), (k1, T))
+    d = torch.matmul(bases.last, spec)  # (N, (b, j), (k1, T))
     e = _twiddle(d.reshape(-1, n2, 2, n1, n_frames), bases.twiddle, 1.0)
     frames = torch.matmul(bases.first, e.reshape(-1, n2, 2 * n1, n_frames))  # (N, b, a, T)
     out = _overlap_add_planar(frames * bases.window, hop)
@@ -466,6 +517,7 @@ def _factored_ispectro(spec: Tensor, n_fft: int, hop: int) -> Tensor:
 # ---------------------------------------------------------------------------
 # Model-level spectrogram methods shared by HTDemucs and HDemucs
 # ---------------------------------------------------------------------------
+
 
 def as_real(z: Tensor) -> Tensor:
     """Complex ``(*)`` -> real ``(*, 2)``; real ``(*, 2)`` passes through."""
@@ -536,8 +588,9 @@ class SpectralMixin:
         le = 0
         if self._is_hybrid():
             if hop != nfft // 4:
-                raise ValueError(f"hybrid models need hop_length == nfft // 4, "
-                                 f"got {hop} and {nfft}")
+                raise ValueError(
+                    f"hybrid models need hop_length == nfft // 4, got {hop} and {nfft}"
+                )
             le = (x.shape[-1] + hop - 1) // hop
             pad = hop // 2 * 3
             mode = "reflect" if self._hybrid_pad() else "constant"
@@ -545,8 +598,7 @@ class SpectralMixin:
         if self.use_conv_stft:
             *other, length = x.shape
             with _float32_stft(x):
-                z = planar_spectro(x.reshape(-1, length), nfft, hop, nfft // 2,
-                                   self.stft_impl)
+                z = planar_spectro(x.reshape(-1, length), nfft, hop, nfft // 2, self.stft_impl)
         else:
             z = spectro(x, nfft, hop)[..., :-1, :]
         if self._is_hybrid():
@@ -557,7 +609,7 @@ class SpectralMixin:
 
     def _ispec(self, z: Tensor, length: int, scale: int = 0) -> Tensor:
         """Signal ``(*, length)`` from a spectrogram as returned by ``_spec``/``_mask``."""
-        hop = self.hop_length // (4 ** scale)
+        hop = self.hop_length // (4**scale)
         conv = self.use_conv_stft and not z.is_complex()
         other = z.shape[:-3] if conv else z.shape[:-2]
         if conv:
@@ -575,7 +627,8 @@ class SpectralMixin:
                 return ispectro(z, hop, length)
             with _float32_stft(z):
                 return planar_ispectro(z, n_fft, hop, length, self.stft_impl).reshape(
-                    *other, length)
+                    *other, length
+                )
         pad = hop // 2 * 3
         le = hop * ((length + hop - 1) // hop)
         if self._hybrid_pad():
@@ -586,7 +639,7 @@ class SpectralMixin:
         else:
             x = ispectro(z, hop, length=le)
         start = pad if self._hybrid_pad() else 0
-        return x[..., start: start + length]
+        return x[..., start : start + length]
 
     def _magnitude(self, z: Tensor) -> Tensor:
         """Network input (B, C', Fq, T): real/imag as channels (cac, C' = 2C) or |z|."""
@@ -628,8 +681,9 @@ class SpectralMixin:
         return z / (1e-8 + norm)[..., None] * m[..., None]
 
 
-def pad1d(x: Tensor, paddings: tp.Tuple[int, int], mode: str = "constant",
-          value: float = 0.0) -> Tensor:
+def pad1d(
+    x: Tensor, paddings: tp.Tuple[int, int], mode: str = "constant", value: float = 0.0
+) -> Tensor:
     """``F.pad`` on the last axis that also allows reflect padding wider than the input.
 
     Reflect padding needs ``pad < length``; for shorter inputs the signal is first

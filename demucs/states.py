@@ -10,6 +10,7 @@ of the few Python objects a Demucs checkpoint legitimately names (the model clas
 unless the caller explicitly trusts the file (``trust=True`` or the environment variable
 ``DEMUCS_TRUST_CHECKPOINTS=1``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,6 +99,7 @@ def capture_init(init: tp.Callable) -> tp.Callable:
 # DiffQ (optional dependency)
 # --------------------------------------------------------------------------------------
 
+
 def import_diffq() -> tp.Any:
     """Returns the ``diffq`` module, or raises :class:`MissingDiffQError` with the install hint."""
     try:
@@ -111,8 +113,9 @@ def _check_diffq() -> None:
     import_diffq()
 
 
-def get_quantizer(model: nn.Module, args: tp.Any,
-                  optimizer: tp.Optional[torch.optim.Optimizer] = None) -> tp.Any:
+def get_quantizer(
+    model: nn.Module, args: tp.Any, optimizer: tp.Optional[torch.optim.Optimizer] = None
+) -> tp.Any:
     """Builds the DiffQ quantizer described by the training ``args`` (or ``None``).
 
     ``args`` needs the attributes ``diffq`` (penalty, 0 disables), ``qat`` (bits for
@@ -120,8 +123,7 @@ def get_quantizer(model: nn.Module, args: tp.Any,
     """
     if getattr(args, "diffq", 0):
         diffq = import_diffq()
-        quantizer = diffq.DiffQuantizer(model, min_size=args.min_size,
-                                        group_size=args.group_size)
+        quantizer = diffq.DiffQuantizer(model, min_size=args.min_size, group_size=args.group_size)
         if optimizer is not None:
             quantizer.setup_optimizer(optimizer)
         return quantizer
@@ -134,6 +136,7 @@ def get_quantizer(model: nn.Module, args: tp.Any,
 # --------------------------------------------------------------------------------------
 # Safe reading of checkpoint files
 # --------------------------------------------------------------------------------------
+
 
 def allow_model_class(klass: type) -> type:
     """Adds ``klass`` to the classes a checkpoint may name (for custom model classes).
@@ -200,8 +203,11 @@ def _unsafe_globals(path: Path, allowed: tp.List[tp.Any]) -> tp.Optional[tp.List
         return None
     known = {f"{obj.__module__}.{obj.__qualname__}" for obj in allowed}
     known.update(f"torch._utils.{name}" for name in ("_rebuild_tensor_v2", "_rebuild_parameter"))
-    unsafe = sorted(name for name in names
-                    if name not in known and not name.startswith(("torch.", "collections.")))
+    unsafe = sorted(
+        name
+        for name in names
+        if name not in known and not name.startswith(("torch.", "collections."))
+    )
     return unsafe or None
 
 
@@ -224,13 +230,15 @@ def _looks_like_checkpoint(path: Path) -> bool:
     return any(head.startswith(magic) for magic in _CHECKPOINT_MAGICS)
 
 
-def _explain_load_failure(path: Path, allowed: tp.List[tp.Any],
-                          exc: BaseException) -> ModelLoadingError:
+def _explain_load_failure(
+    path: Path, allowed: tp.List[tp.Any], exc: BaseException
+) -> ModelLoadingError:
     """Turns a failed weights-only load into a clear :class:`ModelLoadingError`."""
     if not _looks_like_checkpoint(path):
         return ModelLoadingError(
             f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle): "
-            "wrong file, or corrupted")
+            "wrong file, or corrupted"
+        )
     unsafe = _unsafe_globals(path, allowed)
     if unsafe and all(_is_diffq_global(name) for name in unsafe):
         return MissingDiffQError(f"cannot load {path}: {_DIFFQ_HINT}")
@@ -242,11 +250,13 @@ def _explain_load_failure(path: Path, allowed: tp.List[tp.Any],
         return UnsafeCheckpointError(
             f"{path} is not a safe Demucs checkpoint: {detail}, so it was not loaded. "
             "Only load it if you trust its source, with load_model(..., trust=True) or "
-            f"{TRUST_ENV}=1.")
+            f"{TRUST_ENV}=1."
+        )
     return ModelLoadingError(
         f"cannot read checkpoint {path}: the file is truncated or corrupted "
         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-        "Delete it and download or copy it again.")
+        "Delete it and download or copy it again."
+    )
 
 
 def _diffq_classes_if_needed(path: Path, allowed: tp.List[tp.Any]) -> tp.List[type]:
@@ -283,12 +293,23 @@ def load_package(path: PathLike, trust: tp.Optional[bool] = None) -> Package:
             if exc.name and _is_diffq_global(exc.name):
                 raise MissingDiffQError(f"cannot load {path}: {_DIFFQ_HINT}") from exc
             raise ModelLoadingError(f"cannot load {path}: {exc}") from exc
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError,
-                AttributeError, KeyError, IndexError, zipfile.BadZipFile, OSError) as exc:
+        except (
+            pickle.UnpicklingError,
+            RuntimeError,
+            EOFError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            KeyError,
+            IndexError,
+            zipfile.BadZipFile,
+            OSError,
+        ) as exc:
             if not _looks_like_checkpoint(path):
                 raise ModelLoadingError(f"{path} is not a PyTorch checkpoint") from exc
-            raise ModelLoadingError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
-                                    f"{_first_line(exc)}") from exc
+            raise ModelLoadingError(
+                f"cannot read checkpoint {path}: {type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
 
     allowed = safe_globals()
     try:
@@ -300,14 +321,25 @@ def load_package(path: PathLike, trust: tp.Optional[bool] = None) -> Package:
             warnings.simplefilter("ignore")
             with torch.serialization.safe_globals(allowed):
                 return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError,
-            AttributeError, KeyError, IndexError, zipfile.BadZipFile, OSError) as exc:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        zipfile.BadZipFile,
+        OSError,
+    ) as exc:
         raise _explain_load_failure(path, allowed, exc) from exc
 
 
 # --------------------------------------------------------------------------------------
 # Building models from packages
 # --------------------------------------------------------------------------------------
+
 
 def model_classes() -> tp.List[type]:
     """The classes a model file may name as its model: Demucs' three and the ones
@@ -323,19 +355,22 @@ def _check_package(package: tp.Any, origin: str, any_class: bool = False) -> Pac
     packages built in memory by the caller) any ``nn.Module`` subclass."""
     if not isinstance(package, dict):
         raise ModelLoadingError(
-            f"{origin} is not a Demucs checkpoint (it holds a {type(package).__name__})")
+            f"{origin} is not a Demucs checkpoint (it holds a {type(package).__name__})"
+        )
     missing = [key for key in ("klass", "args", "kwargs", "state") if key not in package]
     if missing:
         raise ModelLoadingError(
-            f"{origin} is not a Demucs model checkpoint: missing {', '.join(missing)}")
+            f"{origin} is not a Demucs model checkpoint: missing {', '.join(missing)}"
+        )
     klass = package["klass"]
     allowed = model_classes()
     if any_class and isinstance(klass, type) and issubclass(klass, nn.Module):
         pass
     elif not isinstance(klass, type) or klass not in allowed:
         names = ", ".join(cls.__name__ for cls in allowed)
-        raise ModelLoadingError(f"{origin}: 'klass' must be a Demucs model class ({names}), "
-                                f"got {_short_repr(klass)}")
+        raise ModelLoadingError(
+            f"{origin}: 'klass' must be a Demucs model class ({names}), got {_short_repr(klass)}"
+        )
     _check_state(package["state"], origin)
     return package
 
@@ -348,28 +383,36 @@ def _short_repr(value: tp.Any) -> str:
 def _check_state(state: tp.Any, origin: str) -> None:
     """A plain state is ``{name: tensor}``; a quantized one names a DiffQ quantizer."""
     if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
-        raise ModelLoadingError(f"{origin}: 'state' must be a dict of named tensors, "
-                                f"got {type(state).__name__}")
+        raise ModelLoadingError(
+            f"{origin}: 'state' must be a dict of named tensors, got {type(state).__name__}"
+        )
     if state.get("__quantized"):
         meta = state.get("meta")
         klass = meta.get("klass") if isinstance(meta, dict) else None
         module = klass.__module__ if isinstance(klass, type) else ""
-        if not _is_diffq_global(module) or not isinstance(meta, dict) \
-                or not isinstance(meta.get("init_kwargs"), dict):
-            raise ModelLoadingError(f"{origin}: a quantized state must name a DiffQ "
-                                    f"quantizer class, got {_short_repr(klass)}")
+        if (
+            not _is_diffq_global(module)
+            or not isinstance(meta, dict)
+            or not isinstance(meta.get("init_kwargs"), dict)
+        ):
+            raise ModelLoadingError(
+                f"{origin}: a quantized state must name a DiffQ "
+                f"quantizer class, got {_short_repr(klass)}"
+            )
         for key in ("quantized", "float16", "others"):
             if not isinstance(state.get(key), (list, tuple)):
                 raise ModelLoadingError(f"{origin}: quantized state without its {key!r} list")
         return
     bad = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
     if bad:
-        raise ModelLoadingError(f"{origin}: state entry {bad[0]!r} is not a tensor "
-                                f"({_short_repr(state[bad[0]])})")
+        raise ModelLoadingError(
+            f"{origin}: state entry {bad[0]!r} is not a tensor ({_short_repr(state[bad[0]])})"
+        )
 
 
-def _accepted_kwargs(klass: type, kwargs: tp.Dict[str, tp.Any],
-                     strict: bool) -> tp.Dict[str, tp.Any]:
+def _accepted_kwargs(
+    klass: type, kwargs: tp.Dict[str, tp.Any], strict: bool
+) -> tp.Dict[str, tp.Any]:
     """Copy of ``kwargs`` without the keys ``klass`` does not accept (warns for each)."""
     kwargs = dict(kwargs)
     if strict:
@@ -395,9 +438,13 @@ def set_stft_backend(model: nn.Module, use_conv_stft: bool) -> nn.Module:
     return model
 
 
-def load_model(path_or_package: tp.Union[PathLike, Package], strict: bool = False,
-               *, trust: tp.Optional[bool] = None,
-               use_conv_stft: tp.Optional[bool] = None) -> nn.Module:
+def load_model(
+    path_or_package: tp.Union[PathLike, Package],
+    strict: bool = False,
+    *,
+    trust: tp.Optional[bool] = None,
+    use_conv_stft: tp.Optional[bool] = None,
+) -> nn.Module:
     """Rebuilds a model from a checkpoint file or an already loaded package dict.
 
     Args:
@@ -425,13 +472,18 @@ def load_model(path_or_package: tp.Union[PathLike, Package], strict: bool = Fals
         any_class = _trusted_by_env() if trust is None else bool(trust)
     else:
         raise ValueError(f"expected a path or a package dict, got {type(path_or_package)}")
-    return build_model(package, origin, strict=strict, use_conv_stft=use_conv_stft,
-                       any_class=any_class)
+    return build_model(
+        package, origin, strict=strict, use_conv_stft=use_conv_stft, any_class=any_class
+    )
 
 
-def build_model(package: Package, origin: str, strict: bool = False,
-                use_conv_stft: tp.Optional[bool] = None,
-                any_class: bool = False) -> nn.Module:
+def build_model(
+    package: Package,
+    origin: str,
+    strict: bool = False,
+    use_conv_stft: tp.Optional[bool] = None,
+    any_class: bool = False,
+) -> nn.Module:
     """Builds the model a checked package describes (see :func:`load_model`).
 
     The constructor arguments are validated (:func:`~demucs.model_checks.check_model_kwargs`)
@@ -446,8 +498,7 @@ def build_model(package: Package, origin: str, strict: bool = False,
         args = list(args)
     kwargs = package["kwargs"]
     if not isinstance(kwargs, dict):
-        raise ModelLoadingError(f"{origin}: 'kwargs' must be a dict, got "
-                                f"{type(kwargs).__name__}")
+        raise ModelLoadingError(f"{origin}: 'kwargs' must be a dict, got {type(kwargs).__name__}")
     kwargs = _accepted_kwargs(klass, kwargs, strict)
     check_model_kwargs(klass, args, kwargs, origin)
     check_parameter_count(klass, args, kwargs, origin)
@@ -455,18 +506,34 @@ def build_model(package: Package, origin: str, strict: bool = False,
         kwargs["use_conv_stft"] = bool(use_conv_stft)
     try:
         model = klass(*args, **kwargs)
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError,
-            ZeroDivisionError, RuntimeError) as exc:
-        raise ModelLoadingError(f"{origin}: cannot build {klass.__name__} "
-                                f"({type(exc).__name__}: {_first_line(exc)})") from None
+    except (
+        TypeError,
+        ValueError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        ZeroDivisionError,
+        RuntimeError,
+    ) as exc:
+        raise ModelLoadingError(
+            f"{origin}: cannot build {klass.__name__} ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
     try:
         set_state(model, package["state"])
     except MissingDiffQError as exc:
         raise MissingDiffQError(f"cannot load {origin}: {_DIFFQ_HINT}") from exc
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError,
-            RuntimeError, AssertionError) as exc:
-        raise ModelLoadingError(f"{origin}: the weights do not fit the model "
-                                f"({type(exc).__name__}: {_first_line(exc)})") from None
+    except (
+        TypeError,
+        ValueError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        RuntimeError,
+        AssertionError,
+    ) as exc:
+        raise ModelLoadingError(
+            f"{origin}: the weights do not fit the model ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
     if use_conv_stft is not None:
         set_stft_backend(model, use_conv_stft)
     return model
@@ -481,6 +548,7 @@ def _first_line(exc: BaseException) -> str:
 # States
 # --------------------------------------------------------------------------------------
 
+
 def get_state(model: nn.Module, quantizer: tp.Any = None, half: bool = False) -> State:
     """Returns the model weights as a dict of CPU tensors.
 
@@ -492,8 +560,9 @@ def get_state(model: nn.Module, quantizer: tp.Any = None, half: bool = False) ->
         state["__quantized"] = True
         return state
     dtype = torch.half if half else None
-    return {key: value.data.to(device="cpu", dtype=dtype)
-            for key, value in model.state_dict().items()}
+    return {
+        key: value.data.to(device="cpu", dtype=dtype) for key, value in model.state_dict().items()
+    }
 
 
 def set_state(model: nn.Module, state: State, quantizer: tp.Any = None) -> State:
@@ -522,18 +591,19 @@ def _plain_training_args(training_args: tp.Any) -> tp.Any:
     return training_args
 
 
-def serialize_model(model: nn.Module, training_args: tp.Any, quantizer: tp.Any = None,
-                    half: bool = True) -> Package:
+def serialize_model(
+    model: nn.Module, training_args: tp.Any, quantizer: tp.Any = None, half: bool = True
+) -> Package:
     """Returns the checkpoint dict of a model built with a ``capture_init`` constructor.
 
     Fork-only constructor kwargs (``use_conv_stft``) are left out, so the checkpoint
     loads unchanged in upstream Demucs.
     """
     if not hasattr(model, "_init_args_kwargs"):
-        raise ValueError(
-            f"{type(model).__name__} was not built with a @capture_init constructor")
-    args, kwargs = tp.cast(tp.Tuple[tp.Sequence[tp.Any], tp.Dict[str, tp.Any]],
-                           getattr(model, "_init_args_kwargs"))
+        raise ValueError(f"{type(model).__name__} was not built with a @capture_init constructor")
+    args, kwargs = tp.cast(
+        tp.Tuple[tp.Sequence[tp.Any], tp.Dict[str, tp.Any]], getattr(model, "_init_args_kwargs")
+    )
     kwargs = {key: value for key, value in kwargs.items() if key not in FORK_ONLY_KWARGS}
     return {
         "klass": model.__class__,
@@ -560,8 +630,13 @@ def save_with_checksum(content: tp.Any, path: PathLike) -> Path:
     return target
 
 
-def save_model(model: nn.Module, path: PathLike, training_args: tp.Any = None,
-               quantizer: tp.Any = None, half: bool = True) -> Path:
+def save_model(
+    model: nn.Module,
+    path: PathLike,
+    training_args: tp.Any = None,
+    quantizer: tp.Any = None,
+    half: bool = True,
+) -> Path:
     """Serializes ``model`` (see :func:`serialize_model`) to ``path``; returns the path."""
     path = Path(path)
     torch.save(serialize_model(model, training_args, quantizer, half), path)

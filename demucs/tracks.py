@@ -27,6 +27,7 @@ Used by ``demucs`` and ``demucs-batch``. The rules, also documented in README:
 - Stems are renamed into place only once complete, so a track is complete when every
   expected stem exists (:func:`is_complete`, used by ``--skip-existing``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,20 +37,84 @@ from pathlib import Path
 
 from .io.tempfiles import is_temporary_of
 
-__all__ = ["AUDIO_EXTENSIONS", "VIDEO_EXTENSIONS", "MEDIA_EXTENSIONS", "LIST_EXTENSION",
-           "TrackInput", "Collision", "InputError", "plain_track", "discover", "read_list",
-           "stem_paths", "find_collisions", "describe_collisions", "is_complete",
-           "stale_temporaries", "check_relative"]
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "MEDIA_EXTENSIONS",
+    "LIST_EXTENSION",
+    "TrackInput",
+    "Collision",
+    "InputError",
+    "plain_track",
+    "discover",
+    "read_list",
+    "stem_paths",
+    "find_collisions",
+    "describe_collisions",
+    "is_complete",
+    "stale_temporaries",
+    "check_relative",
+]
 
-AUDIO_EXTENSIONS = frozenset({
-    "aac", "ac3", "aif", "aifc", "aiff", "alac", "amr", "ape", "au", "caf", "dts", "eac3",
-    "flac", "m4a", "m4b", "mka", "mp2", "mp3", "mpc", "oga", "ogg", "opus", "ra", "snd",
-    "tta", "w64", "wav", "wave", "weba", "wma", "wv",
-})
-VIDEO_EXTENSIONS = frozenset({
-    "3g2", "3gp", "asf", "avi", "f4v", "flv", "m2ts", "m4v", "mkv", "mov", "mp4", "mpeg",
-    "mpg", "mts", "mxf", "ogv", "ts", "vob", "webm", "wmv",
-})
+AUDIO_EXTENSIONS = frozenset(
+    {
+        "aac",
+        "ac3",
+        "aif",
+        "aifc",
+        "aiff",
+        "alac",
+        "amr",
+        "ape",
+        "au",
+        "caf",
+        "dts",
+        "eac3",
+        "flac",
+        "m4a",
+        "m4b",
+        "mka",
+        "mp2",
+        "mp3",
+        "mpc",
+        "oga",
+        "ogg",
+        "opus",
+        "ra",
+        "snd",
+        "tta",
+        "w64",
+        "wav",
+        "wave",
+        "weba",
+        "wma",
+        "wv",
+    }
+)
+VIDEO_EXTENSIONS = frozenset(
+    {
+        "3g2",
+        "3gp",
+        "asf",
+        "avi",
+        "f4v",
+        "flv",
+        "m2ts",
+        "m4v",
+        "mkv",
+        "mov",
+        "mp4",
+        "mpeg",
+        "mpg",
+        "mts",
+        "mxf",
+        "ogv",
+        "ts",
+        "vob",
+        "webm",
+        "wmv",
+    }
+)
 MEDIA_EXTENSIONS = AUDIO_EXTENSIONS | VIDEO_EXTENSIONS
 LIST_EXTENSION = ".txt"
 # Our atomic writers put a stem in progress in ``.NAME.<random>.tmp`` next to NAME
@@ -107,13 +172,13 @@ def _walk(root: Path, exclude: tp.AbstractSet[str] = frozenset()) -> tp.List[Pat
     found: tp.List[tp.Tuple[tp.Tuple[str, ...], Path]] = []
 
     def on_error(err: OSError) -> None:
-        raise InputError(f"cannot read folder {err.filename or root}: "
-                         f"{err.strerror or err}")
+        raise InputError(f"cannot read folder {err.filename or root}: {err.strerror or err}")
 
     for folder, dirs, files in os.walk(root, onerror=on_error, followlinks=False):
         base = Path(folder)
-        dirs[:] = [d for d in dirs if not d.startswith(".")
-                   and os.path.realpath(base / d) not in exclude]
+        dirs[:] = [
+            d for d in dirs if not d.startswith(".") and os.path.realpath(base / d) not in exclude
+        ]
         for name in files:
             if name.startswith("."):
                 continue
@@ -143,8 +208,12 @@ def read_list(path: Path) -> tp.List[Path]:
     return result
 
 
-def discover(inputs: tp.Iterable[tp.Union[str, os.PathLike]], *, lists: bool = False,
-             exclude: tp.Iterable[tp.Union[str, os.PathLike]] = ()) -> tp.List[TrackInput]:
+def discover(
+    inputs: tp.Iterable[tp.Union[str, os.PathLike]],
+    *,
+    lists: bool = False,
+    exclude: tp.Iterable[tp.Union[str, os.PathLike]] = (),
+) -> tp.List[TrackInput]:
     """Expands files, folders (and with ``lists``, ``.txt`` lists) into tracks, in order.
 
     Folders listed in ``exclude`` (the output folder: ``demucs .`` must not separate the
@@ -168,8 +237,7 @@ def discover(inputs: tp.Iterable[tp.Union[str, os.PathLike]], *, lists: bool = F
         if path.is_dir():
             for found in _walk(path, excluded):
                 add(_nested_track(path, found))
-        elif lists and depth == 0 and path.suffix.lower() == LIST_EXTENSION \
-                and path.is_file():
+        elif lists and depth == 0 and path.suffix.lower() == LIST_EXTENSION and path.is_file():
             for entry in read_list(path):
                 expand(entry, depth + 1)
         else:
@@ -183,18 +251,17 @@ def discover(inputs: tp.Iterable[tp.Union[str, os.PathLike]], *, lists: bool = F
 def check_relative(relative: str) -> None:
     """Raises ValueError if a formatted output path would leave the output folder."""
     normalized = os.path.normpath(relative)
-    if os.path.isabs(relative) or normalized == ".." or \
-            normalized.startswith(".." + os.sep):
+    if os.path.isabs(relative) or normalized == ".." or normalized.startswith(".." + os.sep):
         raise ValueError(f"output name {relative!r} points outside the output folder")
 
 
-def stem_paths(item: TrackInput, stems: tp.Sequence[str], template: str, ext: str,
-               out: Path) -> tp.List[Path]:
+def stem_paths(
+    item: TrackInput, stems: tp.Sequence[str], template: str, ext: str, out: Path
+) -> tp.List[Path]:
     """The final path of each stem of ``item`` under ``out`` (``--filename`` template)."""
     paths = []
     for stem in stems:
-        relative = template.format(track=item.track, trackext=item.trackext, stem=stem,
-                                   ext=ext)
+        relative = template.format(track=item.track, trackext=item.trackext, stem=stem, ext=ext)
         check_relative(relative)
         paths.append(out / relative)
     return paths
@@ -208,8 +275,13 @@ class Collision:
     inputs: tp.Tuple[Path, ...]
 
 
-def find_collisions(items: tp.Sequence[TrackInput], stems: tp.Sequence[str], template: str,
-                    ext: str, out: Path = Path()) -> tp.List[Collision]:
+def find_collisions(
+    items: tp.Sequence[TrackInput],
+    stems: tp.Sequence[str],
+    template: str,
+    ext: str,
+    out: Path = Path(),
+) -> tp.List[Collision]:
     """Output paths claimed by more than one input, in input order.
 
     ``stems``: the stem names when known; otherwise a placeholder such as ``["{stem}"]``
@@ -233,12 +305,15 @@ def find_collisions(items: tp.Sequence[TrackInput], stems: tp.Sequence[str], tem
 
 def describe_collisions(collisions: tp.Sequence[Collision], limit: int = 3) -> str:
     """One line: which inputs collide and how to fix it."""
-    shown = "; ".join(" and ".join(str(p) for p in c.inputs) + f" -> {c.path}"
-                      for c in collisions[:limit])
+    shown = "; ".join(
+        " and ".join(str(p) for p in c.inputs) + f" -> {c.path}" for c in collisions[:limit]
+    )
     more = f" (and {len(collisions) - limit} more)" if len(collisions) > limit else ""
-    return (f"inputs would overwrite each other's stems: {shown}{more}. Nothing was "
-            "separated: give their folder instead of the files (its subfolders are kept), "
-            'or add {trackext} to --filename (e.g. "{track}_{trackext}/{stem}.{ext}")')
+    return (
+        f"inputs would overwrite each other's stems: {shown}{more}. Nothing was "
+        "separated: give their folder instead of the files (its subfolders are kept), "
+        'or add {trackext} to --filename (e.g. "{track}_{trackext}/{stem}.{ext}")'
+    )
 
 
 def is_complete(paths: tp.Iterable[Path]) -> bool:

@@ -1,4 +1,5 @@
 """Upstream's training module ``demucs.train``: not part of this inference fork."""
+
 from .errors import training_only
 
 training_only(__name__)

@@ -26,6 +26,7 @@ Not supported
     ``NotImplementedError`` at construction time. The related constructor arguments are
     still accepted so that configurations saved with sparse attention disabled load.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -314,8 +315,13 @@ def multihead_attention(
     :func:`fused_attention_for_export` (TorchScript exporter), it becomes one ONNX
     Runtime ``com.microsoft.MultiHeadAttention`` node between the projections.
     """
-    plain = (attn_mask is None and key_padding_mask is None and attn.bias_k is None
-             and not attn.add_zero_attn and attn._qkv_same_embed_dim)
+    plain = (
+        attn_mask is None
+        and key_padding_mask is None
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+        and attn._qkv_same_embed_dim
+    )
     if plain and not attn.training and (_EXPORT_FUSED or _EXPORT_QUERY_CHUNK) and is_exporting():
         if _EXPORT_FUSED:
             return _fused_attention(attn, query, key, value)
@@ -394,8 +400,9 @@ class _HeadsAttention(torch.autograd.Function):
     exported by the TorchScript exporter as one ONNX Runtime contrib node."""
 
     @staticmethod
-    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                heads: int) -> torch.Tensor:
+    def forward(
+        ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int
+    ) -> torch.Tensor:
         batch, length, dim = query.shape
 
         def split(x: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, heads, L, D)
@@ -411,20 +418,30 @@ class _HeadsAttention(torch.autograd.Function):
         return out
 
 
-def _fused_attention(attn: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,
-                     value: torch.Tensor) -> torch.Tensor:
+def _fused_attention(
+    attn: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> torch.Tensor:
     """Multi-head attention (eval, no mask): projections, then :class:`_HeadsAttention`."""
     w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
-    b_q, b_k, b_v = (attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None
-                     else (None, None, None))
-    out = _HeadsAttention.apply(F.linear(query, w_q, b_q), F.linear(key, w_k, b_k),
-                                F.linear(value, w_v, b_v), attn.num_heads)
+    b_q, b_k, b_v = (
+        attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
+    )
+    out = _HeadsAttention.apply(
+        F.linear(query, w_q, b_q),
+        F.linear(key, w_k, b_k),
+        F.linear(value, w_v, b_v),
+        attn.num_heads,
+    )
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
-def _query_chunked_attention(attn: nn.MultiheadAttention, query: torch.Tensor,
-                             key: torch.Tensor, value: torch.Tensor,
-                             chunk: int) -> torch.Tensor:
+def _query_chunked_attention(
+    attn: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    chunk: int,
+) -> torch.Tensor:
     """Multi-head attention (eval, no mask) computed ``chunk`` queries at a time.
 
     Same result as ``F.multi_head_attention_forward`` up to float rounding. Shapes:
@@ -435,17 +452,20 @@ def _query_chunked_attention(attn: nn.MultiheadAttention, query: torch.Tensor,
     heads = attn.num_heads
     head_dim = dim // heads
     w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
-    b_q, b_k, b_v = (attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None
-                     else (None, None, None))
+    b_q, b_k, b_v = (
+        attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
+    )
 
     def split_heads(x: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, heads, L, D)
         return x.reshape(batch, -1, heads, head_dim).transpose(1, 2)
 
-    q = split_heads(F.linear(query, w_q, b_q)) * (head_dim ** -0.5)
+    q = split_heads(F.linear(query, w_q, b_q)) * (head_dim**-0.5)
     k_t = split_heads(F.linear(key, w_k, b_k)).transpose(2, 3)
     v = split_heads(F.linear(value, w_v, b_v))
-    blocks = [torch.matmul(torch.matmul(q[:, :, start:start + chunk], k_t).softmax(-1), v)
-              for start in range(0, int(length), chunk)]
+    blocks = [
+        torch.matmul(torch.matmul(q[:, :, start : start + chunk], k_t).softmax(-1), v)
+        for start in range(0, int(length), chunk)
+    ]
     out = torch.cat(blocks, dim=2).transpose(1, 2).reshape(batch, length, dim)
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 

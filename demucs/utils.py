@@ -3,6 +3,7 @@
 Everything here that touches tensors is written to be export-safe: it only does
 shape arithmetic with Python ints and never branches on tensor values.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,7 @@ def ceil_div(numerator: int, denominator: int) -> int:
     return (numerator + denominator - 1) // denominator
 
 
-def center_trim(tensor: torch.Tensor,
-                reference: tp.Union[torch.Tensor, int]) -> torch.Tensor:
+def center_trim(tensor: torch.Tensor, reference: tp.Union[torch.Tensor, int]) -> torch.Tensor:
     """Trims the last axis of ``tensor`` symmetrically down to a target length.
 
     Args:
@@ -77,12 +77,13 @@ def center_trim(tensor: torch.Tensor,
     excess = tensor.shape[-1] - target
     if isinstance(excess, int):
         if excess < 0:
-            raise ValueError(f"cannot trim a tensor of length {tensor.shape[-1]} "
-                             f"to the longer length {target}")
+            raise ValueError(
+                f"cannot trim a tensor of length {tensor.shape[-1]} to the longer length {target}"
+            )
         if excess == 0:
             return tensor
     left = excess // 2
-    return tensor[..., left:left + target]
+    return tensor[..., left : left + target]
 
 
 def unfold(a: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
@@ -208,8 +209,9 @@ class _DeferredResult(tp.Generic[T]):
     ``concurrent.futures.CancelledError`` instead of running the work.
     """
 
-    def __init__(self, func: tp.Callable[..., T], state: tp.Dict[str, bool],
-                 *args: tp.Any, **kwargs: tp.Any) -> None:
+    def __init__(
+        self, func: tp.Callable[..., T], state: tp.Dict[str, bool], *args: tp.Any, **kwargs: tp.Any
+    ) -> None:
         self._func = func
         self._state = state
         self._args = args
@@ -237,8 +239,9 @@ class DummyPoolExecutor:
         del workers  # accepted for interface compatibility with real executors
         self._state = {"cancelled": False, "shut_down": False}
 
-    def submit(self, func: tp.Callable[..., T], *args: tp.Any,
-               **kwargs: tp.Any) -> _DeferredResult[T]:
+    def submit(
+        self, func: tp.Callable[..., T], *args: tp.Any, **kwargs: tp.Any
+    ) -> _DeferredResult[T]:
         if self._state["shut_down"]:
             raise RuntimeError("cannot schedule new futures after shutdown")
         return _DeferredResult(func, self._state, *args, **kwargs)

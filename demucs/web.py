@@ -15,6 +15,7 @@ cross-origin isolated (``Cross-Origin-Opener-Policy: same-origin`` and
 model) for any static host; the host must send the two headers above for threads.
 Standard library only (``http.server``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,15 @@ import sys
 import typing as tp
 from pathlib import Path
 
-__all__ = ["ISOLATION_HEADERS", "ORT_FILES", "default_root", "default_ort", "make_handler",
-           "export_site", "main"]
+__all__ = [
+    "ISOLATION_HEADERS",
+    "ORT_FILES",
+    "default_root",
+    "default_ort",
+    "make_handler",
+    "export_site",
+    "main",
+]
 
 _CHECKOUT = Path(__file__).resolve().parents[1]
 #: Headers that make the page cross-origin isolated (SharedArrayBuffer, WASM threads).
@@ -37,12 +45,17 @@ ISOLATION_HEADERS = {
 }
 #: onnxruntime-web files the page loads: the ES module bundle (WASM and WebGPU backends)
 #: and the WebAssembly build it imports (SIMD, threads, WebGPU through JSEP).
-ORT_FILES = ("ort.min.mjs", "ort-wasm-simd-threaded.jsep.mjs",
-             "ort-wasm-simd-threaded.jsep.wasm")
+ORT_FILES = ("ort.min.mjs", "ort-wasm-simd-threaded.jsep.mjs", "ort-wasm-simd-threaded.jsep.wasm")
 MODEL_PATH = "/model.onnx"
 ORT_PREFIX = "/ort/"
-MIME_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
-              ".onnx": "application/octet-stream", ".css": "text/css", ".png": "image/png"}
+MIME_TYPES = {
+    ".mjs": "text/javascript",
+    ".js": "text/javascript",
+    ".wasm": "application/wasm",
+    ".onnx": "application/octet-stream",
+    ".css": "text/css",
+    ".png": "image/png",
+}
 
 
 class WebError(ValueError):
@@ -75,7 +88,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if clean == MODEL_PATH and self.model is not None:
             return str(self.model)
         if clean.startswith(ORT_PREFIX):
-            name = clean[len(ORT_PREFIX):]
+            name = clean[len(ORT_PREFIX) :]
             if "/" not in name and name not in ("", ".", ".."):
                 return str(self.ort_dir / name)
         return super().translate_path(path)
@@ -91,11 +104,13 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-def make_handler(root: Path, ort_dir: Path, model: tp.Optional[Path],
-                 quiet: bool = False) -> tp.Callable[..., http.server.BaseHTTPRequestHandler]:
+def make_handler(
+    root: Path, ort_dir: Path, model: tp.Optional[Path], quiet: bool = False
+) -> tp.Callable[..., http.server.BaseHTTPRequestHandler]:
     """The request handler class serving ``root``, ``ort_dir`` and ``model``."""
-    handler = type("DemucsWebHandler", (_Handler,),
-                   {"ort_dir": ort_dir, "model": model, "quiet": quiet})
+    handler = type(
+        "DemucsWebHandler", (_Handler,), {"ort_dir": ort_dir, "model": model, "quiet": quiet}
+    )
     return functools.partial(handler, directory=str(root))
 
 
@@ -103,8 +118,10 @@ def _check_paths(root: Path, ort_dir: Path, model: tp.Optional[Path]) -> None:
     if not (root / "index.html").is_file():
         raise WebError(f"{root}: no index.html (the page's folder, see --root)")
     if not (ort_dir / ORT_FILES[0]).is_file():
-        raise WebError(f"{ort_dir}: no onnxruntime-web files ({ORT_FILES[0]}): run `npm ci` "
-                       "in the checkout or give --ort")
+        raise WebError(
+            f"{ort_dir}: no onnxruntime-web files ({ORT_FILES[0]}): run `npm ci` "
+            "in the checkout or give --ort"
+        )
     if model is not None and not model.is_file():
         raise WebError(f"{model}: no such file")
 
@@ -128,19 +145,37 @@ def export_site(target: Path, root: Path, ort_dir: Path, model: tp.Optional[Path
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        "demucs.web", description="Serve the Demucs browser page (COOP/COEP headers).")
-    parser.add_argument("--onnx", type=Path, default=None, metavar="FILE",
-                        help="graph served as /model.onnx, the page's default model "
-                             "(python -m demucs.export_onnx)")
+        "demucs.web", description="Serve the Demucs browser page (COOP/COEP headers)."
+    )
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="graph served as /model.onnx, the page's default model (python -m demucs.export_onnx)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
-    parser.add_argument("--root", type=Path, default=None,
-                        help="folder of the page (default: web/ of this checkout)")
-    parser.add_argument("--ort", type=Path, default=None,
-                        help="folder of the onnxruntime-web files (default: web/ort, else "
-                             "node_modules/onnxruntime-web/dist)")
-    parser.add_argument("--export", type=Path, default=None, metavar="DIR",
-                        help="write the site as static files to DIR instead of serving it")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="folder of the page (default: web/ of this checkout)",
+    )
+    parser.add_argument(
+        "--ort",
+        type=Path,
+        default=None,
+        help="folder of the onnxruntime-web files (default: web/ort, else "
+        "node_modules/onnxruntime-web/dist)",
+    )
+    parser.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the site as static files to DIR instead of serving it",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no request log")
     return parser
 
@@ -157,7 +192,8 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
             return 0
         _check_paths(root, ort_dir, model)
         server = http.server.ThreadingHTTPServer(
-            (args.host, args.port), make_handler(root, ort_dir, model, args.quiet))
+            (args.host, args.port), make_handler(root, ort_dir, model, args.quiet)
+        )
     except (WebError, OSError) as err:
         print(f"demucs.web: {err}", file=sys.stderr)
         return 2

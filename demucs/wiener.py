@@ -19,6 +19,7 @@ Layout conventions (same as open-unmix):
 * targets (magnitudes): ``(T, F, C, J)``; mixture STFT: ``(T, F, C, 2)``;
   source STFTs: ``(T, F, C, 2, J)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,6 +49,7 @@ __all__ = [
 # Complex arithmetic on (..., 2) real tensors
 # --------------------------------------------------------------------------------------
 
+
 def _shape(x: Tensor) -> tp.Tuple[int, ...]:
     """``x.shape`` as Python ints, also while tracing.
 
@@ -65,8 +67,9 @@ def _check_complex(x: Tensor, name: str) -> None:
     if x.is_complex() or not x.is_floating_point():
         raise ValueError(f"{name} must be a real floating point tensor, got {x.dtype}")
     if x.dim() < 1 or _shape(x)[-1] != 2:
-        raise ValueError(f"{name} must have a trailing (re, im) axis of size 2, "
-                         f"got shape {_shape(x)}")
+        raise ValueError(
+            f"{name} must have a trailing (re, im) axis of size 2, got shape {_shape(x)}"
+        )
 
 
 def _pack(re: Tensor, im: Tensor) -> Tensor:
@@ -138,10 +141,13 @@ def complex_inverse_matrix(m: Tensor) -> Tensor:
     a, b = m[..., 0, 0, :], m[..., 0, 1, :]
     c, d = m[..., 1, 0, :], m[..., 1, 1, :]
     inv_det = complex_inv(complex_mul(a, d) - complex_mul(b, c))
-    adjugate = torch.stack([
-        torch.stack([d, -b], dim=-2),
-        torch.stack([-c, a], dim=-2),
-    ], dim=-3)
+    adjugate = torch.stack(
+        [
+            torch.stack([d, -b], dim=-2),
+            torch.stack([-c, a], dim=-2),
+        ],
+        dim=-3,
+    )
     return complex_mul(adjugate, inv_det[..., None, None, :])
 
 
@@ -195,6 +201,7 @@ def atan2(y: Tensor, x: Tensor) -> Tensor:
 # EM refinement
 # --------------------------------------------------------------------------------------
 
+
 def _spatial_covariances(sources: Tensor, psd: Tensor, eps: float) -> Tensor:
     """Spatial covariance matrix of every source, weighted by its total power.
 
@@ -245,8 +252,9 @@ def _filter_mixture(mix: Tensor, psd: Tensor, covs: Tensor, eps: float) -> Tenso
     return complex_matmul(covs, whitened) * psd[:, :, None, :, None]
 
 
-def _em_step(sources: Tensor, mix: Tensor, eps: float,
-             batch_size: tp.Optional[int] = None) -> tp.Tuple[Tensor, Tensor, Tensor]:
+def _em_step(
+    sources: Tensor, mix: Tensor, eps: float, batch_size: tp.Optional[int] = None
+) -> tp.Tuple[Tensor, Tensor, Tensor]:
     """One EM iteration in the internal layout.
 
     Re-estimates each source's PSD ``v_j`` and spatial covariance ``R_j`` from the
@@ -268,9 +276,12 @@ def _em_step(sources: Tensor, mix: Tensor, eps: float,
     nb_frames = _shape(mix)[1]
     if batch_size is None or batch_size >= nb_frames:
         return _filter_mixture(mix, psd, covs, eps), psd, covs
-    parts = [_filter_mixture(mix[:, start:start + batch_size],
-                             psd[:, :, start:start + batch_size], covs, eps)
-             for start in range(0, nb_frames, batch_size)]
+    parts = [
+        _filter_mixture(
+            mix[:, start : start + batch_size], psd[:, :, start : start + batch_size], covs, eps
+        )
+        for start in range(0, nb_frames, batch_size)
+    ]
     new_sources = torch.cat(parts, dim=3)
     return new_sources, psd, covs
 
@@ -339,6 +350,7 @@ def expectation_maximization(
 # Wiener filtering
 # --------------------------------------------------------------------------------------
 
+
 def _initial_estimates(targets: Tensor, mix: Tensor, softmask: bool, eps: float) -> Tensor:
     """``(T, F, C|1, J)`` magnitudes/powers + ``(T, F, C, 2)`` mix -> ``(T, F, C, 2, J)``."""
     if softmask:
@@ -394,12 +406,15 @@ def wiener(
     if len(mix_shape) != 4:
         raise ValueError(f"mix_stft must be (frames, bins, channels, 2), got {mix_shape}")
     if len(targets_shape) != 4 or targets_spectrograms.is_complex():
-        raise ValueError("targets_spectrograms must be real (frames, bins, channels, sources), "
-                         f"got {targets_shape}")
+        raise ValueError(
+            "targets_spectrograms must be real (frames, bins, channels, sources), "
+            f"got {targets_shape}"
+        )
     frames, bins, channels = mix_shape[:3]
     if targets_shape[:2] != (frames, bins) or targets_shape[2] not in (1, channels):
-        raise ValueError(f"targets_spectrograms {targets_shape} does not match "
-                         f"mix_stft {mix_shape}")
+        raise ValueError(
+            f"targets_spectrograms {targets_shape} does not match mix_stft {mix_shape}"
+        )
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     if not scale_factor > 0:
@@ -415,8 +430,9 @@ def wiener(
         return y
 
     max_abs = torch.clamp(complex_abs2(mix_stft).max().sqrt() / scale_factor, min=1.0)
-    y = expectation_maximization(y / max_abs, mix_stft / max_abs, iterations, eps=eps,
-                                 batch_size=None)[0]
+    y = expectation_maximization(
+        y / max_abs, mix_stft / max_abs, iterations, eps=eps, batch_size=None
+    )[0]
     return y * max_abs
 
 
@@ -445,8 +461,10 @@ def apply_wiener(
     _check_complex(mix_stft, "mix_stft")
     mag_shape, mix_shape = _shape(mag_out), _shape(mix_stft)
     if len(mag_shape) != 5 or len(mix_shape) != 5:
-        raise ValueError(f"expected mag_out (B, S, C, Fq, T) and mix_stft (B, C, Fq, T, 2), "
-                         f"got {mag_shape} and {mix_shape}")
+        raise ValueError(
+            f"expected mag_out (B, S, C, Fq, T) and mix_stft (B, C, Fq, T, 2), "
+            f"got {mag_shape} and {mix_shape}"
+        )
     batch, nb_sources, channels, bins, frames = mag_shape
     if mix_shape != (batch, channels, bins, frames, 2):
         raise ValueError(f"mix_stft {mix_shape} does not match mag_out {mag_shape}")
@@ -460,8 +478,12 @@ def apply_wiener(
     items = []
     for index in range(batch):
         chunks = [
-            wiener(mags[index, start:start + window], mix[index, start:start + window],
-                   niters, residual=residual)
+            wiener(
+                mags[index, start : start + window],
+                mix[index, start : start + window],
+                niters,
+                residual=residual,
+            )
             for start in range(0, frames, window)
         ]
         items.append(torch.cat(chunks, dim=0))  # (T, Fq, C, 2, S[+1])

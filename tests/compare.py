@@ -1,4 +1,5 @@
 """Comparison metrics shared by the tests."""
+
 import typing as tp
 
 import torch
@@ -12,8 +13,9 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-def run_with_upstream_state(klass: type, kwargs: dict, ref: dict, mix: torch.Tensor,
-                            tol: float = 1e-5) -> tp.Tuple[torch.nn.Module, torch.Tensor]:
+def run_with_upstream_state(
+    klass: type, kwargs: dict, ref: dict, mix: torch.Tensor, tol: float = 1e-5
+) -> tp.Tuple[torch.nn.Module, torch.Tensor]:
     """Builds ``klass(**kwargs)``, loads upstream's state (strict, same key order), runs
     it in eval mode on ``mix`` and checks the output against upstream's within ``tol``.
     Returns the model and its output."""

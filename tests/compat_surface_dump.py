@@ -10,6 +10,7 @@ Output: ``{"modules": {module: {name: entry}}, "classes": {qualname: {member: en
 a parameter is ``[name, kind, default]`` (``default`` is ``None`` when there is none,
 else a normalised ``repr``).
 """
+
 from __future__ import annotations
 
 import enum
@@ -23,16 +24,42 @@ import sys
 import typing as tp
 
 #: Inference-side modules whose public names clients import.
-MODULES = ("api", "apply", "audio", "pretrained", "repo", "separate", "states", "utils",
-           "spec", "wiener", "hf")
+MODULES = (
+    "api",
+    "apply",
+    "audio",
+    "pretrained",
+    "repo",
+    "separate",
+    "states",
+    "utils",
+    "spec",
+    "wiener",
+    "hf",
+)
 #: Model classes (module, class) whose constructors and public methods clients call.
-CLASSES = (("demucs", "Demucs"), ("hdemucs", "HDemucs"), ("htdemucs", "HTDemucs"),
-           ("apply", "BagOfModels"))
+CLASSES = (
+    ("demucs", "Demucs"),
+    ("hdemucs", "HDemucs"),
+    ("htdemucs", "HTDemucs"),
+    ("apply", "BagOfModels"),
+)
 #: Dunder members worth comparing (the rest of a class's dunders come from ``object``).
-DUNDERS = ("__init__", "__call__", "__len__", "__getitem__", "__iter__", "__enter__",
-           "__exit__")
-CONSTANT_TYPES = (str, int, float, bool, bytes, tuple, list, dict, set, frozenset,
-                  pathlib.PurePath, fractions.Fraction)
+DUNDERS = ("__init__", "__call__", "__len__", "__getitem__", "__iter__", "__enter__", "__exit__")
+CONSTANT_TYPES = (
+    str,
+    int,
+    float,
+    bool,
+    bytes,
+    tuple,
+    list,
+    dict,
+    set,
+    frozenset,
+    pathlib.PurePath,
+    fractions.Fraction,
+)
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
@@ -58,8 +85,9 @@ def describe_callable(obj: tp.Any) -> tp.Optional[list]:
         signature = inspect.signature(obj)
     except (TypeError, ValueError):
         return None
-    return [[p.name, p.kind.name, normalise_default(p.default)]
-            for p in signature.parameters.values()]
+    return [
+        [p.name, p.kind.name, normalise_default(p.default)] for p in signature.parameters.values()
+    ]
 
 
 def is_ours(obj: tp.Any) -> bool:
@@ -114,16 +142,14 @@ def describe_module(module: tp.Any, classes: dict) -> dict:
                 continue
             names[name] = {"kind": "function", "params": describe_callable(obj)}
         elif is_ours(type(obj)):
-            names[name] = {"kind": "instance", "params": None,
-                           "type": type(obj).__name__}
+            names[name] = {"kind": "instance", "params": None, "type": type(obj).__name__}
         elif isinstance(obj, CONSTANT_TYPES) and not name.startswith("tp"):
             names[name] = {"kind": "constant", "params": None}
     return names
 
 
 def main(argv: tp.Sequence[str]) -> None:
-    out: dict = {"modules": {}, "classes": {}, "model_classes": {}, "errors": {},
-                 "absent": []}
+    out: dict = {"modules": {}, "classes": {}, "model_classes": {}, "errors": {}, "absent": []}
     package = pathlib.Path(importlib.import_module("demucs").__file__).parent
     for short in MODULES:
         # A module this package lacks must not be found elsewhere (e.g. through another
@@ -143,8 +169,10 @@ def main(argv: tp.Sequence[str]) -> None:
         except Exception as error:
             out["errors"][f"{short}.{name}"] = f"{type(error).__name__}: {error}"
             continue
-        out["model_classes"][name] = {"params": describe_callable(klass),
-                                      "members": describe_class(klass)}
+        out["model_classes"][name] = {
+            "params": describe_callable(klass),
+            "members": describe_class(klass),
+        }
     json.dump(out, sys.stdout, indent=1, sort_keys=True)
 
 

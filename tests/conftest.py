@@ -1,4 +1,5 @@
 """Shared fixtures: the upstream oracle, threads, seeds."""
+
 import os
 
 import pytest

@@ -4,6 +4,7 @@ upstream's format, a --repo folder of them, short mixes, running the command in 
 The checkpoints are made by upstream 4.0.1 (the oracle) when it is installed, else by our
 own ``serialize_model``; both are the upstream format. Audio is short and at 8 kHz.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,10 +30,28 @@ from tests import oracle as _oracle
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 RATE = 8000
-TINY_DEMUCS = dict(sources=SOURCES, audio_channels=2, channels=4, depth=2, samplerate=RATE,
-                   segment=1, lstm_layers=0, dconv_comp=2)
-TINY_HTDEMUCS = dict(sources=SOURCES, audio_channels=2, channels=4, nfft=256, depth=2,
-                     t_layers=1, t_heads=2, samplerate=RATE, segment=1, dconv_comp=4)
+TINY_DEMUCS = dict(
+    sources=SOURCES,
+    audio_channels=2,
+    channels=4,
+    depth=2,
+    samplerate=RATE,
+    segment=1,
+    lstm_layers=0,
+    dconv_comp=2,
+)
+TINY_HTDEMUCS = dict(
+    sources=SOURCES,
+    audio_channels=2,
+    channels=4,
+    nfft=256,
+    depth=2,
+    t_layers=1,
+    t_heads=2,
+    samplerate=RATE,
+    segment=1,
+    dconv_comp=4,
+)
 
 
 def make_checkpoint(klass: str, kwargs: dict, path: Path) -> None:
@@ -67,16 +86,21 @@ def build_tiny_repo(repo: Path) -> Path:
     return repo
 
 
-def write_mix(path: Path, seconds: float = 1.5, channels: int = 2, amplitude: float = 0.2,
-              seed: int = 0, samplerate: int = RATE) -> np.ndarray:
+def write_mix(
+    path: Path,
+    seconds: float = 1.5,
+    channels: int = 2,
+    amplitude: float = 0.2,
+    seed: int = 0,
+    samplerate: int = RATE,
+) -> np.ndarray:
     """A short noise track (float wav, or the format of ``path``'s extension)."""
     rng = np.random.default_rng(seed)
     data = rng.standard_normal((int(seconds * samplerate), channels)) * amplitude
     data = np.clip(data, -0.9, 0.9).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     kind = path.name.rpartition(".")[2].upper()  # "..wav": soundfile cannot tell
-    sf.write(str(path), data, samplerate, format=kind,
-             subtype="FLOAT" if kind == "WAV" else None)
+    sf.write(str(path), data, samplerate, format=kind, subtype="FLOAT" if kind == "WAV" else None)
     return data
 
 
@@ -158,8 +182,9 @@ def traced_stream_peak(separator: tp.Any, path: Path) -> int:
     from demucs.core import TrackStats
     from demucs.io import open_track
 
-    track = open_track(path, separator.samplerate, separator.audio_channels, block=4096,
-                       scan=TrackStats.of_blocks)
+    track = open_track(
+        path, separator.samplerate, separator.audio_channels, block=4096, scan=TrackStats.of_blocks
+    )
     tracemalloc.start()
     try:
         for _ in separator.stream_track(track):
@@ -171,14 +196,16 @@ def traced_stream_peak(separator: tp.Any, path: Path) -> int:
 
 # ---------------------------------------------------------------------- audio files
 
+
 def tones(samplerate: int = 8000, seconds: float = 1.0, channels: int = 2) -> torch.Tensor:
     t = torch.arange(int(samplerate * seconds)) / samplerate
     freqs = [220.0, 330.0, 440.0, 550.0][:channels]
     return torch.stack([0.4 * torch.sin(2 * math.pi * f * t) for f in freqs])
 
 
-def encode_pyav(path: Path, wav: torch.Tensor, samplerate: int, codec: str,
-                video: str | None = None) -> None:
+def encode_pyav(
+    path: Path, wav: torch.Tensor, samplerate: int, codec: str, video: str | None = None
+) -> None:
     """Writes ``wav`` with PyAV's FFmpeg, optionally muxed with a tiny black video."""
     import av
 
@@ -206,6 +233,7 @@ def encode_pyav(path: Path, wav: torch.Tensor, samplerate: int, codec: str,
 
 
 # ---------------------------------------------------------------------- HTTP
+
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
@@ -236,12 +264,20 @@ def closed_port() -> int:
 
 # ---------------------------------------------------------------------- models
 
+
 class TinyNet(nn.Module):
     """Stand-in model with the attributes Demucs models have."""
 
     @capture_init
-    def __init__(self, sources=("a", "b"), audio_channels=2, samplerate=100,
-                 segment=Fraction(3, 2), hidden=3, use_conv_stft=False):
+    def __init__(
+        self,
+        sources=("a", "b"),
+        audio_channels=2,
+        samplerate=100,
+        segment=Fraction(3, 2),
+        hidden=3,
+        use_conv_stft=False,
+    ):
         super().__init__()
         self.sources = list(sources)
         self.audio_channels = audio_channels

@@ -12,6 +12,7 @@ version (``oracle.version("4.1.0").run(...)``). Data goes in and out through fil
 written with ``torch.save`` (plain tensors and dicts), which our side reads back with
 ``weights_only=True``.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,24 +69,34 @@ def env(version: str = DEFAULT_VERSION) -> dict:
     return out
 
 
-def run(code: str, cwd: Path, timeout: float = 600,
-        version: str = DEFAULT_VERSION) -> subprocess.CompletedProcess:
+def run(
+    code: str, cwd: Path, timeout: float = 600, version: str = DEFAULT_VERSION
+) -> subprocess.CompletedProcess:
     """Runs ``code`` with upstream demucs importable; raises with its stderr on failure."""
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=str(cwd), env=env(version), capture_output=True, text=True, timeout=timeout,
+        cwd=str(cwd),
+        env=env(version),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"oracle failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
-def run_cli(args: list, cwd: Path, timeout: float = 600,
-            version: str = DEFAULT_VERSION) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list, cwd: Path, timeout: float = 600, version: str = DEFAULT_VERSION
+) -> subprocess.CompletedProcess:
     """Runs upstream's ``python -m demucs.separate ARGS``."""
     proc = subprocess.run(
         [sys.executable, "-m", "demucs.separate", *map(str, args)],
-        cwd=str(cwd), env=env(version), capture_output=True, text=True, timeout=timeout,
+        cwd=str(cwd),
+        env=env(version),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"oracle CLI failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -112,7 +123,8 @@ def make_model(
     out = workdir / "oracle_out.pt"
     torch.save({"kwargs": kwargs, "inputs": inputs}, inp)
     ckpt = repr(str(checkpoint)) if checkpoint is not None else "None"
-    run(f"""
+    run(
+        f"""
         import torch
         from demucs.{module} import {name} as Klass
         from demucs.states import serialize_model
@@ -127,7 +139,9 @@ def make_model(
         if {ckpt} is not None:
             torch.save(serialize_model(model, {{}}), {ckpt})
         torch.save({{"state": model.state_dict(), "output": output}}, {str(out)!r})
-    """, cwd=workdir)
+    """,
+        cwd=workdir,
+    )
     return torch.load(out, weights_only=True)
 
 
@@ -141,7 +155,8 @@ def make_models(specs: list, workdir: Path) -> list:
     inp = workdir / "oracle_batch_in.pt"
     out = workdir / "oracle_batch_out.pt"
     torch.save([{"seed": 0, **spec} for spec in specs], inp)
-    run(f"""
+    run(
+        f"""
         import importlib
         import torch
         results = []
@@ -156,15 +171,19 @@ def make_models(specs: list, workdir: Path) -> list:
                     output = model(spec["inputs"])
             results.append({{"state": model.state_dict(), "output": output}})
         torch.save(results, {str(out)!r})
-    """, cwd=workdir)
+    """,
+        cwd=workdir,
+    )
     return torch.load(out, weights_only=True)
 
 
 def make_model_dict(jobs: dict, workdir: Path) -> dict:
     """:func:`make_models` keyed by name: ``{name: (klass, kwargs, inputs, seed)}`` ->
     ``{name: {"state", "output"}}``."""
-    specs = [dict(klass=klass, kwargs=kwargs, inputs=inputs, seed=seed)
-             for klass, kwargs, inputs, seed in jobs.values()]
+    specs = [
+        dict(klass=klass, kwargs=kwargs, inputs=inputs, seed=seed)
+        for klass, kwargs, inputs, seed in jobs.values()
+    ]
     return dict(zip(jobs, make_models(specs, workdir)))
 
 
@@ -172,16 +191,22 @@ def load_result(path: Path) -> Any:
     return torch.load(path, weights_only=True)
 
 
-def run_script(script: Path, args: list, cwd: Path, timeout: float = 600,
-               version: str = DEFAULT_VERSION) -> subprocess.CompletedProcess:
+def run_script(
+    script: Path, args: list, cwd: Path, timeout: float = 600, version: str = DEFAULT_VERSION
+) -> subprocess.CompletedProcess:
     """Runs ``python SCRIPT ARGS`` with upstream demucs importable (script from tests/)."""
     proc = subprocess.run(
         [sys.executable, str(script), *map(str, args)],
-        cwd=str(cwd), env=env(version), capture_output=True, text=True, timeout=timeout,
+        cwd=str(cwd),
+        env=env(version),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"oracle script failed ({proc.returncode}):\n{proc.stdout}\n"
-                           f"{proc.stderr}")
+        raise RuntimeError(
+            f"oracle script failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -192,12 +217,18 @@ def version(name: str) -> SimpleNamespace:
     def bind(func: Any) -> Any:
         def bound(*args: Any, **kwargs: Any) -> Any:
             return func(*args, version=name, **kwargs)
+
         bound.__doc__ = func.__doc__
         return bound
 
     return SimpleNamespace(
-        name=name, site=oracle_site(name), available=lambda: available(name),
+        name=name,
+        site=oracle_site(name),
+        available=lambda: available(name),
         require=lambda: require(name),
-        env=lambda: env(name), run=bind(run), run_cli=bind(run_cli),
-        run_script=bind(run_script), load_result=load_result,
+        env=lambda: env(name),
+        run=bind(run),
+        run_cli=bind(run_cli),
+        run_script=bind(run_script),
+        load_result=load_result,
     )

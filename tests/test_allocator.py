@@ -1,4 +1,5 @@
 """glibc malloc settings (demucs.allocator): applied where available, opt-out honoured."""
+
 import platform
 import subprocess
 import sys
@@ -42,7 +43,9 @@ def test_ensure_tuned_for_torch_opt_out(monkeypatch):
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_ensure_tuned_and_release_in_fresh_process():
-    code = ("from demucs.allocator import ensure_tuned_for_torch, release_memory; "
-            "assert ensure_tuned_for_torch() and ensure_tuned_for_torch(); "
-            "assert release_memory() in (True, False)")
+    code = (
+        "from demucs.allocator import ensure_tuned_for_torch, release_memory; "
+        "assert ensure_tuned_for_torch() and ensure_tuned_for_torch(); "
+        "assert release_memory() in (True, False)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,5 @@
 """demucs.api: Separator, list_models, save_audio (mirrors the CLI tests)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,9 +43,24 @@ def test_separate_tensor_resamples_and_upmixes(separator):
 
 def test_matches_cli(tmp_path, separator, tiny_repo, capsys):  # noqa: F811
     write_mix(tmp_path / "a.wav")
-    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "--shifts", "0", "--float32",
-                             "--clip-mode", "clamp", "-q", "-o", tmp_path / "out",
-                             tmp_path / "a.wav"], capsys)
+    code, _, err = run_main(
+        [
+            "--repo",
+            tiny_repo,
+            "-n",
+            "tiny",
+            "--shifts",
+            "0",
+            "--float32",
+            "--clip-mode",
+            "clamp",
+            "-q",
+            "-o",
+            tmp_path / "out",
+            tmp_path / "a.wav",
+        ],
+        capsys,
+    )
     assert code == 0, err
     _, stems = separator.separate_audio_file(tmp_path / "a.wav")
     for name, wav in stems.items():

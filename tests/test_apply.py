@@ -1,4 +1,5 @@
 """apply_model / BagOfModels / TensorChunk: unit tests and parity with upstream 4.0.1."""
+
 import random
 import textwrap
 from fractions import Fraction
@@ -43,11 +44,11 @@ TOY_CASES = [
     ("noshift_split", 0, dict(shifts=0, split=True, overlap=0.25), 1),
     ("noshift_nosplit", 0, dict(shifts=0, split=False), 1),
     ("shift1", 0, dict(shifts=1, split=True, overlap=0.25), 2),
-    ("shift2_overlap", 0, dict(shifts=2, split=True, overlap=0.5, transition_power=2.), 3),
+    ("shift2_overlap", 0, dict(shifts=2, split=True, overlap=0.5, transition_power=2.0), 3),
     ("segment_override", 0, dict(shifts=0, split=True, segment=0.7, overlap=0.1), 4),
     ("bag", "bag", dict(shifts=2, split=True, overlap=0.25), 5),
 ]
-BAG_WEIGHTS = [[1., 0.5, 0.], [0.25, 1., 1.]]
+BAG_WEIGHTS = [[1.0, 0.5, 0.0], [0.25, 1.0, 1.0]]
 
 
 def _toy_states(count: int = 2) -> list:
@@ -81,9 +82,13 @@ def test_toy_parity_with_upstream(oracle, tmp_path):
     torch.manual_seed(0)
     mix = torch.randn(2, 2, 537)  # batch 2, odd length: several segments, partial last one
     states = _toy_states()
-    torch.save({"states": states, "mix": mix, "cases": TOY_CASES, "bag_weights": BAG_WEIGHTS},
-               tmp_path / "in.pt")
-    oracle.run(TOY_SRC + textwrap.dedent(f"""
+    torch.save(
+        {"states": states, "mix": mix, "cases": TOY_CASES, "bag_weights": BAG_WEIGHTS},
+        tmp_path / "in.pt",
+    )
+    oracle.run(
+        TOY_SRC
+        + textwrap.dedent(f"""
         import random
         from demucs.apply import apply_model, BagOfModels
         data = torch.load({str(tmp_path / "in.pt")!r})
@@ -101,7 +106,9 @@ def test_toy_parity_with_upstream(oracle, tmp_path):
                 target = models[which]
             results[name] = apply_model(target, data["mix"], **kwargs)
         torch.save(results, {str(tmp_path / "out.pt")!r})
-    """), cwd=tmp_path)
+    """),
+        cwd=tmp_path,
+    )
     expected = oracle.load_result(tmp_path / "out.pt")
     ours = _run_ours_toy(states, mix)
     for name, *_ in TOY_CASES:
@@ -134,13 +141,16 @@ def test_output_stays_on_mix_device_and_is_not_inference_tensor():
     out *= 2  # in-place works: not an inference-mode tensor
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(overlap=1.0), "overlap"),
-    (dict(overlap=-0.1), "overlap"),
-    (dict(transition_power=0.5), "transition_power"),
-    (dict(shifts=-1), "shifts"),
-    (dict(segment=0), "segment"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(overlap=1.0), "overlap"),
+        (dict(overlap=-0.1), "overlap"),
+        (dict(transition_power=0.5), "transition_power"),
+        (dict(shifts=-1), "shifts"),
+        (dict(segment=0), "segment"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         apply_model(Toy(), torch.randn(1, 2, 100), **kwargs)
@@ -159,26 +169,26 @@ def test_bag_validation():
     with pytest.raises(ValueError, match="sources"):
         BagOfModels([Toy(), Toy(sources=2)])
     with pytest.raises(ValueError, match="2 models"):
-        BagOfModels([Toy(), Toy()], [[1., 1., 1.]])
+        BagOfModels([Toy(), Toy()], [[1.0, 1.0, 1.0]])
     with pytest.raises(ValueError, match="one per source"):
-        BagOfModels([Toy(), Toy()], [[1., 1.], [1., 1.]])
+        BagOfModels([Toy(), Toy()], [[1.0, 1.0], [1.0, 1.0]])
     bag = BagOfModels([Toy(), Toy()], segment=0.5)
     assert [m.segment for m in bag.models] == [0.5, 0.5]
-    assert bag.weights == [[1.] * 3, [1.] * 3]
+    assert bag.weights == [[1.0] * 3, [1.0] * 3]
     assert bag.max_allowed_segment == float("inf")
     with pytest.raises(NotImplementedError):
         bag(torch.randn(1, 2, 10))
 
 
 def test_tensor_chunk_padding_uses_context():
-    tensor = torch.arange(10.).view(1, 1, 10)
+    tensor = torch.arange(10.0).view(1, 1, 10)
     chunk = TensorChunk(tensor, 2, 4)
     assert chunk.shape == [1, 1, 4]
-    assert chunk.padded(6).flatten().tolist() == [1., 2., 3., 4., 5., 6.]
+    assert chunk.padded(6).flatten().tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     inner = TensorChunk(chunk, 1, 10)  # chunk of a chunk: clipped to the outer chunk
     assert inner.offset == 3 and inner.length == 3
     edge = TensorChunk(tensor, 8)
-    assert edge.padded(6).flatten().tolist() == [6., 7., 8., 9., 0., 0.]
+    assert edge.padded(6).flatten().tolist() == [6.0, 7.0, 8.0, 9.0, 0.0, 0.0]
     assert tensor_chunk(chunk) is chunk
     with pytest.raises(ValueError):
         TensorChunk(tensor, 10)
@@ -192,9 +202,18 @@ def test_tensor_chunk_padding_uses_context():
 # Tiny HTDemucs: parity with upstream on the same checkpoint.
 # ---------------------------------------------------------------------------------------
 
-HT_KWARGS = dict(sources=["drums", "bass", "other"], audio_channels=2, channels=4, depth=2,
-                 nfft=512, t_layers=1, t_heads=2, dconv_comp=2, samplerate=8000,
-                 segment=Fraction(1, 2))
+HT_KWARGS = dict(
+    sources=["drums", "bass", "other"],
+    audio_channels=2,
+    channels=4,
+    depth=2,
+    nfft=512,
+    t_layers=1,
+    t_heads=2,
+    dconv_comp=2,
+    samplerate=8000,
+    segment=Fraction(1, 2),
+)
 
 HT_CASES = [
     ("shift0_split", "m0", dict(shifts=0, split=True, overlap=0.25), 1),
@@ -210,7 +229,7 @@ HT_RNG_CASES = [
     ("bag_shift1", "bag", dict(shifts=1, split=True, overlap=0.25), 7),
 ]
 CONV_STFT_CASES = ("shift1_split", "segment")
-HT_BAG_WEIGHTS = [[1., 0., 0.5], [0.5, 1., 1.]]
+HT_BAG_WEIGHTS = [[1.0, 0.0, 0.5], [0.5, 1.0, 1.0]]
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +239,7 @@ def ht_upstream(tmp_path_factory):
     import os
 
     from tests import oracle
+
     pytest.importorskip("demucs.htdemucs")
     if not oracle.available():
         if os.environ.get("DEMUCS_REQUIRE_ORACLE"):
@@ -229,9 +249,17 @@ def ht_upstream(tmp_path_factory):
     torch.manual_seed(0)
     mix = torch.randn(2, 2, 4500)
     paths = [workdir / f"ht{seed}.th" for seed in range(2)]
-    torch.save({"mix": mix, "cases": HT_CASES + HT_RNG_CASES, "weights": HT_BAG_WEIGHTS,
-                "kwargs": HT_KWARGS}, workdir / "in.pt")
-    oracle.run(f"""
+    torch.save(
+        {
+            "mix": mix,
+            "cases": HT_CASES + HT_RNG_CASES,
+            "weights": HT_BAG_WEIGHTS,
+            "kwargs": HT_KWARGS,
+        },
+        workdir / "in.pt",
+    )
+    oracle.run(
+        f"""
         import random, torch
         from demucs.apply import apply_model, BagOfModels
         from demucs.htdemucs import HTDemucs
@@ -250,7 +278,9 @@ def ht_upstream(tmp_path_factory):
             mix = data["mix"][..., :kwargs.pop("_length", None)]
             results[name] = apply_model(target, mix, **kwargs)
         torch.save(results, {str(workdir / "out.pt")!r})
-    """, cwd=workdir)
+    """,
+        cwd=workdir,
+    )
     return paths, mix, oracle.load_result(workdir / "out.pt")
 
 
@@ -266,7 +296,7 @@ def _check_ht_cases(ht_upstream, cases, use_conv_stft=False):
     for name, which, kwargs, seed in cases:
         random.seed(seed)
         kwargs = dict(kwargs)
-        cropped = mix[..., :kwargs.pop("_length", None)]
+        cropped = mix[..., : kwargs.pop("_length", None)]
         ours = apply_model(_ht_target(which, models), cropped, **kwargs)
         assert ours.shape == expected[name].shape, name
         assert (ours - expected[name]).abs().max() < 1e-4, name

@@ -1,4 +1,5 @@
 """demucs.audio: reading every supported container, conversion, clipping, atomic writes."""
+
 from __future__ import annotations
 
 import math
@@ -12,19 +13,29 @@ import torch
 
 from tests.helpers import encode_pyav, tones
 from demucs.audio import (
-    AudioFile, LoadAudioError, atomic_write, convert_audio, convert_audio_channels,
-    encode_mp3, f32_pcm, i16_pcm, prevent_clip, read_audio, save_audio,
+    AudioFile,
+    LoadAudioError,
+    atomic_write,
+    convert_audio,
+    convert_audio_channels,
+    encode_mp3,
+    f32_pcm,
+    i16_pcm,
+    prevent_clip,
+    read_audio,
+    save_audio,
 )
 
 
 def assert_close_middle(got: torch.Tensor, ref: torch.Tensor, atol: float, margin: int = 1000):
     n = min(got.shape[-1], ref.shape[-1])
     assert n > 2 * margin
-    diff = (got[:, margin:n - margin] - ref[:, margin:n - margin]).abs().max().item()
+    diff = (got[:, margin : n - margin] - ref[:, margin : n - margin]).abs().max().item()
     assert diff < atol, diff
 
 
 # ---------------------------------------------------------------- lossless round trips
+
 
 @pytest.mark.parametrize("bits,subtype,atol", [(16, "PCM_16", 1 / 32767), (24, "PCM_24", 1e-6)])
 def test_wav_pcm_round_trip(tmp_path, bits, subtype, atol):
@@ -83,6 +94,7 @@ def test_ogg_read(tmp_path, subtype):
 
 # ---------------------------------------------------------------- mp3
 
+
 def test_mp3_round_trip(tmp_path):
     wav = tones(16000)
     path = tmp_path / "x.mp3"
@@ -106,6 +118,7 @@ def test_mp3_is_sample_aligned(tmp_path, samplerate, channels):
     assert abs(int(np.abs(data[:, 0]).argmax()) - position) <= 2
 
     from demucs.io.readers import PyAVSource
+
     decoded = np.concatenate(list(PyAVSource(path).blocks()), axis=1)
     assert decoded.shape == (channels, length)
     assert abs(int(np.abs(decoded[0]).argmax()) - position) <= 2
@@ -121,13 +134,17 @@ def test_mp3_rejects_bad_rate_and_channels(tmp_path):
 
 # ---------------------------------------------------------------- PyAV containers
 
-@pytest.mark.parametrize("ext,codec,video", [
-    ("m4a", "aac", None),
-    ("mp4", "aac", "mpeg4"),
-    ("mov", "aac", "mpeg4"),
-    ("mkv", "libopus", "mpeg4"),
-    ("webm", "libopus", "libvpx"),
-])
+
+@pytest.mark.parametrize(
+    "ext,codec,video",
+    [
+        ("m4a", "aac", None),
+        ("mp4", "aac", "mpeg4"),
+        ("mov", "aac", "mpeg4"),
+        ("mkv", "libopus", "mpeg4"),
+        ("webm", "libopus", "libvpx"),
+    ],
+)
 def test_pyav_containers(tmp_path, ext, codec, video):
     samplerate = 48000 if "opus" in codec else 44100
     wav = tones(samplerate, 0.5)
@@ -153,6 +170,7 @@ def test_audiofile_reader(tmp_path):
 
 
 # ---------------------------------------------------------------- bad inputs
+
 
 def _bad_files(tmp_path: Path) -> dict:
     good = tmp_path / "good.wav"
@@ -188,7 +206,7 @@ def test_bad_inputs_raise_one_line_errors(tmp_path, capfd):
 def test_truncated_data_is_decoded_as_far_as_it_goes(tmp_path):
     path = tmp_path / "x.wav"
     save_audio(tones(), path, 8000)
-    path.write_bytes(path.read_bytes()[:44 + 4 * 1000])
+    path.write_bytes(path.read_bytes()[: 44 + 4 * 1000])
     from demucs.audio import AudioWarning
 
     with pytest.warns(AudioWarning, match="truncated"):
@@ -197,6 +215,7 @@ def test_truncated_data_is_decoded_as_far_as_it_goes(tmp_path):
 
 
 # ---------------------------------------------------------------- conversion
+
 
 def test_convert_channels():
     stereo = tones()
@@ -234,8 +253,9 @@ def test_pcm_helpers():
 def test_clip_modes(tmp_path):
     wav = torch.tensor([[0.5, -2.0, 1.5]])
     torch.testing.assert_close(prevent_clip(wav, "rescale"), wav / 2.02)
-    torch.testing.assert_close(prevent_clip(torch.tensor([[0.5]]), "rescale"),
-                               torch.tensor([[0.5]]))
+    torch.testing.assert_close(
+        prevent_clip(torch.tensor([[0.5]]), "rescale"), torch.tensor([[0.5]])
+    )
     torch.testing.assert_close(prevent_clip(wav, "clamp"), torch.tensor([[0.5, -0.99, 0.99]]))
     torch.testing.assert_close(prevent_clip(wav, "tanh"), torch.tanh(wav))
     assert prevent_clip(wav, "none") is wav and prevent_clip(wav, None) is wav
@@ -250,6 +270,7 @@ def test_clip_modes(tmp_path):
 
 
 # ---------------------------------------------------------------- atomic writes
+
 
 def test_atomic_write_cleans_up_on_interrupt(tmp_path):
     target = tmp_path / "out.wav"

@@ -1,5 +1,6 @@
 """``demucs-batch`` with both engines: manifest, same stems as ``demucs``, resume, a worker
 process killed mid-track (SIGKILL). Ray runs as a local instance started here (2 CPUs)."""
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,13 @@ def _catalogue(root: Path) -> tp.Dict[str, str]:
     (root / "in" / "notes.txt").write_text("not audio\n")
     write_mix(root / "listed" / "c.wav", seed=4)
     (root / "todo.txt").write_text("# more tracks\nlisted/c.wav\n")
-    return {"in/a.wav": "a", "in/sub/a.wav": "sub/a", "in/sub/b.flac": "sub/b",
-            "in/sub/broken.mp3": "", "listed/c.wav": "c"}
+    return {
+        "in/a.wav": "a",
+        "in/sub/a.wav": "sub/a",
+        "in/sub/b.flac": "sub/b",
+        "in/sub/broken.mp3": "",
+        "listed/c.wav": "c",
+    }
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -78,8 +84,10 @@ def test_catalogue(tmp_path, repo, capsys, request, engine):
     expected = _catalogue(tmp_path)
     out = tmp_path / "out"
     common = ["--repo", repo, "-n", "tiny", "--shifts", "0"]
-    code, stdout, err = run_batch([*common, *_engine(request, engine), "-o", out,
-                                   tmp_path / "in", tmp_path / "todo.txt"], capsys)
+    code, stdout, err = run_batch(
+        [*common, *_engine(request, engine), "-o", out, tmp_path / "in", tmp_path / "todo.txt"],
+        capsys,
+    )
     assert code == 1
     assert "broken.mp3" in err and "Traceback" not in err
     assert "5 tracks: 4 separated, 0 skipped, 1 failed" in stdout.strip().splitlines()[-1]
@@ -98,20 +106,31 @@ def test_catalogue(tmp_path, repo, capsys, request, engine):
     assert leftovers(out) == []
     # The same tracks through the demucs command: the same stems.
     with pytest.raises(SystemExit) as info:
-        separate.main([*map(str, common), "-q", "-o", str(tmp_path / "cli"),
-                       str(tmp_path / "in"), str(tmp_path / "listed" / "c.wav")])
+        separate.main(
+            [
+                *map(str, common),
+                "-q",
+                "-o",
+                str(tmp_path / "cli"),
+                str(tmp_path / "in"),
+                str(tmp_path / "listed" / "c.wav"),
+            ]
+        )
     assert info.value.code == 1  # broken.mp3
     for track in filter(None, expected.values()):
         for stem in SOURCES:
             np.testing.assert_array_equal(
                 sf.read(str(out / "tiny" / track / f"{stem}.wav"))[0],
-                sf.read(str(tmp_path / "cli" / "tiny" / track / f"{stem}.wav"))[0])
+                sf.read(str(tmp_path / "cli" / "tiny" / track / f"{stem}.wav"))[0],
+            )
     # Rerun: everything done is skipped, the bad file fails again; rows are appended.
     capsys.readouterr()
-    code, stdout, _ = run_batch([*common, *_engine(request, engine), "-o", out,
-                                 tmp_path / "in", tmp_path / "todo.txt"], capsys)
+    code, stdout, _ = run_batch(
+        [*common, *_engine(request, engine), "-o", out, tmp_path / "in", tmp_path / "todo.txt"],
+        capsys,
+    )
     assert code == 1 and "0 separated, 4 skipped, 1 failed" in stdout
-    again = manifest(out)[len(expected):]
+    again = manifest(out)[len(expected) :]
     assert sorted(row["status"] for row in again) == ["failed"] + ["skipped"] * 4
 
 
@@ -159,8 +178,18 @@ def test_worker_killed_mid_track(tmp_path, repo, capsys, request, engine):
     for index, name in enumerate(names):
         write_mix(tmp_path / "in" / name, seconds=12, seed=index)
     out = tmp_path / "out"
-    args = ["--repo", repo, "-n", "tiny", "--shifts", "0", *_engine(request, engine),
-            "-o", out, tmp_path / "in"]
+    args = [
+        "--repo",
+        repo,
+        "-n",
+        "tiny",
+        "--shifts",
+        "0",
+        *_engine(request, engine),
+        "-o",
+        out,
+        tmp_path / "in",
+    ]
     killer = _Killer(out)
     killer.start()
     try:
@@ -180,23 +209,28 @@ def test_worker_killed_mid_track(tmp_path, repo, capsys, request, engine):
     assert int(retried[0]["worker"].rsplit(":", 1)[1]) != killed_pid  # done elsewhere
     for name in names:
         for stem in SOURCES:
-            assert sf.info(str(out / "tiny" / Path(name).stem / f"{stem}.wav")).frames \
-                == 12 * 8000
+            assert sf.info(str(out / "tiny" / Path(name).stem / f"{stem}.wav")).frames == 12 * 8000
     assert leftovers(out) == []
     code, stdout, _ = run_batch(args, capsys)
     assert code == 0 and "0 separated, 5 skipped, 0 failed" in stdout
-    assert [row["status"] for row in manifest(out)[len(names):]] == ["skipped"] * 5
+    assert [row["status"] for row in manifest(out)[len(names) :]] == ["skipped"] * 5
 
 
 def test_bad_flags(tmp_path, repo, capsys):
     write_mix(tmp_path / "a.wav")
-    for extra, needle in ((["-j", "2"], "--workers"), (["--workers", "0"], "--workers"),
-                          (["--gpus-per-worker", "1"], "--engine ray")):
-        code, _, err = run_batch(["--repo", repo, "-n", "tiny", "-o", tmp_path / "out",
-                                  *extra, tmp_path / "a.wav"], capsys)
+    for extra, needle in (
+        (["-j", "2"], "--workers"),
+        (["--workers", "0"], "--workers"),
+        (["--gpus-per-worker", "1"], "--engine ray"),
+    ):
+        code, _, err = run_batch(
+            ["--repo", repo, "-n", "tiny", "-o", tmp_path / "out", *extra, tmp_path / "a.wav"],
+            capsys,
+        )
         assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
-    code, _, err = run_batch(["--repo", repo, "-n", "nosuchmodel", "-o", tmp_path / "out",
-                              tmp_path / "a.wav"], capsys)
+    code, _, err = run_batch(
+        ["--repo", repo, "-n", "nosuchmodel", "-o", tmp_path / "out", tmp_path / "a.wav"], capsys
+    )
     assert code == 1 and "nosuchmodel" in err and "Traceback" not in err
     assert manifest(tmp_path / "out") == []
 
@@ -204,8 +238,19 @@ def test_bad_flags(tmp_path, repo, capsys):
 def test_collisions_refused(tmp_path, repo, capsys):
     write_mix(tmp_path / "a.wav")
     write_mix(tmp_path / "sub" / "a.wav")
-    code, _, err = run_batch(["--repo", repo, "-n", "tiny", "-o", tmp_path / "out",
-                              tmp_path / "a.wav", tmp_path / "sub" / "a.wav"], capsys)
+    code, _, err = run_batch(
+        [
+            "--repo",
+            repo,
+            "-n",
+            "tiny",
+            "-o",
+            tmp_path / "out",
+            tmp_path / "a.wav",
+            tmp_path / "sub" / "a.wav",
+        ],
+        capsys,
+    )
     assert code == 1 and "overwrite" in err and not (tmp_path / "out").exists()
 
 
@@ -221,7 +266,9 @@ def test_lazy_imports():
     import subprocess
     import sys
 
-    code = ("import sys, demucs.batch, demucs.tracks\n"
-            "bad = [m for m in ('torch', 'ray') if m in sys.modules]\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys, demucs.batch, demucs.tracks\n"
+        "bad = [m for m in ('torch', 'ray') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -11,6 +11,7 @@ upstream 4.0.1 when the oracle is installed. Checked here:
 
 The parsing of the shipped catalog itself is tested in ``test_pretrained.py``.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -41,13 +42,39 @@ RATE = 8000
 SOURCES_4 = ["drums", "bass", "other", "vocals"]
 SOURCES_6 = SOURCES_4 + ["guitar", "piano"]
 
-HT = dict(sources=SOURCES_4, audio_channels=2, channels=4, nfft=256, depth=2, t_layers=1,
-          t_heads=2, samplerate=RATE, segment=1, dconv_comp=4)
+HT = dict(
+    sources=SOURCES_4,
+    audio_channels=2,
+    channels=4,
+    nfft=256,
+    depth=2,
+    t_layers=1,
+    t_heads=2,
+    samplerate=RATE,
+    segment=1,
+    dconv_comp=4,
+)
 HT_6S = dict(HT, sources=SOURCES_6)
-HD = dict(sources=SOURCES_4, channels=4, nfft=256, depth=4, norm_starts=2, norm_groups=2,
-          dconv_attn=3, dconv_lstm=3, samplerate=RATE)
-D = dict(sources=SOURCES_4, channels=4, depth=2, lstm_layers=1, dconv_comp=2, dconv_mode=3,
-         samplerate=RATE)
+HD = dict(
+    sources=SOURCES_4,
+    channels=4,
+    nfft=256,
+    depth=4,
+    norm_starts=2,
+    norm_groups=2,
+    dconv_attn=3,
+    dconv_lstm=3,
+    samplerate=RATE,
+)
+D = dict(
+    sources=SOURCES_4,
+    channels=4,
+    depth=2,
+    lstm_layers=1,
+    dconv_comp=2,
+    dconv_mode=3,
+    samplerate=RATE,
+)
 # Quantizer settings (upstream training args) that fit the tiny models' parameter sizes.
 DIFFQ_D = dict(diffq=1e-4, qat=0, min_size=0.0001, group_size=4)
 DIFFQ_HD = dict(diffq=1e-4, qat=0, min_size=0.0005, group_size=8)
@@ -60,16 +87,31 @@ _DEMUCS = "demucs.Demucs"
 #: checkpoints: mdx and repro_mdx_a are 2 waveform Demucs + 2 Hybrid Demucs (in that
 #: order, cf. repro_mdx_a_time_only / _hybrid_only), mdx_extra is 4 Hybrid Demucs.
 SIGNATURES: tp.Dict[str, tp.Tuple[str, tp.Dict[str, tp.Any], tp.Optional[tp.Dict]]] = {
-    **{sig: (_HTDEMUCS, HT, None) for sig in
-       ("955717e8", "f7e0c4bc", "d12395a8", "92cfc3b6", "04573f0d")},
+    **{
+        sig: (_HTDEMUCS, HT, None)
+        for sig in ("955717e8", "f7e0c4bc", "d12395a8", "92cfc3b6", "04573f0d")
+    },
     "5c90dfd2": (_HTDEMUCS, HT_6S, None),
-    **{sig: (_HDEMUCS, HD, None) for sig in
-       ("75fc33f5", "c511e2ab", "7d865c68", "e51eebcc", "a1d90b5c", "5d2d6c55",
-        "cfa93e08", "fa0cb7f9", "902315c2")},
+    **{
+        sig: (_HDEMUCS, HD, None)
+        for sig in (
+            "75fc33f5",
+            "c511e2ab",
+            "7d865c68",
+            "e51eebcc",
+            "a1d90b5c",
+            "5d2d6c55",
+            "cfa93e08",
+            "fa0cb7f9",
+            "902315c2",
+        )
+    },
     **{sig: (_DEMUCS, D, None) for sig in ("0d19c1c6", "7ecf8ec1", "9a6b4851", "1ef250f1")},
     **{sig: (_DEMUCS, D, DIFFQ_D) for sig in ("6b9c2ca1", "b72baf4e")},
-    **{sig: (_HDEMUCS, HD, DIFFQ_HD) for sig in
-       ("42e558d4", "305bc58f", "83fc094f", "464b36d7", "14fc6a69", "7fd6ef75")},
+    **{
+        sig: (_HDEMUCS, HD, DIFFQ_HD)
+        for sig in ("42e558d4", "305bc58f", "83fc094f", "464b36d7", "14fc6a69", "7fd6ef75")
+    },
 }
 
 CATALOG = sorted(p.stem for p in pretrained.REMOTE_ROOT.glob("*.yaml"))
@@ -145,8 +187,14 @@ def _build(code: str, work: Path) -> None:
         _oracle.run(code, cwd=work)
         return
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=str(work), env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=str(work),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"building the catalog repo failed:\n{proc.stderr}")
 
@@ -161,7 +209,8 @@ def repo(tmp_path_factory) -> Path:
         shutil.copy(yaml_file, folder / yaml_file.name)
     mdx = (folder / "mdx.yaml").read_text()
     (folder / f"{SMALL_MDX}.yaml").write_text(
-        mdx.replace("segment: 44", f"segment: {SMALL_SEGMENT}"))
+        mdx.replace("segment: 44", f"segment: {SMALL_SEGMENT}")
+    )
     models = {sig: spec for sig, spec in SIGNATURES.items() if HAS_DIFFQ or spec[2] is None}
     torch.save({"repo": str(folder), "models": models}, work / "build.pt")
     _build(_BUILD.format(inp=str(work / "build.pt")), work)
@@ -174,9 +223,15 @@ def upstream(oracle, repo) -> tp.Dict[str, tp.Any]:
     work = repo.parent
     names = [name for name in CATALOG if HAS_DIFFQ or name not in QUANTIZED_NAMES]
     torch.save({"repo": str(repo), "names": names, "mix": _mix()}, work / "upstream_in.pt")
-    oracle.run(_UPSTREAM.format(inp=str(work / "upstream_in.pt"),
-                                out=str(work / "upstream_out.pt"),
-                                segment=SMALL_SEGMENT, small=SMALL_MDX), cwd=work)
+    oracle.run(
+        _UPSTREAM.format(
+            inp=str(work / "upstream_in.pt"),
+            out=str(work / "upstream_out.pt"),
+            segment=SMALL_SEGMENT,
+            small=SMALL_MDX,
+        ),
+        cwd=work,
+    )
     return torch.load(work / "upstream_out.pt", weights_only=True)
 
 
@@ -186,8 +241,11 @@ def _skip_if_quantized(name: str) -> None:
 
 
 def test_every_signature_has_a_stand_in():
-    sigs = {sig for name in CATALOG
-            for sig in read_bag(pretrained.REMOTE_ROOT / f"{name}.yaml")["models"]}
+    sigs = {
+        sig
+        for name in CATALOG
+        for sig in read_bag(pretrained.REMOTE_ROOT / f"{name}.yaml")["models"]
+    }
     assert sigs == set(SIGNATURES)
 
 
@@ -197,9 +255,13 @@ def test_name_resolves_like_upstream(repo, upstream, name):
     bag = get_model(name, repo=repo)
     yaml_bag = read_bag(pretrained.REMOTE_ROOT / f"{name}.yaml")
     assert isinstance(bag, BagOfModels) and not bag.training
-    ours = {"classes": [type(m).__name__ for m in bag.models], "weights": bag.weights,
-            "segments": [float(m.segment) for m in bag.models],
-            "sources": list(bag.sources), "samplerate": bag.samplerate}
+    ours = {
+        "classes": [type(m).__name__ for m in bag.models],
+        "weights": bag.weights,
+        "segments": [float(m.segment) for m in bag.models],
+        "sources": list(bag.sources),
+        "samplerate": bag.samplerate,
+    }
     assert ours == upstream["bags"][name]
     assert ours["classes"] == [SIGNATURES[sig][0].rsplit(".", 1)[1] for sig in yaml_bag["models"]]
     assert ours["sources"] == _expected_sources(name)
@@ -218,8 +280,20 @@ def test_list_models_in_repo(repo):
 def test_cli_separates_with_every_name(repo, tmp_path, capsys, name):
     _skip_if_quantized(name)
     mix = write_mix(tmp_path / "song.wav", seconds=1.0, samplerate=RATE)
-    code, out, err = run_main(["-n", name, "--repo", repo, "--shifts", "0", "-o",
-                               tmp_path / "out", tmp_path / "song.wav"], capsys)
+    code, out, err = run_main(
+        [
+            "-n",
+            name,
+            "--repo",
+            repo,
+            "--shifts",
+            "0",
+            "-o",
+            tmp_path / "out",
+            tmp_path / "song.wav",
+        ],
+        capsys,
+    )
     assert code == 0, err
     folder = tmp_path / "out" / name / "song"
     stems = sorted(p.stem for p in folder.iterdir())
@@ -236,8 +310,9 @@ def test_cli_quantized_without_diffq_says_how_to_install(repo, tmp_path, capsys,
         monkeypatch.setitem(sys.modules, module, None)
     monkeypatch.setitem(sys.modules, "diffq", None)
     write_mix(tmp_path / "song.wav", seconds=0.5, samplerate=RATE)
-    code, _, err = run_main(["-n", "mdx_q", "--repo", repo, "-o", tmp_path / "out",
-                             tmp_path / "song.wav"], capsys)
+    code, _, err = run_main(
+        ["-n", "mdx_q", "--repo", repo, "-o", tmp_path / "out", tmp_path / "song.wav"], capsys
+    )
     assert code == 1
     assert "pip install demucs[quantized]" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.wav"))
@@ -266,8 +341,15 @@ def _export_and_run(model: torch.nn.Module, mix: torch.Tensor, path: Path) -> to
     ort = pytest.importorskip("onnxruntime")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (mix,), str(path), input_names=["mix"],
-                          output_names=["sources"], opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model,
+            (mix,),
+            str(path),
+            input_names=["mix"],
+            output_names=["sources"],
+            opset_version=17,
+            dynamo=False,
+        )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(None, {"mix": mix.numpy()})[0])
 
@@ -294,6 +376,7 @@ def test_catalog_member_exports_to_onnx(repo, tmp_path, name):
 def test_masked_hdemucs_with_wiener_init_exports_to_onnx(tmp_path):
     """Masks with ``wiener_iters=0`` (the default of cac=False models): conv STFT exports."""
     from demucs.hdemucs import HDemucs
+
     torch.manual_seed(0)
     model = HDemucs(**dict(HD, cac=False), use_conv_stft=True).eval()
     mix = 0.3 * torch.randn(1, 2, 3001, generator=torch.Generator().manual_seed(2))

@@ -11,6 +11,7 @@ touch), ``list_models``, the progress callback, ``apply_model``'s pool/lock/call
 Each upstream version runs ONE subprocess (module-scoped fixture) that records every
 result; the tests compare ours with those records.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,14 @@ import torch
 from tests import oracle as upstream
 from tests.helpers import RATE, SOURCES, run_main, write_mix
 
-CALLBACK_KEYS = {"model_idx_in_bag", "shift_idx", "segment_offset", "state", "audio_length",
-                 "models"}
+CALLBACK_KEYS = {
+    "model_idx_in_bag",
+    "shift_idx",
+    "segment_offset",
+    "state",
+    "audio_length",
+    "models",
+}
 SEGMENT = 0.5  # seconds: three segments over the 1.5 s mix
 TOL = 1e-4  # max abs difference of separated audio (float32, tiny models)
 LSB16 = 1.0 / 32767
@@ -36,6 +43,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ---------------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, tiny_repo) -> Path:
@@ -175,6 +183,7 @@ def cwd(workdir, monkeypatch) -> Path:
 
 # ---------------------------------------------------------------------- 4.0.1 style
 
+
 @pytest.mark.parametrize("name", ["stereo.wav", "mono16k.wav"])
 @pytest.mark.parametrize("channels", [2, 1])
 def test_load_track_like_upstream(cwd, up401, name, channels):
@@ -205,13 +214,25 @@ def test_get_model_apply_model_like_upstream(cwd, up401, name):
     model.eval()
     sources, samplerate, channels, klass = up401["model", name]
     assert (list(model.sources), model.samplerate, model.audio_channels) == (
-        sources, samplerate, channels)
+        sources,
+        samplerate,
+        channels,
+    )
     assert type(model).__name__ == klass
     wav = load_track(Path("stereo.wav"), model.audio_channels, model.samplerate)
     ref = wav.mean(0)
     mix = (wav - ref.mean()) / ref.std()
-    out = apply_model(model, mix[None], shifts=0, split=True, overlap=0.25, progress=False,
-                      device="cpu", num_workers=0, segment=None)
+    out = apply_model(
+        model,
+        mix[None],
+        shifts=0,
+        split=True,
+        overlap=0.25,
+        progress=False,
+        device="cpu",
+        num_workers=0,
+        segment=None,
+    )
     assert out.shape == (1, len(SOURCES), 2, wav.shape[-1])
     close(out[0] * ref.std() + ref.mean(), up401["apply", name])
     shifted = apply_model(model, mix[None], shifts=1, split=True, overlap=0.25)
@@ -223,18 +244,20 @@ def test_separate_main_in_process_then_continue(cwd, up401, capsys):
     from demucs import separate
 
     assert up401["main_returned"]
-    result = separate.main(["-n", "tiny", "--repo", "repo", "--shifts", "0", "-o", "ours401",
-                            "stereo.wav"])
+    result = separate.main(
+        ["-n", "tiny", "--repo", "repo", "--shifts", "0", "-o", "ours401", "stereo.wav"]
+    )
     assert result is None
     for stem in SOURCES:
-        ours, sr = sf.read(str(cwd / "ours401" / "tiny" / "stereo" / f"{stem}.wav"),
-                           dtype="int16")
-        theirs, _ = sf.read(str(cwd / "upstream401" / "tiny" / "stereo" / f"{stem}.wav"),
-                            dtype="int16")
+        ours, sr = sf.read(str(cwd / "ours401" / "tiny" / "stereo" / f"{stem}.wav"), dtype="int16")
+        theirs, _ = sf.read(
+            str(cwd / "upstream401" / "tiny" / "stereo" / f"{stem}.wav"), dtype="int16"
+        )
         assert sr == RATE and ours.shape == theirs.shape
         assert np.abs(ours.astype(int) - theirs).max() <= 1, stem
-    status, _, err = run_main(["-n", "tiny", "--repo", "repo", "-o", "ours401", "missing.wav"],
-                              capsys)
+    status, _, err = run_main(
+        ["-n", "tiny", "--repo", "repo", "-o", "ours401", "missing.wav"], capsys
+    )
     assert status == 1 and "missing.wav" in err
 
 
@@ -259,13 +282,14 @@ def test_audiofile_read_shapes_and_seek(cwd):
     part = audio.read(seek_time=0.5, duration=0.25, streams=0)
     start, size = int(0.5 * RATE), int(0.25 * RATE)
     assert part.shape == (2, size)
-    torch.testing.assert_close(part, data[:, start:start + size], atol=1e-6, rtol=0)
+    torch.testing.assert_close(part, data[:, start : start + size], atol=1e-6, rtol=0)
     mono = audio.read(streams=0, samplerate=2 * RATE, channels=1, duration=0.5)
     assert mono.shape == (1, RATE)
     assert audio.read(streams=[0], channels=1).shape == (1, 1, data.shape[-1])
 
 
 # ---------------------------------------------------------------------- 4.1.0 style
+
 
 @pytest.fixture(scope="module")
 def events() -> tp.List[dict]:
@@ -276,8 +300,15 @@ def events() -> tp.List[dict]:
 def separator(workdir, events):
     from demucs import api
 
-    return api.Separator(model="tiny", repo=workdir / "repo", device="cpu", shifts=0,
-                         segment=SEGMENT, callback=events.append, callback_arg={"client": 7})
+    return api.Separator(
+        model="tiny",
+        repo=workdir / "repo",
+        device="cpu",
+        shifts=0,
+        segment=SEGMENT,
+        callback=events.append,
+        callback_arg={"client": 7},
+    )
 
 
 def test_separator_files_and_tensors_like_upstream(cwd, up410, separator):
@@ -349,8 +380,9 @@ def test_callback_shift_and_bag_indices(cwd, up410, workdir):
     from demucs import api
 
     events: tp.List[dict] = []
-    pair = api.Separator(model="pair", repo=workdir / "repo", device="cpu", shifts=0,
-                         callback=events.append)
+    pair = api.Separator(
+        model="pair", repo=workdir / "repo", device="cpu", shifts=0, callback=events.append
+    )
     origin, stems = pair.separate_audio_file(Path("stereo.wav"))
     for name in SOURCES:
         close(stems[name], up410["pair"][1][name])
@@ -373,8 +405,17 @@ def test_apply_model_pool_lock_callback(cwd, up410):
     events: tp.List[dict] = []
     model = get_model("tiny", repo=Path("repo"))
     mix = torch.from_numpy(sf.read("stereo.wav", dtype="float32")[0].T.copy())
-    out = apply_model(model, mix[None], shifts=0, split=True, segment=SEGMENT, pool=None,
-                      lock=None, callback=events.append, callback_arg={"job": "x"})
+    out = apply_model(
+        model,
+        mix[None],
+        shifts=0,
+        split=True,
+        segment=SEGMENT,
+        pool=None,
+        lock=None,
+        callback=events.append,
+        callback_arg={"job": "x"},
+    )
     close(out, up410["apply"])
     assert events == up410["apply_events"]
 
@@ -385,17 +426,24 @@ def test_list_models_shape_like_upstream(cwd, up410):
 
     listing = api.list_models(Path("repo"))
     assert set(listing) == {"single", "bag"}
-    assert {kind: type(entries).__name__ for kind, entries in listing.items()} == \
-        up410["list_types"]
+    assert {kind: type(entries).__name__ for kind, entries in listing.items()} == up410[
+        "list_types"
+    ]
     for kind, entries in up410["list_models"].items():
         assert set(listing[kind]) == set(entries)
         for name, path in entries.items():
             assert Path(listing[kind][name]).name == Path(path).name
 
 
-@pytest.mark.parametrize("name,kwargs", [("s16", {}), ("s24", {"bits_per_sample": 24}),
-                                         ("f32", {"as_float": True}),
-                                         ("clamp", {"clip": "clamp"})])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("s16", {}),
+        ("s24", {"bits_per_sample": 24}),
+        ("f32", {"as_float": True}),
+        ("clamp", {"clip": "clamp"}),
+    ],
+)
 def test_api_save_audio_like_upstream(cwd, up410, name, kwargs):
     from demucs import api
 
@@ -427,8 +475,7 @@ def test_get_parser_defaults_like_upstream(up410):
     when available, else cpu; 4.0.1's ``name=None`` means the same model)."""
     from demucs.separate import get_parser
 
-    ours = {key: repr(value)
-            for key, value in vars(get_parser().parse_args(["x.wav"])).items()}
+    ours = {key: repr(value) for key, value in vars(get_parser().parse_args(["x.wav"])).items()}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     theirs = dict(up410["parser"], device=repr(device))
     assert {key: ours.get(key) for key in theirs} == theirs
@@ -443,7 +490,8 @@ def test_repo_list_model_like_upstream(cwd, up410):
     for kind, listing in (("single", local.list_model()), ("bag", bags.list_model())):
         assert isinstance(listing, dict)
         assert {name: Path(path).name for name, path in listing.items()} == {
-            name: Path(path).name for name, path in up410["list_models"][kind].items()}
+            name: Path(path).name for name, path in up410["list_models"][kind].items()
+        }
 
 
 def test_demucs_repo_environment_variable(cwd, monkeypatch):

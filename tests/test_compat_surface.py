@@ -10,6 +10,7 @@ parameter, the same defaults. Return values are checked by tests/test_compat_cli
 their branches merge, and a warning names any entry that no longer fails.
 Training-only modules are out of scope; importing them raises an ImportError that says so.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -26,8 +27,19 @@ from tests import oracle as upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 DUMP = Path(__file__).resolve().parent / "compat_surface_dump.py"
-MODULES = ("api", "apply", "audio", "pretrained", "repo", "separate", "states", "utils",
-           "spec", "wiener", "hf")
+MODULES = (
+    "api",
+    "apply",
+    "audio",
+    "pretrained",
+    "repo",
+    "separate",
+    "states",
+    "utils",
+    "spec",
+    "wiener",
+    "hf",
+)
 #: Pseudo-module under which the model classes' problems are reported.
 MODELS = "models"
 
@@ -38,31 +50,52 @@ KNOWN_GAPS: tp.Dict[str, tp.Set[str]] = {}
 
 #: Deliberate differences: (module, subject) -> why. Not gaps; they stay.
 ON_PURPOSE: tp.Dict[tp.Tuple[str, str], str] = {
-    ("utils", "DummyPoolExecutor.shutdown"):
-        "takes concurrent.futures.Executor.shutdown's (wait, *, cancel_futures); upstream "
-        "takes and ignores anything",
+    (
+        "utils",
+        "DummyPoolExecutor.shutdown",
+    ): "takes concurrent.futures.Executor.shutdown's (wait, *, cancel_futures); upstream "
+    "takes and ignores anything",
     ("apply", "DummyPoolExecutor.shutdown"): "the same class, re-exported",
 }
 
 #: Deliberately different defaults: (module, subject, parameter) -> why.
 DEFAULTS_ON_PURPOSE: tp.Dict[tp.Tuple[str, str, str], str] = {
-    ("api", "Separator", "device"):
-        "None picks cuda when available at call time; upstream's default is the same "
-        "choice made at import time",
+    (
+        "api",
+        "Separator",
+        "device",
+    ): "None picks cuda when available at call time; upstream's default is the same "
+    "choice made at import time",
     ("separate", "Separator", "device"): "the same class, re-exported",
 }
 
 #: Upstream modules used only for training; ours raise an ImportError that says so.
-TRAINING_ONLY = ("augment", "distrib", "ema", "evaluate", "grids", "repitch", "solver",
-                 "svd", "train", "wav")
+TRAINING_ONLY = (
+    "augment",
+    "distrib",
+    "ema",
+    "evaluate",
+    "grids",
+    "repitch",
+    "solver",
+    "svd",
+    "train",
+    "wav",
+)
 
 Params = tp.List[tp.List[tp.Optional[str]]]
 POSITIONAL = ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")
 
 
 def dump(env: dict, cwd: Path) -> dict:
-    proc = subprocess.run([sys.executable, str(DUMP)], cwd=str(cwd), env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(DUMP)],
+        cwd=str(cwd),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"surface dump failed:\n{proc.stderr}")
     return json.loads(proc.stdout)
@@ -81,13 +114,15 @@ _UPSTREAM_CACHE: tp.Dict[str, dict] = {}
 def theirs(version: str, tmp_path_factory) -> dict:
     upstream.require(version)
     if version not in _UPSTREAM_CACHE:
-        _UPSTREAM_CACHE[version] = dump(upstream.env(version),
-                                        tmp_path_factory.mktemp(f"upstream{version}"))
+        _UPSTREAM_CACHE[version] = dump(
+            upstream.env(version), tmp_path_factory.mktemp(f"upstream{version}")
+        )
     return _UPSTREAM_CACHE[version]
 
 
-def signature_problems(theirs_: Params, ours_: Params,
-                       other_defaults: tp.Collection[str] = ()) -> tp.List[str]:
+def signature_problems(
+    theirs_: Params, ours_: Params, other_defaults: tp.Collection[str] = ()
+) -> tp.List[str]:
     """Why a call that binds to upstream's parameters might not bind (alike) to ours.
     ``other_defaults``: parameters whose default differs on purpose."""
     problems = []
@@ -127,13 +162,16 @@ def signature_problems(theirs_: Params, ours_: Params,
 def positional_only(entry: dict) -> dict:
     if entry.get("params") is None:
         return entry
-    params = [[name, "POSITIONAL_ONLY" if kind == "POSITIONAL_OR_KEYWORD" else kind, default]
-              for name, kind, default in entry["params"]]
+    params = [
+        [name, "POSITIONAL_ONLY" if kind == "POSITIONAL_OR_KEYWORD" else kind, default]
+        for name, kind, default in entry["params"]
+    ]
     return dict(entry, params=params)
 
 
-def entry_problems(subject: str, their: dict, our: tp.Optional[dict],
-                   module: str = "") -> tp.Dict[str, str]:
+def entry_problems(
+    subject: str, their: dict, our: tp.Optional[dict], module: str = ""
+) -> tp.Dict[str, str]:
     if our is None:
         return {subject: f"missing ({their['kind']})"}
     if their["kind"] == "class" and our["kind"] != "class":
@@ -144,16 +182,18 @@ def entry_problems(subject: str, their: dict, our: tp.Optional[dict],
     if their["kind"] == "property" and our["kind"] not in ("property", "attribute"):
         return {subject: f"is a {our['kind']}, upstream a property"}
     if their.get("params") is not None and our.get("params") is not None:
-        on_purpose = {param for (mod, subj, param) in DEFAULTS_ON_PURPOSE
-                      if (mod, subj) == (module, subject)}
+        on_purpose = {
+            param for (mod, subj, param) in DEFAULTS_ON_PURPOSE if (mod, subj) == (module, subject)
+        }
         problems = signature_problems(their["params"], our["params"], on_purpose)
         if problems:
             return {subject: "; ".join(problems)}
     return {}
 
 
-def class_problems(prefix: str, their_members: dict, our_members: dict,
-                   module: str = "") -> tp.Dict[str, str]:
+def class_problems(
+    prefix: str, their_members: dict, our_members: dict, module: str = ""
+) -> tp.Dict[str, str]:
     out: tp.Dict[str, str] = {}
     for member, their in sorted(their_members.items()):
         if member == "__init__":
@@ -174,8 +214,9 @@ def module_problems(module: str, their: dict, our: dict) -> tp.Dict[str, str]:
             if mine is None:
                 out[name] = "missing"
                 continue
-            out.update(entry_problems(name, dict(klass, kind="class"), dict(mine, kind="class"),
-                                      module))
+            out.update(
+                entry_problems(name, dict(klass, kind="class"), dict(mine, kind="class"), module)
+            )
             out.update(class_problems(name, klass["members"], mine["members"], module))
         return out
     if module in their["absent"]:
@@ -191,8 +232,14 @@ def module_problems(module: str, their: dict, our: dict) -> tp.Dict[str, str]:
         mine = our_names.get(name)
         out.update(entry_problems(name, entry, mine, module))
         if entry["kind"] == "class" and mine is not None and mine["kind"] == "class":
-            out.update(class_problems(name, their["classes"][entry["qualname"]],
-                                      our["classes"][mine["qualname"]], module))
+            out.update(
+                class_problems(
+                    name,
+                    their["classes"][entry["qualname"]],
+                    our["classes"][mine["qualname"]],
+                    module,
+                )
+            )
     return out
 
 
@@ -203,11 +250,12 @@ def test_surface_matches_upstream(version, module, ours, tmp_path_factory):
     assert not their["errors"], f"upstream {version} failed to import: {their['errors']}"
     problems = module_problems(module, their, ours)
     gaps = KNOWN_GAPS.get(module, set())
-    unexpected = {s: why for s, why in problems.items()
-                  if s not in gaps and (module, s) not in ON_PURPOSE}
-    assert not unexpected, (
-        f"demucs.{module} differs from upstream {version}:\n"
-        + "\n".join(f"  {s}: {why}" for s, why in sorted(unexpected.items())))
+    unexpected = {
+        s: why for s, why in problems.items() if s not in gaps and (module, s) not in ON_PURPOSE
+    }
+    assert not unexpected, f"demucs.{module} differs from upstream {version}:\n" + "\n".join(
+        f"  {s}: {why}" for s, why in sorted(unexpected.items())
+    )
 
 
 def test_known_gaps_are_still_gaps(ours, tmp_path_factory):
@@ -217,8 +265,11 @@ def test_known_gaps_are_still_gaps(ours, tmp_path_factory):
         their = theirs(version, tmp_path_factory)
         for module in KNOWN_GAPS:
             still_open[module] |= set(module_problems(module, their, ours))
-    stale = {module: sorted(gaps - still_open[module])
-             for module, gaps in KNOWN_GAPS.items() if gaps - still_open[module]}
+    stale = {
+        module: sorted(gaps - still_open[module])
+        for module, gaps in KNOWN_GAPS.items()
+        if gaps - still_open[module]
+    }
     if stale:
         warnings.warn(f"KNOWN_GAPS entries that now pass (remove them): {stale}")
 
@@ -239,8 +290,16 @@ def test_training_module_list_covers_upstream():
         site = upstream.oracle_site(version) / "demucs"
         packages = {p.name for p in site.iterdir() if (p / "__init__.py").exists()}
         names = {p.stem for p in site.glob("*.py")} | packages
-        inference = set(MODULES) | {"__init__", "__main__", "demucs", "hdemucs", "htdemucs",
-                                    "transformer", "hf", "wdemucs"}
+        inference = set(MODULES) | {
+            "__init__",
+            "__main__",
+            "demucs",
+            "hdemucs",
+            "htdemucs",
+            "transformer",
+            "hf",
+            "wdemucs",
+        }
         assert names - inference - set(TRAINING_ONLY) == set(), version
 
 
@@ -252,23 +311,41 @@ def test_wdemucs_alias():
 
 
 def test_signature_checker_catches_incompatible_calls():
-    upstream_params = [["a", "POSITIONAL_OR_KEYWORD", None],
-                       ["kernel_size", "POSITIONAL_OR_KEYWORD", None],
-                       ["stride", "POSITIONAL_OR_KEYWORD", "1"],
-                       ["kwargs", "VAR_KEYWORD", None]]
+    upstream_params = [
+        ["a", "POSITIONAL_OR_KEYWORD", None],
+        ["kernel_size", "POSITIONAL_OR_KEYWORD", None],
+        ["stride", "POSITIONAL_OR_KEYWORD", "1"],
+        ["kwargs", "VAR_KEYWORD", None],
+    ]
     assert signature_problems(upstream_params, upstream_params) == []
-    extended = upstream_params[:3] + [["extra", "KEYWORD_ONLY", "None"],
-                                      ["kwargs", "VAR_KEYWORD", None]]
+    extended = upstream_params[:3] + [
+        ["extra", "KEYWORD_ONLY", "None"],
+        ["kwargs", "VAR_KEYWORD", None],
+    ]
     assert signature_problems(upstream_params, extended) == []
     renamed = [["signal", "POSITIONAL_OR_KEYWORD", None]] + upstream_params[1:3]
     problems = signature_problems(upstream_params[:3], renamed)
     assert any("`signal`" in p for p in problems) and any("`a` not" in p for p in problems)
-    assert any("defaults to 2" in p for p in signature_problems(
-        upstream_params, upstream_params[:2] + [["stride", "POSITIONAL_OR_KEYWORD", "2"]]
-        + upstream_params[3:]))
-    assert any("new required" in p for p in signature_problems(
-        upstream_params, upstream_params[:3] + [["mode", "KEYWORD_ONLY", None]]
-        + upstream_params[3:]))
+    assert any(
+        "defaults to 2" in p
+        for p in signature_problems(
+            upstream_params,
+            upstream_params[:2] + [["stride", "POSITIONAL_OR_KEYWORD", "2"]] + upstream_params[3:],
+        )
+    )
+    assert any(
+        "new required" in p
+        for p in signature_problems(
+            upstream_params,
+            upstream_params[:3] + [["mode", "KEYWORD_ONLY", None]] + upstream_params[3:],
+        )
+    )
     assert "no **kwargs" in signature_problems(upstream_params, upstream_params[:3])
-    assert signature_problems(upstream_params, upstream_params[:2] + [
-        ["stride", "POSITIONAL_OR_KEYWORD", "2"]] + upstream_params[3:], {"stride"}) == []
+    assert (
+        signature_problems(
+            upstream_params,
+            upstream_params[:2] + [["stride", "POSITIONAL_OR_KEYWORD", "2"]] + upstream_params[3:],
+            {"stride"},
+        )
+        == []
+    )

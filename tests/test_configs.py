@@ -1,4 +1,5 @@
 """The release architectures of demucs.configs have their documented parameter counts."""
+
 import pytest
 import torch
 

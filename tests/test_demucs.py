@@ -1,4 +1,5 @@
 """Parity of demucs.demucs (waveform Demucs, DConv, BLSTM, LocalState) with upstream 4.0.1."""
+
 from __future__ import annotations
 
 import typing as tp
@@ -13,20 +14,52 @@ from tests.compare import max_diff, run_with_upstream_state
 SOURCES = ["drums", "bass", "other", "vocals"]
 
 TINY: tp.Dict[str, tp.Any] = dict(
-    sources=SOURCES, channels=8, depth=2, norm_starts=1, norm_groups=2,
-    dconv_attn=1, dconv_lstm=1,
+    sources=SOURCES,
+    channels=8,
+    depth=2,
+    norm_starts=1,
+    norm_groups=2,
+    dconv_attn=1,
+    dconv_lstm=1,
 )
 
 CONFIGS = {
     # DConv with BLSTM (framed: > 200 steps) and LocalState in layer 1, resampling on.
     "resample_attn_lstm": (dict(TINY, dconv_mode=3, lstm_layers=1), 2001),
     # No resampling, ReLU everywhere, no normalization, DConv in the decoder only.
-    "plain": (dict(TINY, resample=False, gelu=False, glu=False, normalize=False,
-                   dconv_mode=2, dconv_comp=2, dconv_attn=0, dconv_lstm=5, context=0), 1001),
+    "plain": (
+        dict(
+            TINY,
+            resample=False,
+            gelu=False,
+            glu=False,
+            normalize=False,
+            dconv_mode=2,
+            dconv_comp=2,
+            dconv_attn=0,
+            dconv_lstm=5,
+            context=0,
+        ),
+        1001,
+    ),
     # Deeper, no rewrite convs, growth 1.5, odd kernel/stride, mono.
-    "no_rewrite": (dict(sources=["a", "b"], audio_channels=1, channels=4, growth=1.5,
-                        depth=3, rewrite=False, kernel_size=6, stride=3, dconv_depth=-2,
-                        dconv_comp=2, dconv_attn=9, dconv_lstm=9), 777),
+    "no_rewrite": (
+        dict(
+            sources=["a", "b"],
+            audio_channels=1,
+            channels=4,
+            growth=1.5,
+            depth=3,
+            rewrite=False,
+            kernel_size=6,
+            stride=3,
+            dconv_depth=-2,
+            dconv_comp=2,
+            dconv_attn=9,
+            dconv_lstm=9,
+        ),
+        777,
+    ),
 }
 
 
@@ -45,8 +78,9 @@ INIT_KWARGS = dict(TINY, dconv_mode=3, lstm_layers=1)
 @pytest.fixture(scope="module")
 def upstream(oracle, tmp_path_factory):
     """All upstream models of this module, built in one oracle subprocess."""
-    jobs = {name: ("demucs.Demucs", kwargs, _inputs(name), 1)
-            for name, (kwargs, _) in CONFIGS.items()}
+    jobs = {
+        name: ("demucs.Demucs", kwargs, _inputs(name), 1) for name, (kwargs, _) in CONFIGS.items()
+    }
     jobs["init"] = ("demucs.Demucs", INIT_KWARGS, None, 3)
     return oracle.make_model_dict(jobs, tmp_path_factory.mktemp("upstream"))
 
@@ -71,15 +105,21 @@ def test_demucs_same_init_as_upstream(upstream):
 
 
 def test_valid_length_matches_upstream(oracle, tmp_path):
-    configs = [dict(sources=SOURCES), dict(sources=SOURCES, resample=False, depth=4),
-               dict(sources=SOURCES, kernel_size=6, stride=3, depth=3)]
+    configs = [
+        dict(sources=SOURCES),
+        dict(sources=SOURCES, resample=False, depth=4),
+        dict(sources=SOURCES, kernel_size=6, stride=3, depth=3),
+    ]
     lengths = [1, 2, 7, 100, 1001, 4096, 44100 + 3]
-    proc = oracle.run(f"""
+    proc = oracle.run(
+        f"""
         from demucs.demucs import Demucs
         for kw in {configs!r}:
             m = Demucs(**kw, channels=4)
             print(*[m.valid_length(n) for n in {lengths!r}])
-    """, cwd=tmp_path)
+    """,
+        cwd=tmp_path,
+    )
     expected = [list(map(int, line.split())) for line in proc.stdout.strip().splitlines()]
     for kw, exp in zip(configs, expected):
         model = Demucs(**kw, channels=4)
@@ -126,11 +166,11 @@ def test_argument_errors():
 
 
 def test_utils_shapes():
-    x = torch.arange(10.).view(1, 10)
+    x = torch.arange(10.0).view(1, 10)
     frames = unfold(x, 4, 3)
     assert frames.shape == (1, 4, 4)
     assert frames[0, 3].tolist() == [9, 0, 0, 0]
-    assert center_trim(torch.arange(7.), 4).tolist() == [1, 2, 3, 4]
+    assert center_trim(torch.arange(7.0), 4).tolist() == [1, 2, 3, 4]
 
 
 def test_rescale_module_targets_reference_std():
@@ -149,8 +189,15 @@ def test_demucs_onnx_export(tmp_path):
     path = tmp_path / "demucs.onnx"
     with torch.no_grad():
         expected = model(mix)
-        torch.onnx.export(model, (mix,), str(path), input_names=["mix"],
-                          output_names=["sources"], opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model,
+            (mix,),
+            str(path),
+            input_names=["mix"],
+            output_names=["sources"],
+            opset_version=17,
+            dynamo=False,
+        )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"mix": mix.numpy()})
     assert max_diff(torch.from_numpy(out), expected) < 1e-4

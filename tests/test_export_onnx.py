@@ -3,6 +3,7 @@
 All on TINY_HTDEMUCS (16 kHz, 0.5 s segments); the release-size numbers come from
 ``python bench/bench_onnx.py`` and ``python -m demucs.export_onnx --random-weights --check``.
 """
+
 import math
 from fractions import Fraction
 
@@ -31,8 +32,9 @@ def _run(path, mix: torch.Tensor) -> np.ndarray:
 
 def _mix(model, batch: int = 1, seed: int = 1) -> torch.Tensor:
     length = int(model.segment * model.samplerate)
-    return 0.3 * torch.randn(batch, model.audio_channels, length,
-                             generator=torch.Generator().manual_seed(seed))
+    return 0.3 * torch.randn(
+        batch, model.audio_channels, length, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def _stored_elements(model) -> int:
@@ -67,8 +69,11 @@ def _check_file(path, model):
     # non-weight tensor beyond a few small STFT constants.
     assert not any(node.name.startswith("computed_stft") for node in proto.graph.node)
     weights = {int(t.numel()) for t in model.state_dict().values()}
-    small = [E.tensor_elements(t) for _, t in E.stored_tensors(proto)
-             if E.tensor_elements(t) not in weights]
+    small = [
+        E.tensor_elements(t)
+        for _, t in E.stored_tensors(proto)
+        if E.tensor_elements(t) not in weights
+    ]
     assert max(small) <= 8192
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["stft"] == "factored"
@@ -164,8 +169,7 @@ def test_reduced_precisions_run(tiny, torchscript_file, tmp_path):
         snr = E.snr_db(expected, got)
         proto = onnx.load(str(path))
         stored = _stored_bytes(proto)
-        print(f"{precision}: SNR {snr:.1f} dB, stored tensors {stored} bytes "
-              f"(fp32 {fp32_bytes})")
+        print(f"{precision}: SNR {snr:.1f} dB, stored tensors {stored} bytes (fp32 {fp32_bytes})")
         assert snr >= min_snr
         assert stored <= max_ratio * fp32_bytes
         meta = {p.key: p.value for p in proto.metadata_props}
@@ -178,10 +182,14 @@ def test_mixed_precision(tiny, torchscript_file, tmp_path):
     path = E.convert_file(torchscript_file, tmp_path / "mixed.onnx", "mixed")
     proto = onnx.load(str(path))
     assert {p.key: p.value for p in proto.metadata_props}["precision"] == "mixed"
-    fp16_inputs = {node.output[0] for node in proto.graph.node if node.op_type == "Cast"
-                   and node.attribute[0].i == onnx.TensorProto.FLOAT16}
-    fp16_inits = {init.name for init in proto.graph.initializer
-                  if init.data_type == onnx.TensorProto.FLOAT16}
+    fp16_inputs = {
+        node.output[0]
+        for node in proto.graph.node
+        if node.op_type == "Cast" and node.attribute[0].i == onnx.TensorProto.FLOAT16
+    }
+    fp16_inits = {
+        init.name for init in proto.graph.initializer if init.data_type == onnx.TensorProto.FLOAT16
+    }
     products = [node for node in proto.graph.node if node.op_type in E.MIXED_FP16_OPS]
     for node in products:
         half = node.input[0] in fp16_inputs | fp16_inits
@@ -256,15 +264,19 @@ def test_restore_computed_bases_replaces_folded_basis():
 
     analysis, synthesis = spec.dft_bases(64, 32, torch.device("cpu"), torch.float32)
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Add", ["a", "s"], ["y"])], "g", [],
+        [onnx.helper.make_node("Add", ["a", "s"], ["y"])],
+        "g",
+        [],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [64, 1, 64])],
-        [onnx.numpy_helper.from_array(analysis.numpy(), "a"),
-         onnx.numpy_helper.from_array(synthesis.numpy(), "s")])
+        [
+            onnx.numpy_helper.from_array(analysis.numpy(), "a"),
+            onnx.numpy_helper.from_array(synthesis.numpy(), "s"),
+        ],
+    )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     assert E.restore_computed_bases(model, [64]) == 2
     assert all(E.tensor_elements(t) < 64 for _, t in E.stored_tensors(model))
-    session = ort.InferenceSession(model.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(["y"], {})[0]
     expected = (analysis + synthesis).numpy()
     assert np.abs(got - expected).max() < 1e-6

@@ -1,4 +1,5 @@
 """Parity of demucs.hdemucs (HDemucs and its layers) with upstream 4.0.1."""
+
 from __future__ import annotations
 
 import typing as tp
@@ -14,25 +15,48 @@ SOURCES = ["drums", "bass", "other", "vocals"]
 # nfft = 256: 3 frequency layers (128 -> 32 -> 8 -> 1 bins) match the hop of 64 = 4 ** 3
 # of the time branch; a 4th layer works over time.
 TINY: tp.Dict[str, tp.Any] = dict(
-    sources=SOURCES, channels=4, nfft=256, depth=4, norm_starts=2, norm_groups=2,
-    dconv_attn=3, dconv_lstm=3,
+    sources=SOURCES,
+    channels=4,
+    nfft=256,
+    depth=4,
+    norm_starts=2,
+    norm_groups=2,
+    dconv_attn=3,
+    dconv_lstm=3,
 )
 
 CONFIGS: tp.Dict[str, tp.Tuple[tp.Dict[str, tp.Any], int]] = {
     "hybrid_cac": (dict(TINY), 3001),
     "hybrid_mask_wiener0": (dict(TINY, cac=False, dconv_mode=3, channels_time=6), 2900),
-    "hybrid_mask_phase": (dict(TINY, cac=False, wiener_iters=-1, end_iters=-1, freq_emb=0,
-                               rewrite=False, context_enc=1), 2000),
-    "hybrid_old": (dict(TINY, hybrid_old=True, emb_smooth=False, growth=1.5, norm_groups=1,
-                        dconv_attn=9, dconv_lstm=9), 2222),
-    "multi_freqs": (dict(TINY, multi_freqs=[0.25, 0.5], multi_freqs_depth=2, norm_starts=3),
-                    3001),
+    "hybrid_mask_phase": (
+        dict(
+            TINY, cac=False, wiener_iters=-1, end_iters=-1, freq_emb=0, rewrite=False, context_enc=1
+        ),
+        2000,
+    ),
+    "hybrid_old": (
+        dict(
+            TINY,
+            hybrid_old=True,
+            emb_smooth=False,
+            growth=1.5,
+            norm_groups=1,
+            dconv_attn=9,
+            dconv_lstm=9,
+        ),
+        2222,
+    ),
+    "multi_freqs": (dict(TINY, multi_freqs=[0.25, 0.5], multi_freqs_depth=2, norm_starts=3), 3001),
     # Frequency only, nfft = 512 (hop 128): 256 -> 64 -> 16 -> 4 -> 1 bins, then time.
-    "freq_only": (dict(TINY, hybrid=False, nfft=512, depth=5, audio_channels=1,
-                       dconv_attn=4, dconv_lstm=4), 2999),
+    "freq_only": (
+        dict(TINY, hybrid=False, nfft=512, depth=5, audio_channels=1, dconv_attn=4, dconv_lstm=4),
+        2999,
+    ),
     # Frequency only with masks refined by one Wiener EM iteration (torch STFT only).
-    "freq_only_wiener": (dict(TINY, hybrid=False, cac=False, wiener_iters=1, depth=2,
-                              wiener_residual=True), 1500),
+    "freq_only_wiener": (
+        dict(TINY, hybrid=False, cac=False, wiener_iters=1, depth=2, wiener_residual=True),
+        1500,
+    ),
 }
 
 
@@ -48,8 +72,9 @@ def _inputs(name: str) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def upstream(oracle, tmp_path_factory):
     """All upstream models of this module, built in one oracle subprocess."""
-    jobs = {name: ("hdemucs.HDemucs", kwargs, _inputs(name), 2)
-            for name, (kwargs, _) in CONFIGS.items()}
+    jobs = {
+        name: ("hdemucs.HDemucs", kwargs, _inputs(name), 2) for name, (kwargs, _) in CONFIGS.items()
+    }
     jobs["init"] = ("hdemucs.HDemucs", CONFIGS["multi_freqs"][0], None, 5)
     return oracle.make_model_dict(jobs, tmp_path_factory.mktemp("upstream"))
 
@@ -82,29 +107,77 @@ def test_same_init_as_upstream(upstream):
 # `skip`, `inject`), evaluated with upstream's and with our hdemucs module.
 _DKW = dict(depth=2, compress=2, lstm=True, attn=True, init=1e-3)
 LAYER_CASES: tp.List[tp.Tuple[str, str, tp.Dict[str, tp.Any], tp.Tuple[int, ...], str]] = [
-    ("enc_freq_inject", "HEncLayer(4, 8, **kw)", dict(norm_groups=2, context=1, dconv_kw=_DKW),
-     (2, 4, 32, 9), "layer(x, inject)"),
-    ("enc_time_4d", "HEncLayer(8, 8, **kw)", dict(freq=False, norm=False, dconv_kw=_DKW),
-     (2, 2, 4, 101), "layer(x)"),
+    (
+        "enc_freq_inject",
+        "HEncLayer(4, 8, **kw)",
+        dict(norm_groups=2, context=1, dconv_kw=_DKW),
+        (2, 4, 32, 9),
+        "layer(x, inject)",
+    ),
+    (
+        "enc_time_4d",
+        "HEncLayer(8, 8, **kw)",
+        dict(freq=False, norm=False, dconv_kw=_DKW),
+        (2, 2, 4, 101),
+        "layer(x)",
+    ),
     ("enc_empty", "HEncLayer(4, 8, **kw)", dict(freq=False, empty=True), (2, 4, 101), "layer(x)"),
-    ("enc_last_freq", "HEncLayer(4, 8, **kw)", dict(kernel_size=4, pad=False, rewrite=False),
-     (2, 4, 4, 9), "layer(x)"),
-    ("dec_freq", "HDecLayer(8, 4, **kw)", dict(norm_groups=4, dconv_kw=_DKW), (2, 8, 8, 9),
-     "layer(x, skip, None)"),
-    ("dec_freq_3d_last", "HDecLayer(8, 4, **kw)",
-     dict(last=True, context_freq=False, kernel_size=4, pad=False),
-     (2, 8, 9), "layer(x, skip.view(2, 8, 1, 9), None)"),
-    ("dec_time", "HDecLayer(8, 4, **kw)", dict(freq=False, dconv=False), (2, 8, 26),
-     "layer(x, skip, 101)"),
-    ("dec_empty", "HDecLayer(8, 4, **kw)", dict(freq=False, empty=True), (2, 8, 26),
-     "layer(x, None, 101)"),
-    ("multi_enc", "MultiWrap(HEncLayer(4, 8, **kw), [0.3, 0.6])",
-     dict(norm=False, dconv_kw=_DKW), (2, 4, 64, 7), "layer(x)"),
-    ("multi_dec", "MultiWrap(HDecLayer(8, 4, **kw), [0.3, 0.6])",
-     dict(norm=False, context_freq=False, dconv=False), (2, 8, 16, 7), "layer(x, skip)"),
-    ("multi_dec_last", "MultiWrap(HDecLayer(8, 4, **kw), [0.5])",
-     dict(norm=False, context_freq=False, last=True, stride=2, kernel_size=4), (2, 8, 16, 7),
-     "layer(x, skip)"),
+    (
+        "enc_last_freq",
+        "HEncLayer(4, 8, **kw)",
+        dict(kernel_size=4, pad=False, rewrite=False),
+        (2, 4, 4, 9),
+        "layer(x)",
+    ),
+    (
+        "dec_freq",
+        "HDecLayer(8, 4, **kw)",
+        dict(norm_groups=4, dconv_kw=_DKW),
+        (2, 8, 8, 9),
+        "layer(x, skip, None)",
+    ),
+    (
+        "dec_freq_3d_last",
+        "HDecLayer(8, 4, **kw)",
+        dict(last=True, context_freq=False, kernel_size=4, pad=False),
+        (2, 8, 9),
+        "layer(x, skip.view(2, 8, 1, 9), None)",
+    ),
+    (
+        "dec_time",
+        "HDecLayer(8, 4, **kw)",
+        dict(freq=False, dconv=False),
+        (2, 8, 26),
+        "layer(x, skip, 101)",
+    ),
+    (
+        "dec_empty",
+        "HDecLayer(8, 4, **kw)",
+        dict(freq=False, empty=True),
+        (2, 8, 26),
+        "layer(x, None, 101)",
+    ),
+    (
+        "multi_enc",
+        "MultiWrap(HEncLayer(4, 8, **kw), [0.3, 0.6])",
+        dict(norm=False, dconv_kw=_DKW),
+        (2, 4, 64, 7),
+        "layer(x)",
+    ),
+    (
+        "multi_dec",
+        "MultiWrap(HDecLayer(8, 4, **kw), [0.3, 0.6])",
+        dict(norm=False, context_freq=False, dconv=False),
+        (2, 8, 16, 7),
+        "layer(x, skip)",
+    ),
+    (
+        "multi_dec_last",
+        "MultiWrap(HDecLayer(8, 4, **kw), [0.5])",
+        dict(norm=False, context_freq=False, last=True, stride=2, kernel_size=4),
+        (2, 8, 16, 7),
+        "layer(x, skip)",
+    ),
 ]
 
 _LAYER_SCRIPT = """
@@ -132,16 +205,19 @@ results["pad1d"] = [pad1d(x, p, mode=m) for x, p, m in cases["pad1d"]]
 torch.save(results, {out!r})
 """
 
-PAD_CASES = [(torch.arange(5.).view(1, 5), (7, 2), "reflect"),
-             (torch.arange(3.).view(1, 1, 3), (2, 6), "reflect"),
-             (torch.arange(8.).view(2, 1, 4), (3, 3), "reflect"),
-             (torch.arange(4.).view(2, 2), (5, 1), "constant"),
-             (torch.arange(9.).view(1, 9), (4, 4), "reflect")]
+PAD_CASES = [
+    (torch.arange(5.0).view(1, 5), (7, 2), "reflect"),
+    (torch.arange(3.0).view(1, 1, 3), (2, 6), "reflect"),
+    (torch.arange(8.0).view(2, 1, 4), (3, 3), "reflect"),
+    (torch.arange(4.0).view(2, 2), (5, 1), "constant"),
+    (torch.arange(9.0).view(1, 9), (4, 4), "reflect"),
+]
 
 
 @pytest.fixture(scope="module")
 def upstream_layers(tmp_path_factory):
     from tests import oracle as _oracle
+
     if not _oracle.available():
         pytest.skip("upstream oracle not installed (make oracle)")
     work = tmp_path_factory.mktemp("layers")
@@ -156,8 +232,9 @@ def test_layer_parity(upstream_layers, case):
     name, ctor, kw, shape, call = case
     ref = upstream_layers[name]
     torch.manual_seed(0)
-    layer = eval(ctor, {"HEncLayer": HEncLayer, "HDecLayer": HDecLayer, "MultiWrap": MultiWrap,
-                        "kw": kw}).eval()
+    layer = eval(
+        ctor, {"HEncLayer": HEncLayer, "HDecLayer": HDecLayer, "MultiWrap": MultiWrap, "kw": kw}
+    ).eval()
     # Seeded construction follows upstream's order: even the init matches.
     assert list(layer.state_dict()) == list(ref["state"])
     for key, value in ref["state"].items():
@@ -191,7 +268,7 @@ def test_pad1d_parity(upstream_layers):
         out = pad1d(x, paddings, mode=mode)
         assert torch.equal(out, ref), (paddings, mode)
         left = paddings[0]
-        assert torch.equal(out[..., left:left + x.shape[-1]], x)
+        assert torch.equal(out[..., left : left + x.shape[-1]], x)
 
 
 def test_multiwrap_equal_replicas_equal_whole_layer():
@@ -246,8 +323,15 @@ def test_hdemucs_onnx_export_conv_stft(tmp_path):
     path = tmp_path / "hdemucs.onnx"
     with torch.no_grad():
         expected = model(mix)
-        torch.onnx.export(model, (mix,), str(path), input_names=["mix"],
-                          output_names=["sources"], opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model,
+            (mix,),
+            str(path),
+            input_names=["mix"],
+            output_names=["sources"],
+            opset_version=17,
+            dynamo=False,
+        )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"mix": mix.numpy()})
     assert max_diff(torch.from_numpy(out), expected) < 1e-4

@@ -6,6 +6,7 @@ and two DiffQ-quantized HDemucs), then loaded three ways: by us (``--repo DIR``,
 4.1.0's own loader in a subprocess (``make oracle`` installs it in ``.oracle/site410``).
 All must give the outputs of the ``.th`` files.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -35,19 +36,33 @@ STUBS = Path(__file__).resolve().parent / "oracle_stubs"
 SITE_410 = Path(os.environ.get("DEMUCS_ORACLE410_SITE", ROOT / ".oracle" / "site410"))
 
 TINY_HDEMUCS: tp.Dict[str, tp.Any] = dict(
-    sources=configs.SOURCES_4, channels=4, nfft=256, depth=4, norm_starts=2, norm_groups=2,
-    dconv_attn=3, dconv_lstm=3, samplerate=16000)
-QUANTIZERS = {"hq": dict(diffq=1e-4, qat=0, min_size=0.0001, group_size=4),
-              "hu": dict(diffq=0, qat=8, min_size=0.0, group_size=8)}
-BAG_YAML = {"htdemucs": "models: [ht]\n",
-            "qbag": "models: [hq, hu]\nweights: [[1, 0, 1, 0], [0, 1, 0, 1]]\nsegment: 2\n"}
+    sources=configs.SOURCES_4,
+    channels=4,
+    nfft=256,
+    depth=4,
+    norm_starts=2,
+    norm_groups=2,
+    dconv_attn=3,
+    dconv_lstm=3,
+    samplerate=16000,
+)
+QUANTIZERS = {
+    "hq": dict(diffq=1e-4, qat=0, min_size=0.0001, group_size=4),
+    "hu": dict(diffq=0, qat=8, min_size=0.0, group_size=8),
+}
+BAG_YAML = {
+    "htdemucs": "models: [ht]\n",
+    "qbag": "models: [hq, hu]\nweights: [[1, 0, 1, 0], [0, 1, 0, 1]]\nsegment: 2\n",
+}
 BAG_MEMBERS = {"htdemucs": ["ht"], "qbag": ["hq", "hu"]}
 HAS_DIFFQ = importlib.util.find_spec("diffq") is not None
 
 pytestmark = [
     pytest.mark.usefixtures("single_thread"),
-    pytest.mark.skipif(importlib.util.find_spec("safetensors") is None,
-                       reason="safetensors is not installed (pip install demucs[hf])"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("safetensors") is None,
+        reason="safetensors is not installed (pip install demucs[hf])",
+    ),
 ]
 
 
@@ -94,8 +109,9 @@ def _names(th_repo: Path) -> tp.List[str]:
     return [name for name in BAG_YAML if (th_repo / f"{name}.yaml").exists()]
 
 
-def _assert_same(outs: tp.List[torch.Tensor], refs: tp.List[torch.Tensor],
-                 tol: float = 0.0) -> None:
+def _assert_same(
+    outs: tp.List[torch.Tensor], refs: tp.List[torch.Tensor], tol: float = 0.0
+) -> None:
     assert len(outs) == len(refs)
     for out, ref in zip(outs, refs):
         assert out.shape == ref.shape
@@ -138,8 +154,10 @@ def test_hf_scheme_with_patched_download(th_repo, hf_repo, monkeypatch):
 
     monkeypatch.setattr(hf, "hf_download", download)
     bag = get_model("hf://htdemucs")
-    assert asked == [("adefossez/HTDemucs", "htdemucs.yaml"),
-                     ("adefossez/HTDemucs", "ht.safetensors")]
+    assert asked == [
+        ("adefossez/HTDemucs", "htdemucs.yaml"),
+        ("adefossez/HTDemucs", "ht.safetensors"),
+    ]
     _assert_same(_outputs(bag), _outputs(get_model("htdemucs", repo=th_repo)))
     asked.clear()
     get_model("hf://someone/htdemucs", repo=th_repo)  # repo is ignored for hf:// names
@@ -156,8 +174,10 @@ def test_hf_repo_names_follow_upstream():
     assert hf.hf_repo_name("mdx_extra_q") == "Demucs-mdx_extra_q"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("huggingface_hub") is None,
-                    reason="huggingface_hub is not installed (pip install demucs[hf])")
+@pytest.mark.skipif(
+    importlib.util.find_spec("huggingface_hub") is None,
+    reason="huggingface_hub is not installed (pip install demucs[hf])",
+)
 def test_hf_scheme_offline_from_the_hub_cache(th_repo, hf_repo, tmp_path):
     """``HF_HUB_OFFLINE=1`` with files in huggingface_hub's cache layout: no network."""
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -178,13 +198,23 @@ def test_hf_scheme_offline_from_the_hub_cache(th_repo, hf_repo, tmp_path):
             torch.save([m.eval()(mix) for m in bag.models], {str(out)!r})
     """
     torch.save(_mix(), tmp_path / "mix.pt")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "cache"),
-               OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=str(ROOT),
-                          env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_HUB_CACHE=str(tmp_path / "cache"),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=str(ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
-    _assert_same(torch.load(out, weights_only=True),
-                 _outputs(get_model("htdemucs", repo=th_repo)))
+    _assert_same(torch.load(out, weights_only=True), _outputs(get_model("htdemucs", repo=th_repo)))
 
 
 def test_missing_huggingface_hub_says_how_to_install(monkeypatch):
@@ -226,10 +256,20 @@ def upstream_410(th_repo, hf_repo, tmp_path_factory) -> tp.Dict[str, tp.Any]:
                 results[file.stem] = model(mix)
         torch.save(results, {str(work / 'out.pt')!r})
     """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(STUBS), str(SITE_410)]),
-               OMP_NUM_THREADS="1", TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=str(work),
-                          env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(STUBS), str(SITE_410)]),
+        OMP_NUM_THREADS="1",
+        TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=str(work),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"4.1.0 oracle failed:\n{proc.stdout}\n{proc.stderr}")
     return torch.load(work / "out.pt", weights_only=True)
@@ -249,8 +289,9 @@ def test_upstream_410_loads_our_folders_with_the_same_outputs(upstream_410, th_r
 # ------------------------------------------------------------------ hostile files
 
 
-def _write_safetensors(path: Path, metadata: tp.Dict[str, str],
-                       tensors: tp.Optional[tp.Dict[str, torch.Tensor]] = None) -> Path:
+def _write_safetensors(
+    path: Path, metadata: tp.Dict[str, str], tensors: tp.Optional[tp.Dict[str, torch.Tensor]] = None
+) -> Path:
     from safetensors.torch import save_file
 
     save_file(tensors or {"x": torch.zeros(1)}, str(path), metadata=metadata)
@@ -264,24 +305,39 @@ def _ht_metadata(hf_repo: Path) -> tp.Dict[str, str]:
         return dict(file.metadata())
 
 
-@pytest.mark.parametrize("change,match", [
-    (dict(klass="os.system"), "not one of"),
-    (dict(klass="builtins.eval"), "not one of"),
-    (dict(klass="fractions.Fraction"), "not one of"),
-    (dict(structure=json.dumps({"_class": "os.system"})), "not a DiffQ quantizer"),
-    (dict(structure=json.dumps({"_dict": [["a", {"_tensor": "nope"}]]})), "missing tensor"),
-    (dict(structure="{not json"), "not valid JSON"),
-    (dict(kwargs=json.dumps({"sources": ["../evil", "b"]})), "path separator"),
-    (dict(kwargs=json.dumps({"sources": ["a"], "segment": {"_type": "fraction",
-                                                           "numerator": 1,
-                                                           "denominator": 0}})),
-     "invalid fraction"),
-    (dict(kwargs=json.dumps({"sources": ["a"], "depth": 50})), "depth"),
-    (dict(args="[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, "
-               "22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, "
-               "41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, "
-               "60, 61, 62, 63, 64, 65, 66, 67, 68]"), "wrong constructor arguments"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(klass="os.system"), "not one of"),
+        (dict(klass="builtins.eval"), "not one of"),
+        (dict(klass="fractions.Fraction"), "not one of"),
+        (dict(structure=json.dumps({"_class": "os.system"})), "not a DiffQ quantizer"),
+        (dict(structure=json.dumps({"_dict": [["a", {"_tensor": "nope"}]]})), "missing tensor"),
+        (dict(structure="{not json"), "not valid JSON"),
+        (dict(kwargs=json.dumps({"sources": ["../evil", "b"]})), "path separator"),
+        (
+            dict(
+                kwargs=json.dumps(
+                    {
+                        "sources": ["a"],
+                        "segment": {"_type": "fraction", "numerator": 1, "denominator": 0},
+                    }
+                )
+            ),
+            "invalid fraction",
+        ),
+        (dict(kwargs=json.dumps({"sources": ["a"], "depth": 50})), "depth"),
+        (
+            dict(
+                args="[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, "
+                "22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, "
+                "41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, "
+                "60, 61, 62, 63, 64, 65, 66, 67, 68]"
+            ),
+            "wrong constructor arguments",
+        ),
+    ],
+)
 def test_hostile_metadata_is_refused(hf_repo, tmp_path, change, match):
     metadata = dict(_ht_metadata(hf_repo), **change)
     path = _write_safetensors(tmp_path / "evil.safetensors", metadata)

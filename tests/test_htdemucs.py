@@ -1,4 +1,5 @@
 """HTDemucs: parity with upstream 4.0.1, and the conv-STFT backend against torch's."""
+
 from fractions import Fraction
 
 import pytest
@@ -41,16 +42,20 @@ def _release_mix() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def upstream(oracle, tmp_path_factory):
     """Upstream states and outputs for every case, from one oracle subprocess."""
-    specs = [dict(klass="htdemucs.HTDemucs", kwargs=_tiny_kwargs(name), inputs=_tiny_mix(name))
-             for name in TINY_CASES]
+    specs = [
+        dict(klass="htdemucs.HTDemucs", kwargs=_tiny_kwargs(name), inputs=_tiny_mix(name))
+        for name in TINY_CASES
+    ]
     results = oracle.make_models(specs, tmp_path_factory.mktemp("tiny"))
     return dict(zip(TINY_CASES, results))
 
 
 @pytest.fixture(scope="module")
 def upstream_release(oracle, tmp_path_factory):
-    specs = [dict(klass="htdemucs.HTDemucs", kwargs=getattr(configs, name),
-                  inputs=_release_mix()) for name in RELEASE_CASES]
+    specs = [
+        dict(klass="htdemucs.HTDemucs", kwargs=getattr(configs, name), inputs=_release_mix())
+        for name in RELEASE_CASES
+    ]
     results = oracle.make_models(specs, tmp_path_factory.mktemp("release"))
     return dict(zip(RELEASE_CASES, results))
 

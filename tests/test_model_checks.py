@@ -4,6 +4,7 @@
 The checkpoints are written with ``torch.save`` in upstream's layout (``klass``, ``args``,
 ``kwargs``, ``state``, ``training_args``), the way a hostile file would be made.
 """
+
 from __future__ import annotations
 
 import fractions
@@ -24,8 +25,16 @@ from demucs.states import load_model, save_model, serialize_model
 from demucs import configs
 
 SOURCES = ["drums", "bass", "other", "vocals"]
-TINY: tp.Dict[str, tp.Any] = dict(sources=SOURCES, channels=4, nfft=256, depth=4,
-                                  norm_starts=2, norm_groups=2, dconv_attn=3, dconv_lstm=3)
+TINY: tp.Dict[str, tp.Any] = dict(
+    sources=SOURCES,
+    channels=4,
+    nfft=256,
+    depth=4,
+    norm_starts=2,
+    norm_groups=2,
+    dconv_attn=3,
+    dconv_lstm=3,
+)
 
 
 def _package(**changes: tp.Any) -> tp.Dict[str, tp.Any]:
@@ -55,8 +64,19 @@ def _refused(path: Path, match: str) -> ModelLoadingError:
 
 # ------------------------------------------------------------------------- names
 
-BAD_NAMES = ["../../../tmp/x", "a/b", "a\\b", "", ".", "..", "a\x00b", "line\nbreak",
-             "x" * 200, 3, None]
+BAD_NAMES = [
+    "../../../tmp/x",
+    "a/b",
+    "a\\b",
+    "",
+    ".",
+    "..",
+    "a\x00b",
+    "line\nbreak",
+    "x" * 200,
+    3,
+    None,
+]
 
 
 @pytest.mark.parametrize("bad", BAD_NAMES, ids=repr)
@@ -67,8 +87,7 @@ def test_source_names_must_be_file_name_components(tmp_path, bad):
 
 
 def test_other_source_list_problems(tmp_path):
-    _refused(_write(tmp_path, _package(kwargs=dict(sources=["a", "a", "b", "c"]))),
-             "duplicate")
+    _refused(_write(tmp_path, _package(kwargs=dict(sources=["a", "a", "b", "c"]))), "duplicate")
     _refused(_write(tmp_path, _package(kwargs=dict(sources="drums"))), "list of names")
     _refused(_write(tmp_path, _package(kwargs=dict(sources=[]))), "1 to")
 
@@ -80,26 +99,30 @@ def test_check_name_accepts_plain_names():
 
 # ------------------------------------------------------------------------- values
 
-@pytest.mark.parametrize("key,value,match", [
-    ("samplerate", 0, "samplerate"),
-    ("samplerate", -44100, "samplerate"),
-    ("samplerate", 44100.5, "samplerate"),
-    ("samplerate", "44100", "samplerate"),
-    ("samplerate", 10 ** 9, "samplerate"),
-    ("audio_channels", 0, "audio_channels"),
-    ("audio_channels", 1000, "audio_channels"),
-    ("segment", 0, "segment"),
-    ("segment", -1.0, "segment"),
-    ("segment", float("nan"), "segment"),
-    ("segment", float("inf"), "segment"),
-    ("segment", "banana", "segment"),
-    ("channels", 0, "channels"),
-    ("channels", 2.5, "channels"),
-    ("growth", float("nan"), "growth"),
-    ("nfft", 1 << 30, "nfft"),
-    ("dconv_mode", 7, "dconv_mode"),
-    ("multi_freqs", [0.5, 2.0], "multi_freqs"),
-])
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("samplerate", 0, "samplerate"),
+        ("samplerate", -44100, "samplerate"),
+        ("samplerate", 44100.5, "samplerate"),
+        ("samplerate", "44100", "samplerate"),
+        ("samplerate", 10**9, "samplerate"),
+        ("audio_channels", 0, "audio_channels"),
+        ("audio_channels", 1000, "audio_channels"),
+        ("segment", 0, "segment"),
+        ("segment", -1.0, "segment"),
+        ("segment", float("nan"), "segment"),
+        ("segment", float("inf"), "segment"),
+        ("segment", "banana", "segment"),
+        ("channels", 0, "channels"),
+        ("channels", 2.5, "channels"),
+        ("growth", float("nan"), "growth"),
+        ("nfft", 1 << 30, "nfft"),
+        ("dconv_mode", 7, "dconv_mode"),
+        ("multi_freqs", [0.5, 2.0], "multi_freqs"),
+    ],
+)
 def test_declared_values_are_validated(tmp_path, key, value, match):
     _refused(_write(tmp_path, _package(kwargs={key: value})), match)
 
@@ -115,8 +138,7 @@ def test_huge_architecture_is_refused_before_allocating(tmp_path):
 def test_parameter_count_is_bounded_on_the_meta_device(tmp_path):
     kwargs = dict(configs.TINY_HTDEMUCS, channels=2048, depth=3, t_layers=1)
     assert count_parameters(HTDemucs, [], kwargs) > MAX_PARAMETERS
-    package = {"klass": HTDemucs, "args": [], "kwargs": kwargs, "state": {},
-               "training_args": {}}
+    package = {"klass": HTDemucs, "args": [], "kwargs": kwargs, "state": {}, "training_args": {}}
     start = time.monotonic()
     _refused(_write(tmp_path, package), "parameters")
     assert time.monotonic() - start < 20
@@ -124,8 +146,7 @@ def test_parameter_count_is_bounded_on_the_meta_device(tmp_path):
 
 def test_htdemucs_training_segment_is_bounded(tmp_path):
     kwargs = dict(configs.TINY_HTDEMUCS, segment=3000)
-    package = {"klass": HTDemucs, "args": [], "kwargs": kwargs, "state": {},
-               "training_args": {}}
+    package = {"klass": HTDemucs, "args": [], "kwargs": kwargs, "state": {}, "training_args": {}}
     _refused(_write(tmp_path, package), "training segment")
 
 
@@ -137,6 +158,7 @@ def test_count_parameters_matches_the_real_model():
 
 # ------------------------------------------------------------------------- layout
 
+
 def test_allowed_class_in_the_wrong_place(tmp_path):
     _refused(_write(tmp_path, _package(klass=fractions.Fraction)), "'klass' must be")
     _refused(_write(tmp_path, _package(klass="HDemucs")), "'klass' must be")
@@ -145,8 +167,13 @@ def test_allowed_class_in_the_wrong_place(tmp_path):
     _refused(_write(tmp_path, _package(args=HTDemucs)), "'args' must be a list")
     _refused(_write(tmp_path, _package(kwargs=dict(channels=HTDemucs))), "channels")
     _refused(_write(tmp_path, _package(state=[1, 2])), "'state' must be")
-    quantized = {"__quantized": True, "quantized": [], "float16": [], "others": [],
-                 "meta": {"klass": HTDemucs, "init_kwargs": {}}}
+    quantized = {
+        "__quantized": True,
+        "quantized": [],
+        "float16": [],
+        "others": [],
+        "meta": {"klass": HTDemucs, "init_kwargs": {}},
+    }
     _refused(_write(tmp_path, _package(state=quantized)), "DiffQ quantizer")
     _refused(_write(tmp_path, [1, 2, 3]), "not a Demucs checkpoint")
     _refused(_write(tmp_path, {"klass": HDemucs}), "missing")
@@ -157,10 +184,56 @@ def test_wrong_constructor_arguments(tmp_path):
     package["kwargs"].pop("sources")
     error = _refused(_write(tmp_path, package), "wrong constructor arguments")
     assert isinstance(error, ModelArgumentsError) and isinstance(error, TypeError)
-    _refused(_write(tmp_path, _package(args=[SOURCES, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
-                                             14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
-                                             26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37,
-                                             38, 39, 40])), "wrong constructor arguments")
+    _refused(
+        _write(
+            tmp_path,
+            _package(
+                args=[
+                    SOURCES,
+                    2,
+                    3,
+                    4,
+                    5,
+                    6,
+                    7,
+                    8,
+                    9,
+                    10,
+                    11,
+                    12,
+                    13,
+                    14,
+                    15,
+                    16,
+                    17,
+                    18,
+                    19,
+                    20,
+                    21,
+                    22,
+                    23,
+                    24,
+                    25,
+                    26,
+                    27,
+                    28,
+                    29,
+                    30,
+                    31,
+                    32,
+                    33,
+                    34,
+                    35,
+                    36,
+                    37,
+                    38,
+                    39,
+                    40,
+                ]
+            ),
+        ),
+        "wrong constructor arguments",
+    )
     # Unknown keyword arguments are dropped with a warning, as upstream does.
     with pytest.warns(UserWarning, match="from_the_future"):
         load_model(_write(tmp_path, _package(kwargs=dict(from_the_future=1))))
@@ -178,8 +251,9 @@ def test_inconsistent_architecture_is_one_line(tmp_path):
     _refused(_write(tmp_path, _package(kwargs=dict(nfft=258))), "cannot build HDemucs")
 
 
-@pytest.mark.parametrize("content", [os.urandom(4096), b"hello, not a model\n", b""],
-                         ids=["random", "text", "empty"])
+@pytest.mark.parametrize(
+    "content", [os.urandom(4096), b"hello, not a model\n", b""], ids=["random", "text", "empty"]
+)
 def test_random_bytes_are_not_a_checkpoint(tmp_path, content, monkeypatch):
     path = tmp_path / "random.th"
     path.write_bytes(content)
@@ -199,6 +273,7 @@ def test_valid_checkpoint_still_loads(tmp_path):
 
 # ------------------------------------------------------------------------- bags
 
+
 @pytest.fixture
 def repo(tmp_path) -> Path:
     """A folder with one tiny HTDemucs (``ht``) and one tiny HDemucs (``hd``)."""
@@ -208,21 +283,24 @@ def repo(tmp_path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("text,match", [
-    ("models: [ht]\n!!python/object/apply:os.system ['echo pwned']: 1\n", "not a valid bag"),
-    ("models: !!python/object/apply:os.system ['echo pwned']\n", "not a valid bag"),
-    ("models: [ht\n", "not a valid bag"),
-    ("models: [ht]\nsegment: banana\n", "segment"),
-    ("models: [ht]\nsegment: -3\n", "segment"),
-    ("models: [ht]\nsegment: .nan\n", "segment"),
-    ("models: ['../ht']\n", "model name"),
-    ("models: ht\n", "needs a `models` list"),
-    ("models: []\n", "1 to"),
-    ("models: [ht]\nweights: [[1, x, 1, 1]]\n", "weights"),
-    ("models: [ht]\nweights: [[1, 1]]\n", "invalid bag"),
-    ("- just a list\n", "needs a `models` list"),
-    (b"models: [\xff\xfe]\n", "not a valid bag|cannot read"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("models: [ht]\n!!python/object/apply:os.system ['echo pwned']: 1\n", "not a valid bag"),
+        ("models: !!python/object/apply:os.system ['echo pwned']\n", "not a valid bag"),
+        ("models: [ht\n", "not a valid bag"),
+        ("models: [ht]\nsegment: banana\n", "segment"),
+        ("models: [ht]\nsegment: -3\n", "segment"),
+        ("models: [ht]\nsegment: .nan\n", "segment"),
+        ("models: ['../ht']\n", "model name"),
+        ("models: ht\n", "needs a `models` list"),
+        ("models: []\n", "1 to"),
+        ("models: [ht]\nweights: [[1, x, 1, 1]]\n", "weights"),
+        ("models: [ht]\nweights: [[1, 1]]\n", "invalid bag"),
+        ("- just a list\n", "needs a `models` list"),
+        (b"models: [\xff\xfe]\n", "not a valid bag|cannot read"),
+    ],
+)
 def test_bad_bag_files(repo, text, match):
     (repo / "bag.yaml").write_bytes(text.encode() if isinstance(text, str) else text)
     with pytest.raises(ModelLoadingError, match=match) as info:
@@ -262,10 +340,24 @@ def test_command_line_refuses_a_crafted_model_in_one_line(tmp_path):
     out = tmp_path / "out"
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run(
-        [sys.executable, "-m", "demucs.separate", "-n", "evil", "--repo", str(models),
-         "-o", str(out), str(track)],
-        cwd=str(root), capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1"))
+        [
+            sys.executable,
+            "-m",
+            "demucs.separate",
+            "-n",
+            "evil",
+            "--repo",
+            str(models),
+            "-o",
+            str(out),
+            str(track),
+        ],
+        cwd=str(root),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "source name" in lines[0] and "evil.th" in lines[0], proc.stderr

@@ -6,6 +6,7 @@ The surface test lists upstream's public names and signatures from the installed
 subprocess since both packages are called ``demucs``, and fails on any name we lack or
 any signature a caller of upstream could not use unchanged.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -77,8 +78,14 @@ def _signatures(pythonpath: tp.Optional[str]) -> tp.Dict[str, tp.Any]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(ROOT),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -92,8 +99,9 @@ def ours() -> tp.Dict[str, tp.Any]:
 def _incompatible(up: tp.List[tp.Any], our: tp.List[tp.Any]) -> tp.Optional[str]:
     """Why a call written for ``up`` could fail on ``our`` (None if it cannot)."""
     ours_by_name = {name: (kind, default) for name, kind, default in our}
-    positional = [name for name, kind, _ in our
-                  if kind in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")]
+    positional = [
+        name for name, kind, _ in our if kind in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")
+    ]
     index = 0
     for name, kind, default in up:
         if kind in ("VAR_POSITIONAL", "VAR_KEYWORD"):
@@ -109,8 +117,11 @@ def _incompatible(up: tp.List[tp.Any], our: tp.List[tp.Any]) -> tp.Optional[str]
             index += 1
     upstream_names = {name for name, _, _ in up}
     for name, kind, default in our:
-        if name not in upstream_names and not default \
-                and kind not in ("VAR_POSITIONAL", "VAR_KEYWORD"):
+        if (
+            name not in upstream_names
+            and not default
+            and kind not in ("VAR_POSITIONAL", "VAR_KEYWORD")
+        ):
             return f"extra required parameter {name!r}"
     return None
 
@@ -194,7 +205,9 @@ def test_list_model_returns_upstream_410_shape(folder):
     assert model_repo.list_model() == {"sig1": folder / "sig1.th"}
     assert bag_repo.list_model() == {"mybag": folder / "mybag.yaml"}
     assert repo.AnyModelRepo(model_repo, bag_repo).list_model() == {
-        "sig1": folder / "sig1.th", "mybag": folder / "mybag.yaml"}
+        "sig1": folder / "sig1.th",
+        "mybag": folder / "mybag.yaml",
+    }
     remote = repo.RemoteRepo({"abc": "https://example.invalid/abc-12345678.th"})
     assert remote.list_model() == {"abc": "https://example.invalid/abc-12345678.th"}
 
@@ -212,9 +225,10 @@ def test_get_model_from_args_upstream_style(folder):
 
 
 def test_modules_keep_upstream_attributes():
-    for module, names in {"pretrained": ["ROOT_URL", "REMOTE_ROOT", "SOURCES",
-                                         "DEFAULT_MODEL", "HDemucs"],
-                          "hf": ["DEFAULT_NAMESPACE", "BagOfModels", "load_model"]}.items():
+    for module, names in {
+        "pretrained": ["ROOT_URL", "REMOTE_ROOT", "SOURCES", "DEFAULT_MODEL", "HDemucs"],
+        "hf": ["DEFAULT_NAMESPACE", "BagOfModels", "load_model"],
+    }.items():
         loaded = importlib.import_module(f"demucs.{module}")
         for name in names:
             assert hasattr(loaded, name), f"{module}.{name}"
@@ -226,8 +240,9 @@ def test_local_repo_checksum_follows_the_last_dash(folder):
     from demucs.states import save_with_checksum
 
     torch.manual_seed(0)
-    save_with_checksum(serialize_model(HTDemucs(**configs.TINY_HTDEMUCS), {}),
-                       folder / "my-model.th")
+    save_with_checksum(
+        serialize_model(HTDemucs(**configs.TINY_HTDEMUCS), {}), folder / "my-model.th"
+    )
     local = repo.LocalRepo(folder)
     assert local.has_model("my-model")
     assert isinstance(local.get_model("my-model"), HTDemucs)

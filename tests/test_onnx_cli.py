@@ -3,6 +3,7 @@
 One tiny HTDemucs (random weights, seed 0) is exported once for the module and saved as a
 checkpoint in a --repo folder (bag ``tinyx``), so the same weights run both ways.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,9 @@ def model() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def onnx_file(model, tmp_path_factory) -> Path:
-    return E.export_model(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", name=NAME,
-                          exporter="torchscript")
+    return E.export_model(
+        model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", name=NAME, exporter="torchscript"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +71,10 @@ def song(tmp_path_factory) -> Path:
     return path
 
 
-def _stems(folder: Path, names: tp.Sequence[str] = SOURCES, ext: str = "wav"
-           ) -> tp.Dict[str, np.ndarray]:
-    return {name: sf.read(str(folder / f"{name}.{ext}"), dtype="float32")[0].T
-            for name in names}
+def _stems(
+    folder: Path, names: tp.Sequence[str] = SOURCES, ext: str = "wav"
+) -> tp.Dict[str, np.ndarray]:
+    return {name: sf.read(str(folder / f"{name}.{ext}"), dtype="float32")[0].T for name in names}
 
 
 def _run(args: tp.Sequence[tp.Any], capsys, seed: int = 0) -> tp.Tuple[int, str, str]:
@@ -86,17 +88,21 @@ def _files(folder: Path) -> tp.List[str]:
 
 # ---------------------------------------------------------------------- the command
 
+
 def test_onnx_matches_pytorch_repo(tmp_path, onnx_file, repo, song, capsys):
     common = ["--float32", "--clip-mode", "clamp", "--shifts", "1", "--overlap", "0.3"]
-    code, out, err = _run(["--onnx", onnx_file, *common, "-o", tmp_path / "onnx", song],
-                          capsys)
+    code, out, err = _run(["--onnx", onnx_file, *common, "-o", tmp_path / "onnx", song], capsys)
     assert code == 0, err
     assert "Separated tracks will be stored in" in out and err == ""
-    code, _, err = _run(["--repo", repo, "-n", NAME, *common, "-o", tmp_path / "torch", song],
-                        capsys)
+    code, _, err = _run(
+        ["--repo", repo, "-n", NAME, *common, "-o", tmp_path / "torch", song], capsys
+    )
     assert code == 0, err
-    assert _files(tmp_path / "onnx") == _files(tmp_path / "torch") == [
-        f"{NAME}/song/{stem}.wav" for stem in sorted(SOURCES)]
+    assert (
+        _files(tmp_path / "onnx")
+        == _files(tmp_path / "torch")
+        == [f"{NAME}/song/{stem}.wav" for stem in sorted(SOURCES)]
+    )
     got = _stems(tmp_path / "onnx" / NAME / "song")
     expected = _stems(tmp_path / "torch" / NAME / "song")
     for stem in SOURCES:
@@ -104,20 +110,35 @@ def test_onnx_matches_pytorch_repo(tmp_path, onnx_file, repo, song, capsys):
         assert E.snr_db(expected[stem], got[stem]) >= 60, stem
 
 
-@pytest.mark.parametrize("flags,files,subtype", [
-    (["--two-stems", "vocals", "--flac", "--int24", "--filename", "{stem}-{track}.{ext}"],
-     ["vocals-song.flac", "no_vocals-song.flac"], "PCM_24"),
-    (["--two-stems", "bass", "--other-method", "minus", "--mp3", "--mp3-bitrate", "64"],
-     ["song/bass.mp3", "song/minus_bass.mp3"], None),
-])
-def test_formats_and_two_stems_like_pytorch(tmp_path, onnx_file, repo, song, capsys, flags,
-                                            files, subtype):
-    for kind, model_flags in (("onnx", ["--onnx", onnx_file]),
-                              ("torch", ["--repo", repo, "-n", NAME])):
+@pytest.mark.parametrize(
+    "flags,files,subtype",
+    [
+        (
+            ["--two-stems", "vocals", "--flac", "--int24", "--filename", "{stem}-{track}.{ext}"],
+            ["vocals-song.flac", "no_vocals-song.flac"],
+            "PCM_24",
+        ),
+        (
+            ["--two-stems", "bass", "--other-method", "minus", "--mp3", "--mp3-bitrate", "64"],
+            ["song/bass.mp3", "song/minus_bass.mp3"],
+            None,
+        ),
+    ],
+)
+def test_formats_and_two_stems_like_pytorch(
+    tmp_path, onnx_file, repo, song, capsys, flags, files, subtype
+):
+    for kind, model_flags in (
+        ("onnx", ["--onnx", onnx_file]),
+        ("torch", ["--repo", repo, "-n", NAME]),
+    ):
         code, _, err = _run([*model_flags, *flags, "-q", "-o", tmp_path / kind, song], capsys)
         assert code == 0, err
-    assert _files(tmp_path / "onnx") == _files(tmp_path / "torch") == sorted(
-        f"{NAME}/{name}" for name in files)
+    assert (
+        _files(tmp_path / "onnx")
+        == _files(tmp_path / "torch")
+        == sorted(f"{NAME}/{name}" for name in files)
+    )
     for name in files:
         onnx_info = sf.info(str(tmp_path / "onnx" / NAME / name))
         torch_info = sf.info(str(tmp_path / "torch" / NAME / name))
@@ -129,8 +150,23 @@ def test_formats_and_two_stems_like_pytorch(tmp_path, onnx_file, repo, song, cap
 def test_streaming_equals_in_memory_runtime(tmp_path, onnx_file, song, capsys):
     """The CLI streams (blockwise decode, overlap-add, incremental writes); the result is
     OnnxSeparator.separate on the whole track, with the same shift offsets."""
-    code, _, err = _run(["--onnx", onnx_file, "--shifts", "2", "--float32", "--clip-mode",
-                         "clamp", "-q", "-o", tmp_path, song], capsys, seed=7)
+    code, _, err = _run(
+        [
+            "--onnx",
+            onnx_file,
+            "--shifts",
+            "2",
+            "--float32",
+            "--clip-mode",
+            "clamp",
+            "-q",
+            "-o",
+            tmp_path,
+            song,
+        ],
+        capsys,
+        seed=7,
+    )
     assert code == 0, err
     mix = sf.read(str(song), dtype="float32")[0].T
     random.seed(7)
@@ -143,16 +179,24 @@ def test_streaming_equals_in_memory_runtime(tmp_path, onnx_file, song, capsys):
 def test_bad_onnx_files(tmp_path, song, capsys):
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"not a protobuf at all" * 10)
-    for path, needle in ((tmp_path / "missing.onnx", "no such file"),
-                         (corrupt, "cannot load ONNX model"), (tmp_path, "directory")):
+    for path, needle in (
+        (tmp_path / "missing.onnx", "no such file"),
+        (corrupt, "cannot load ONNX model"),
+        (tmp_path, "directory"),
+    ):
         code, out, err = run_main(["--onnx", path, "-o", tmp_path / "out", song], capsys)
         assert code == 1 and needle in err, err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "demucs", "--onnx", str(corrupt),
-                             str(song)], cwd=str(tmp_path), env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "demucs", "--onnx", str(corrupt), str(song)],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("demucs: error: cannot load ONNX model")
     assert len(result.stderr.strip().splitlines()) == 1
@@ -178,8 +222,9 @@ def test_onnx_command_runs_without_torch(tmp_path, onnx_file, song, resampled):
     if resampled:
         from demucs.audio import convert_audio
 
-        wav48 = convert_audio(torch.from_numpy(sf.read(str(song), dtype="float32")[0].T),
-                              RATE, 48000, 1)
+        wav48 = convert_audio(
+            torch.from_numpy(sf.read(str(song), dtype="float32")[0].T), RATE, 48000, 1
+        )
         song = tmp_path / "song.wav"
         sf.write(str(song), wav48[0].numpy(), 48000, subtype="FLOAT")
         mix = convert_audio(wav48, 48000, RATE, 2).numpy()
@@ -187,9 +232,26 @@ def test_onnx_command_runs_without_torch(tmp_path, onnx_file, song, resampled):
         mix = sf.read(str(song), dtype="float32")[0].T
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-c", NO_TORCH, "--onnx", str(onnx_file), "--shifts", "0", "-q",
-         "--float32", "-o", str(tmp_path / "bare"), str(song)],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-c",
+            NO_TORCH,
+            "--onnx",
+            str(onnx_file),
+            "--shifts",
+            "0",
+            "-q",
+            "--float32",
+            "-o",
+            str(tmp_path / "bare"),
+            str(song),
+        ],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     expected = OnnxSeparator(onnx_file, threads=1).separate(mix, shifts=0)
     got = _stems(tmp_path / "bare" / NAME / "song")
@@ -198,19 +260,21 @@ def test_onnx_command_runs_without_torch(tmp_path, onnx_file, song, resampled):
         assert E.snr_db(expected[index] / rescale, got[stem]) >= 100, stem
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (["--segment", "0.25"], "--segment cannot be used with --onnx"),
-    (["-n", "htdemucs"], "--onnx replaces -n/--name"),
-    (["--repo", "."], "--onnx replaces --repo"),
-    (["-s", "abcd1234"], "--onnx replaces -s/--sig"),
-    (["--no-split"], "--no-split cannot be used with --onnx"),
-    (["-d", "mps"], "not supported with an ONNX model"),
-    (["--two-stems", "guitar"], 'stem "guitar" is not in selected model'),
-    (["--list-models"], "does not take --onnx"),
-])
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--segment", "0.25"], "--segment cannot be used with --onnx"),
+        (["-n", "htdemucs"], "--onnx replaces -n/--name"),
+        (["--repo", "."], "--onnx replaces --repo"),
+        (["-s", "abcd1234"], "--onnx replaces -s/--sig"),
+        (["--no-split"], "--no-split cannot be used with --onnx"),
+        (["-d", "mps"], "not supported with an ONNX model"),
+        (["--two-stems", "guitar"], 'stem "guitar" is not in selected model'),
+        (["--list-models"], "does not take --onnx"),
+    ],
+)
 def test_flags_that_do_not_apply(tmp_path, onnx_file, song, capsys, flags, needle):
-    code, _, err = run_main(["--onnx", onnx_file, *flags, "-o", tmp_path / "out", song],
-                            capsys)
+    code, _, err = run_main(["--onnx", onnx_file, *flags, "-o", tmp_path / "out", song], capsys)
     assert code == 1 and needle in err, err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
@@ -228,8 +292,10 @@ def test_cuda_without_onnxruntime_gpu(tmp_path, onnx_file, song, capsys):
 def test_track_errors_are_one_line_and_skipped(tmp_path, onnx_file, song, capsys):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF....WAVEjunk")
-    code, _, err = run_main(["--onnx", onnx_file, "-q", "-o", tmp_path / "out",
-                             tmp_path / "missing.wav", broken, song], capsys)
+    code, _, err = run_main(
+        ["--onnx", onnx_file, "-q", "-o", tmp_path / "out", tmp_path / "missing.wav", broken, song],
+        capsys,
+    )
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 2 and "missing.wav" in lines[0] and "broken.wav" in lines[1], err
@@ -238,13 +304,15 @@ def test_track_errors_are_one_line_and_skipped(tmp_path, onnx_file, song, capsys
 
 def test_folder_name_falls_back_to_the_file_stem(tmp_path, model, song, capsys):
     path = E.export_model(model, tmp_path / "my_graph.onnx", name="../escape")
-    code, _, err = run_main(["--onnx", path, "-q", "--shifts", "0", "-o", tmp_path / "out",
-                             song], capsys)
+    code, _, err = run_main(
+        ["--onnx", path, "-q", "--shifts", "0", "-o", tmp_path / "out", song], capsys
+    )
     assert code == 0, err
     assert (tmp_path / "out" / "my_graph" / "song" / "vocals.wav").exists()
 
 
 # ---------------------------------------------------------------------- the pieces
+
 
 def test_onnx_members_batch(onnx_file):
     runtime = OnnxSeparator(onnx_file, threads=1)
@@ -267,8 +335,10 @@ def test_dynamic_batch_graph(tmp_path, model, onnx_file, song):
     """A graph with a dynamic batch runs several segments per call (stream_batch), with
     the result of one segment per call."""
     dynamic = E.export_model(model, tmp_path / "dynamic.onnx", name=NAME, dynamic_batch=True)
-    separators = [Separator(onnx=path, device="cpu", shifts=1, onnx_threads=1)
-                  for path in (onnx_file, dynamic)]
+    separators = [
+        Separator(onnx=path, device="cpu", shifts=1, onnx_threads=1)
+        for path in (onnx_file, dynamic)
+    ]
     batches: tp.List[int] = []
     runtime = separators[1].runtime
     assert runtime is not None and runtime.spec.dynamic_batch
@@ -312,9 +382,19 @@ def test_stream_core_equals_runtime(onnx_file):
     stats = TrackStats.of_blocks([mix])
     random.seed(3)
     track = BlockInput(ArraySource(mix, RATE, block=3000).blocks(), 2, mix.shape[1])
-    blocks = [stems for _, _, stems in separate(
-        onnx_members(runtime), track, sources=4, samplerate=RATE, shifts=2, overlap=0.25,
-        mean=stats.mean, std=stats.std)]
+    blocks = [
+        stems
+        for _, _, stems in separate(
+            onnx_members(runtime),
+            track,
+            sources=4,
+            samplerate=RATE,
+            shifts=2,
+            overlap=0.25,
+            mean=stats.mean,
+            std=stats.std,
+        )
+    ]
     state = random.getstate()
     got = np.concatenate(blocks, axis=-1)[0]
     random.seed(3)
@@ -327,8 +407,7 @@ def test_api_separator(onnx_file, song, model):
     calls: tp.List[tp.Dict[str, tp.Any]] = []
     separator = Separator(onnx=onnx_file, device="cpu", shifts=0, onnx_threads=1)
     assert separator.name == NAME and "onnx='tinyx'" in repr(separator)
-    assert (separator.samplerate, separator.audio_channels, separator.sources) == (
-        RATE, 2, SOURCES)
+    assert (separator.samplerate, separator.audio_channels, separator.sources) == (RATE, 2, SOURCES)
     assert separator.runtime is not None
     with pytest.raises(RuntimeError, match="ONNX"):
         separator.model
@@ -363,6 +442,7 @@ def test_memory_is_flat(tmp_path, onnx_file):
 
 # ---------------------------------------------------------------------- one-stem graphs
 
+
 @pytest.fixture(scope="module")
 def one_hot_bag() -> torch.nn.Module:
     """An htdemucs_ft-like bag of tiny HTDemucs: member k makes source k."""
@@ -377,8 +457,7 @@ def one_hot_bag() -> torch.nn.Module:
 
 def test_stems_graph_holds_only_the_members_it_needs(tmp_path, one_hot_bag, song, capsys):
     whole = E.export_model(one_hot_bag, tmp_path / "bag.onnx", name="bag")
-    vocals = E.export_model(one_hot_bag, tmp_path / "vocals.onnx", name="bagv",
-                            stems=["vocals"])
+    vocals = E.export_model(one_hot_bag, tmp_path / "vocals.onnx", name="bagv", stems=["vocals"])
     ratio = vocals.stat().st_size / whole.stat().st_size
     assert 0.2 < ratio < 0.32, ratio
     runtime = OnnxSeparator(vocals, threads=1)
@@ -394,10 +473,24 @@ def test_stems_graph_holds_only_the_members_it_needs(tmp_path, one_hot_bag, song
     code, _, err = run_main(["--onnx", vocals, "--shifts", "0", "-q", "-o", out, song], capsys)
     assert code == 0, err
     assert sorted(p.name for p in (out / "bagv" / "song").iterdir()) == ["vocals.wav"]
-    code, _, err = run_main(["--onnx", vocals, "--shifts", "0", "-q", "--two-stems", "vocals",
-                             "--other-method", "minus", "-o", out, song], capsys)
+    code, _, err = run_main(
+        [
+            "--onnx",
+            vocals,
+            "--shifts",
+            "0",
+            "-q",
+            "--two-stems",
+            "vocals",
+            "--other-method",
+            "minus",
+            "-o",
+            out,
+            song,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert (out / "bagv" / "song" / "minus_vocals.wav").exists()
-    code, _, err = run_main(["--onnx", vocals, "--two-stems", "vocals", "-o", out, song],
-                            capsys)
+    code, _, err = run_main(["--onnx", vocals, "--two-stems", "vocals", "-o", out, song], capsys)
     assert code == 1 and "--other-method minus" in err

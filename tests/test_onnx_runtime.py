@@ -1,4 +1,5 @@
 """demucs.onnx_runtime: whole-track separation with an exported graph vs apply_model."""
+
 import random
 import subprocess
 import sys
@@ -40,8 +41,10 @@ def _track(seconds: float, seed: int = 3, batch: int = 1) -> torch.Tensor:
     """A music-like test signal at 16 kHz: decaying tones plus a little noise."""
     gen = torch.Generator().manual_seed(seed)
     t = torch.arange(int(16000 * seconds)) / 16000
-    tones = sum(torch.sin(2 * np.pi * f * t) * (0.5 + 0.5 * torch.cos(2 * np.pi * r * t))
-                for f, r in ((110, 0.5), (440, 2.0), (1250, 3.0)))
+    tones = sum(
+        torch.sin(2 * np.pi * f * t) * (0.5 + 0.5 * torch.cos(2 * np.pi * r * t))
+        for f, r in ((110, 0.5), (440, 2.0), (1250, 3.0))
+    )
     noise = 0.05 * torch.randn(batch, 2, t.numel(), generator=gen)
     return (0.2 * tones + noise).float() + 0.01
 
@@ -76,14 +79,12 @@ def test_matches_apply_model(separator, model, shifts, overlap, power, monkeypat
         return drawn[-1]
 
     monkeypatch.setattr(random, "randint", recording_randint)
-    expected = _torch_reference(model, mix, shifts=shifts, overlap=overlap,
-                                transition_power=power)
+    expected = _torch_reference(model, mix, shifts=shifts, overlap=overlap, transition_power=power)
     monkeypatch.undo()
     assert len(drawn) == shifts
     replay = iter(drawn)
     monkeypatch.setattr(random, "randint", lambda a, b: next(replay))
-    got = separator.separate(mix.numpy(), shifts=shifts, overlap=overlap,
-                             transition_power=power)
+    got = separator.separate(mix.numpy(), shifts=shifts, overlap=overlap, transition_power=power)
     monkeypatch.undo()
     assert got.shape == (4, 2, mix.shape[-1])
     assert E.snr_db(expected.numpy(), got) >= 60
@@ -101,8 +102,11 @@ def test_short_track_and_batch(separator, model):
 
 def test_progress_and_errors(separator):
     calls = []
-    separator.separate(np.zeros((2, 20000), np.float32), shifts=0,
-                       progress=lambda done, total: calls.append((done, total)))
+    separator.separate(
+        np.zeros((2, 20000), np.float32),
+        shifts=0,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert calls and calls[-1][0] == len(calls) and all(d <= t for d, t in calls)
     with pytest.raises(ValueError, match="channels"):
         separator.separate(np.zeros((3, 1000), np.float32))
@@ -114,8 +118,13 @@ def test_progress_and_errors(separator):
 
 def test_session_options_and_optimized_model(onnx_file, tmp_path):
     saved = tmp_path / "optimized.onnx"
-    first = R.OnnxSeparator(onnx_file, threads=1, optimization="extended",
-                            memory_arena=False, optimized_model_path=str(saved))
+    first = R.OnnxSeparator(
+        onnx_file,
+        threads=1,
+        optimization="extended",
+        memory_arena=False,
+        optimized_model_path=str(saved),
+    )
     assert saved.exists()
     again = R.OnnxSeparator(saved, threads=1, optimization="disable")
     mix = np.random.default_rng(0).standard_normal((1, 2, 8000)).astype(np.float32)
@@ -133,7 +142,8 @@ def test_runtime_needs_only_numpy_and_onnxruntime():
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print(demucs.onnx.runtime.OnnxSeparator.__name__)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT)
+    )
     assert result.returncode == 0, result.stderr
     assert "OnnxSeparator" in result.stdout

@@ -1,4 +1,5 @@
 """Reduced precision (demucs.precision): close to float32, float32 untouched, clear errors."""
+
 import pytest
 import torch
 from torch import nn
@@ -44,8 +45,10 @@ def test_norms_stay_float32_under_bf16():
     model, dtypes = _model(), set()
     norms = [m for m in model.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm))]
     assert norms
-    handles = [m.register_forward_hook(lambda mod, args, out: dtypes.add(
-        (args[0].dtype, out.dtype))) for m in norms]
+    handles = [
+        m.register_forward_hook(lambda mod, args, out: dtypes.add((args[0].dtype, out.dtype)))
+        for m in norms
+    ]
     with torch.no_grad(), precision.precision_context("bf16", "cpu", check=False):
         model(_mix())
     for handle in handles:
@@ -76,8 +79,9 @@ def test_bf16_without_cpu_feature_raises(tmp_path, monkeypatch):
             pass
 
 
-@pytest.mark.parametrize("flag,key", [("avx512_bf16", "flags"), ("amx_bf16", "flags"),
-                                      ("bf16", "Features")])
+@pytest.mark.parametrize(
+    "flag,key", [("avx512_bf16", "flags"), ("amx_bf16", "flags"), ("bf16", "Features")]
+)
 def test_bf16_with_cpu_feature_passes(tmp_path, monkeypatch, flag, key):
     monkeypatch.setattr(precision, "CPUINFO", _cpuinfo(tmp_path, flag, key))
     assert precision.cpu_supports_bf16()
@@ -110,8 +114,16 @@ def test_bf16_hdemucs_with_lstm_and_local_attention():
     from demucs.hdemucs import HDemucs
 
     torch.manual_seed(0)
-    model = HDemucs(sources=["a", "b"], channels=4, nfft=256, depth=4, norm_starts=2,
-                    norm_groups=2, dconv_attn=3, dconv_lstm=3).eval()
+    model = HDemucs(
+        sources=["a", "b"],
+        channels=4,
+        nfft=256,
+        depth=4,
+        norm_starts=2,
+        norm_groups=2,
+        dconv_attn=3,
+        dconv_lstm=3,
+    ).eval()
     mix = torch.randn(1, 2, 8000, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference = model(mix)

@@ -1,4 +1,5 @@
 """Pretrained catalog, get_model, command line flags."""
+
 import argparse
 import json
 import shutil
@@ -9,15 +10,32 @@ import torch
 
 from demucs import pretrained
 from demucs.apply import BagOfModels
-from demucs.pretrained import (ROOT_URL, ModelLoadingError, _parse_remote_files,
-                               add_model_flags, get_model, get_model_from_args, list_models)
+from demucs.pretrained import (
+    ROOT_URL,
+    ModelLoadingError,
+    _parse_remote_files,
+    add_model_flags,
+    get_model,
+    get_model_from_args,
+    list_models,
+)
 from demucs.repo import BagOnlyRepo, RemoteRepo
 from demucs.states import save_with_checksum, serialize_model
 from tests.helpers import TinyNet, closed_port, serve
 
-CATALOG_NAMES = ["hdemucs_mmi", "htdemucs", "htdemucs_6s", "htdemucs_ft", "mdx", "mdx_extra",
-                 "mdx_extra_q", "mdx_q", "repro_mdx_a", "repro_mdx_a_hybrid_only",
-                 "repro_mdx_a_time_only"]
+CATALOG_NAMES = [
+    "hdemucs_mmi",
+    "htdemucs",
+    "htdemucs_6s",
+    "htdemucs_ft",
+    "mdx",
+    "mdx_extra",
+    "mdx_extra_q",
+    "mdx_q",
+    "repro_mdx_a",
+    "repro_mdx_a_hybrid_only",
+    "repro_mdx_a_time_only",
+]
 
 
 @pytest.fixture
@@ -32,8 +50,11 @@ def _catalog():
     out = {}
     for name in bags.list_models():
         bag = bags.get_bag_description(name)
-        out[name] = {"urls": [models[sig] for sig in bag["models"]],
-                     "weights": bag["weights"], "segment": bag["segment"]}
+        out[name] = {
+            "urls": [models[sig] for sig in bag["models"]],
+            "weights": bag["weights"],
+            "segment": bag["segment"],
+        }
     return out
 
 
@@ -44,10 +65,16 @@ def test_catalog_resolves(no_remote_override):
     assert catalog["htdemucs_6s"]["urls"] == [ROOT_URL + "hybrid_transformer/5c90dfd2-34c22ccb.th"]
     assert catalog["hdemucs_mmi"] == {
         "urls": [ROOT_URL + "hybrid_transformer/75fc33f5-1941ce65.th"],
-        "weights": None, "segment": 44}
+        "weights": None,
+        "segment": 44,
+    }
     ft = catalog["htdemucs_ft"]
     assert len(ft["urls"]) == 4 and ft["weights"] == [
-        [1., 0., 0., 0.], [0., 1., 0., 0.], [0., 0., 1., 0.], [0., 0., 0., 1.]]
+        [1.0, 0.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0, 0.0],
+        [0.0, 0.0, 1.0, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
     assert catalog["mdx_extra_q"]["urls"][0] == ROOT_URL + "mdx_final/83fc094f-4a16d450.th"
     for name, bag in catalog.items():
         assert bag["urls"], name
@@ -56,7 +83,8 @@ def test_catalog_resolves(no_remote_override):
 
 
 def test_catalog_matches_upstream(oracle, tmp_path, no_remote_override):
-    proc = oracle.run("""
+    proc = oracle.run(
+        """
         import json
         from demucs.pretrained import REMOTE_ROOT, _parse_remote_files
         from demucs.repo import BagOnlyRepo, RemoteRepo
@@ -69,7 +97,9 @@ def test_catalog_matches_upstream(oracle, tmp_path, no_remote_override):
             out[name] = {"urls": [models[s] for s in bag["models"]],
                          "weights": bag.get("weights"), "segment": bag.get("segment")}
         print(json.dumps(out))
-    """, cwd=tmp_path)
+    """,
+        cwd=tmp_path,
+    )
     assert json.loads(proc.stdout) == _catalog()
 
 
@@ -92,7 +122,8 @@ def _local_repo(folder, sigs=("aaaa1111", "bbbb2222")):
         torch.manual_seed(seed)
         paths.append(save_with_checksum(serialize_model(TinyNet(), {}), folder / f"{sig}.th"))
     (folder / "mybag.yaml").write_text(
-        f"models: {list(sigs)!r}\nweights: [[1., 0.], [1., 1.]]\nsegment: 1\n")
+        f"models: {list(sigs)!r}\nweights: [[1., 0.], [1., 1.]]\nsegment: 1\n"
+    )
     return paths
 
 
@@ -100,7 +131,7 @@ def test_get_model_local_repo(tmp_path):
     _local_repo(tmp_path)
     bag = get_model("mybag", repo=tmp_path)
     assert isinstance(bag, BagOfModels) and not bag.training
-    assert bag.weights == [[1., 0.], [1., 1.]]
+    assert bag.weights == [[1.0, 0.0], [1.0, 1.0]]
     single = get_model("bbbb2222", repo=tmp_path, use_conv_stft=True)
     assert isinstance(single, TinyNet) and single.use_conv_stft is True
     assert list_models(tmp_path) == ["mybag", "aaaa1111", "bbbb2222"]
@@ -136,7 +167,8 @@ def test_get_model_downloads(tmp_path, monkeypatch):
     catalog = tmp_path / "catalog"
     catalog.mkdir()
     (catalog / "files.txt").write_text(
-        "# test catalog\nroot: sub/\n" + "".join(p.name + "\n" for p in paths))
+        "# test catalog\nroot: sub/\n" + "".join(p.name + "\n" for p in paths)
+    )
     shutil.copy(served / "sub" / "mybag.yaml", catalog / "remotebag.yaml")
     monkeypatch.setattr(pretrained, "REMOTE_ROOT", catalog)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
@@ -168,8 +200,17 @@ def test_demucs_unittest():
 def test_get_model_tiny_htdemucs_repo(tmp_path):
     htdemucs = pytest.importorskip("demucs.htdemucs")
     torch.manual_seed(0)
-    model = htdemucs.HTDemucs(sources=["a", "b"], channels=4, depth=2, nfft=512, t_layers=1,
-                              t_heads=2, dconv_comp=2, samplerate=8000, segment=Fraction(1, 2))
+    model = htdemucs.HTDemucs(
+        sources=["a", "b"],
+        channels=4,
+        depth=2,
+        nfft=512,
+        t_layers=1,
+        t_heads=2,
+        dconv_comp=2,
+        samplerate=8000,
+        segment=Fraction(1, 2),
+    )
     save_with_checksum(serialize_model(model, {}), tmp_path / "eeee5555.th")
     (tmp_path / "tiny.yaml").write_text("models: ['eeee5555']\n")
     for flag in (False, True):

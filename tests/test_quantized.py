@@ -5,6 +5,7 @@ The checkpoints are written by upstream 4.0.1 (``states.get_quantizer`` +
 diffq quantizers, then loaded by our safe loader and compared with upstream's
 ``load_model`` on the same file. Needs the optional ``quantized`` extra (``diffq``).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,22 +19,46 @@ import torch
 from demucs.states import MissingDiffQError, load_model, load_package
 
 SOURCES = ["drums", "bass", "other", "vocals"]
-TINY_DEMUCS: tp.Dict[str, tp.Any] = dict(sources=SOURCES, channels=4, depth=2, lstm_layers=1,
-                                         dconv_comp=2, dconv_mode=3)
-TINY_HDEMUCS: tp.Dict[str, tp.Any] = dict(sources=SOURCES, channels=4, nfft=256, depth=4,
-                                          norm_starts=2, norm_groups=2, dconv_attn=3,
-                                          dconv_lstm=3)
+TINY_DEMUCS: tp.Dict[str, tp.Any] = dict(
+    sources=SOURCES, channels=4, depth=2, lstm_layers=1, dconv_comp=2, dconv_mode=3
+)
+TINY_HDEMUCS: tp.Dict[str, tp.Any] = dict(
+    sources=SOURCES,
+    channels=4,
+    nfft=256,
+    depth=4,
+    norm_starts=2,
+    norm_groups=2,
+    dconv_attn=3,
+    dconv_lstm=3,
+)
 
 #: name -> (upstream class, kwargs, quantizer args as in upstream's training config, length)
 CASES: tp.Dict[str, tp.Tuple[str, tp.Dict[str, tp.Any], tp.Dict[str, tp.Any], int]] = {
-    "demucs_diffq": ("demucs.Demucs", TINY_DEMUCS,
-                     dict(diffq=1e-4, qat=0, min_size=0.0001, group_size=4), 1500),
-    "demucs_uniform": ("demucs.Demucs", TINY_DEMUCS,
-                       dict(diffq=0, qat=8, min_size=0.0, group_size=8), 1500),
-    "hdemucs_diffq": ("hdemucs.HDemucs", TINY_HDEMUCS,
-                      dict(diffq=1e-4, qat=0, min_size=0.0005, group_size=8), 2100),
-    "hdemucs_uniform": ("hdemucs.HDemucs", TINY_HDEMUCS,
-                        dict(diffq=0, qat=6, min_size=0.0, group_size=8), 2100),
+    "demucs_diffq": (
+        "demucs.Demucs",
+        TINY_DEMUCS,
+        dict(diffq=1e-4, qat=0, min_size=0.0001, group_size=4),
+        1500,
+    ),
+    "demucs_uniform": (
+        "demucs.Demucs",
+        TINY_DEMUCS,
+        dict(diffq=0, qat=8, min_size=0.0, group_size=8),
+        1500,
+    ),
+    "hdemucs_diffq": (
+        "hdemucs.HDemucs",
+        TINY_HDEMUCS,
+        dict(diffq=1e-4, qat=0, min_size=0.0005, group_size=8),
+        2100,
+    ),
+    "hdemucs_uniform": (
+        "hdemucs.HDemucs",
+        TINY_HDEMUCS,
+        dict(diffq=0, qat=6, min_size=0.0, group_size=8),
+        2100,
+    ),
 }
 
 
@@ -70,8 +95,9 @@ def _diffq_missing_reason() -> tp.Optional[str]:
     return None
 
 
-needs_diffq = pytest.mark.skipif(_diffq_missing_reason() is not None,
-                                 reason=_diffq_missing_reason() or "")
+needs_diffq = pytest.mark.skipif(
+    _diffq_missing_reason() is not None, reason=_diffq_missing_reason() or ""
+)
 
 
 def _mix(name: str) -> torch.Tensor:
@@ -85,8 +111,10 @@ def quantized(oracle, tmp_path_factory) -> tp.Dict[str, tp.Dict[str, tp.Any]]:
     if _diffq_missing_reason():
         pytest.skip(_diffq_missing_reason())
     work = tmp_path_factory.mktemp("quantized")
-    jobs = {name: (klass, kwargs, qargs, _mix(name), str(work / f"{name}.th"), 3)
-            for name, (klass, kwargs, qargs, _) in CASES.items()}
+    jobs = {
+        name: (klass, kwargs, qargs, _mix(name), str(work / f"{name}.th"), 3)
+        for name, (klass, kwargs, qargs, _) in CASES.items()
+    }
     torch.save(jobs, work / "in.pt")
     oracle.run(_SCRIPT.format(inp=str(work / "in.pt"), out=str(work / "out.pt")), cwd=work)
     results = torch.load(work / "out.pt", weights_only=True)

@@ -1,4 +1,5 @@
 """Model repositories: local folders, checksums, downloads from a local HTTP server."""
+
 import hashlib
 from pathlib import Path
 
@@ -6,8 +7,15 @@ import pytest
 import torch
 
 from demucs.apply import BagOfModels
-from demucs.repo import (AnyModelRepo, BagOnlyRepo, DownloadError, LocalRepo,
-                         ModelLoadingError, RemoteRepo, check_checksum)
+from demucs.repo import (
+    AnyModelRepo,
+    BagOnlyRepo,
+    DownloadError,
+    LocalRepo,
+    ModelLoadingError,
+    RemoteRepo,
+    check_checksum,
+)
 from demucs.states import save_with_checksum, serialize_model
 from tests.helpers import TinyNet, closed_port, serve
 
@@ -73,14 +81,15 @@ def test_bag_repo(tmp_path):
     _write_model(tmp_path, "aaaa1111", seed=0)
     _write_model(tmp_path, "bbbb2222", seed=1)
     (tmp_path / "mybag.yaml").write_text(
-        "models: ['aaaa1111', 'bbbb2222']\nweights: [[1., 0.], [0.5, 1.]]\nsegment: 1\n")
+        "models: ['aaaa1111', 'bbbb2222']\nweights: [[1., 0.], [0.5, 1.]]\nsegment: 1\n"
+    )
     (tmp_path / "broken.yaml").write_text("weights: [1]\n")
     (tmp_path / "wrong_weights.yaml").write_text("models: ['aaaa1111']\nweights: [[1.]]\n")
     model_repo = LocalRepo(tmp_path)
     repo = AnyModelRepo(model_repo, BagOnlyRepo(tmp_path, model_repo))
     bag = repo.get_model("mybag")
     assert isinstance(bag, BagOfModels)
-    assert bag.weights == [[1., 0.], [0.5, 1.]]
+    assert bag.weights == [[1.0, 0.0], [0.5, 1.0]]
     assert [m.segment for m in bag.models] == [1, 1]
     assert isinstance(repo.get_model("aaaa1111"), TinyNet)
     assert repo.has_model("mybag") and repo.has_model("aaaa1111") and not repo.has_model("x")

@@ -4,6 +4,7 @@ Fixtures and helpers (tiny checkpoints, ``tiny_repo``, ``run_main``) are in test
 and tests/conftest.py. ``run_main`` calls ``main()`` as library callers do: it returns on
 success and raises ``SystemExit`` only on failure.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,13 @@ import soundfile as sf
 from demucs import separate
 from tests import oracle as _oracle
 from tests.helpers import (  # noqa: F401  (re-exported for the other command tests)
-    RATE, SOURCES, TINY_DEMUCS, TINY_HTDEMUCS, run_console, run_main, write_mix,
+    RATE,
+    SOURCES,
+    TINY_DEMUCS,
+    TINY_HTDEMUCS,
+    run_console,
+    run_main,
+    write_mix,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,8 +35,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_cli(args: tp.Sequence[tp.Any], cwd: Path) -> subprocess.CompletedProcess:
     """Runs ``python -m demucs.separate`` (ours) in a subprocess."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "demucs.separate", *map(str, args)],
-                          cwd=str(cwd), env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "demucs.separate", *map(str, args)],
+        cwd=str(cwd),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def leftovers(folder: Path) -> tp.List[Path]:
@@ -38,6 +51,7 @@ def leftovers(folder: Path) -> tp.List[Path]:
 
 
 # ---------------------------------------------------------------------- happy paths
+
 
 @pytest.mark.parametrize("name", ["tiny", "tinyht"])
 def test_matches_upstream_cli(tmp_path, tiny_repo, capsys, name):
@@ -57,8 +71,9 @@ def test_matches_upstream_cli(tmp_path, tiny_repo, capsys, name):
     _oracle.run_cli([*common, "-o", tmp_path / "upstream", tmp_path / "song.wav"], tmp_path)
     for stem in SOURCES:
         ours, _ = sf.read(str(tmp_path / "ours" / name / "song" / f"{stem}.wav"), dtype="int16")
-        theirs, _ = sf.read(str(tmp_path / "upstream" / name / "song" / f"{stem}.wav"),
-                            dtype="int16")
+        theirs, _ = sf.read(
+            str(tmp_path / "upstream" / name / "song" / f"{stem}.wav"), dtype="int16"
+        )
         assert ours.shape == theirs.shape
         assert np.abs(ours.astype(int) - theirs).max() <= 1, stem
 
@@ -74,22 +89,36 @@ def test_two_stems_methods(tmp_path, tiny_repo, capsys):
     full = {s: _read_float(tmp_path / "full/tiny/a" / f"{s}.wav") for s in SOURCES}
     for method in ("add", "minus", "none"):
         out = tmp_path / method
-        code, stdout, err = run_main([*base, "--two-stems", "vocals", "--other-method", method,
-                                      "-o", out, tmp_path / "a.wav"], capsys)
+        code, stdout, err = run_main(
+            [
+                *base,
+                "--two-stems",
+                "vocals",
+                "--other-method",
+                method,
+                "-o",
+                out,
+                tmp_path / "a.wav",
+            ],
+            capsys,
+        )
         assert code == 0, err
         assert stdout == ""  # -q
         files = sorted(p.name for p in (out / "tiny" / "a").iterdir())
         rest = {"add": ["no_vocals.wav"], "minus": ["minus_vocals.wav"], "none": []}[method]
         expected = sorted(["vocals.wav", *rest])
         assert files == expected
-        np.testing.assert_allclose(_read_float(out / "tiny/a/vocals.wav"), full["vocals"],
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            _read_float(out / "tiny/a/vocals.wav"), full["vocals"], atol=1e-6
+        )
     others = full["drums"] + full["bass"] + full["other"]
-    np.testing.assert_allclose(_read_float(tmp_path / "add/tiny/a/no_vocals.wav"), others,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        _read_float(tmp_path / "add/tiny/a/no_vocals.wav"), others, atol=1e-5
+    )
     mix = _read_float(tmp_path / "a.wav")
-    np.testing.assert_allclose(_read_float(tmp_path / "minus/tiny/a/minus_vocals.wav"),
-                               mix - full["vocals"], atol=1e-5)
+    np.testing.assert_allclose(
+        _read_float(tmp_path / "minus/tiny/a/minus_vocals.wav"), mix - full["vocals"], atol=1e-5
+    )
 
 
 def test_jobs_runs_segments_in_parallel_with_the_same_result(tmp_path, tiny_repo, capsys):
@@ -97,33 +126,61 @@ def test_jobs_runs_segments_in_parallel_with_the_same_result(tmp_path, tiny_repo
     write_mix(tmp_path / "a.wav", amplitude=0.05)
     base = ["--repo", tiny_repo, "-n", "tiny", "--shifts", "0", "--float32", "-q"]
     for name, extra in (("stream", []), ("jobs", ["-j", "2"])):
-        code, _, err = run_main([*base, *extra, "-o", tmp_path / name, tmp_path / "a.wav"],
-                                capsys)
+        code, _, err = run_main([*base, *extra, "-o", tmp_path / name, tmp_path / "a.wav"], capsys)
         assert code == 0, err
     for stem in SOURCES:
-        np.testing.assert_allclose(_read_float(tmp_path / "jobs/tiny/a" / f"{stem}.wav"),
-                                   _read_float(tmp_path / "stream/tiny/a" / f"{stem}.wav"),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            _read_float(tmp_path / "jobs/tiny/a" / f"{stem}.wav"),
+            _read_float(tmp_path / "stream/tiny/a" / f"{stem}.wav"),
+            atol=1e-5,
+        )
 
 
 def test_unknown_two_stem(tmp_path, tiny_repo, capsys):
     write_mix(tmp_path / "a.wav")
-    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "--two-stems", "piano",
-                             "-o", tmp_path / "out", tmp_path / "a.wav"], capsys)
+    code, _, err = run_main(
+        [
+            "--repo",
+            tiny_repo,
+            "-n",
+            "tiny",
+            "--two-stems",
+            "piano",
+            "-o",
+            tmp_path / "out",
+            tmp_path / "a.wav",
+        ],
+        capsys,
+    )
     assert code == 1 and len(err.strip().splitlines()) == 1 and "piano" in err
 
 
-@pytest.mark.parametrize("flags,ext,subtype", [
-    (["--mp3", "--mp3-bitrate", "64", "--mp3-preset", "7"], "mp3", None),
-    (["--flac"], "flac", "PCM_16"),
-    (["--flac", "--int24"], "flac", "PCM_24"),
-    (["--int24"], "wav", "PCM_24"),
-    (["--float32", "--clip-mode", "clamp"], "wav", "FLOAT"),
-])
+@pytest.mark.parametrize(
+    "flags,ext,subtype",
+    [
+        (["--mp3", "--mp3-bitrate", "64", "--mp3-preset", "7"], "mp3", None),
+        (["--flac"], "flac", "PCM_16"),
+        (["--flac", "--int24"], "flac", "PCM_24"),
+        (["--int24"], "wav", "PCM_24"),
+        (["--float32", "--clip-mode", "clamp"], "wav", "FLOAT"),
+    ],
+)
 def test_output_formats(tmp_path, tiny_repo, capsys, flags, ext, subtype):
     mix = write_mix(tmp_path / "a.wav")
-    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "-q", *flags,
-                             "-o", tmp_path / "out", tmp_path / "a.wav"], capsys)
+    code, _, err = run_main(
+        [
+            "--repo",
+            tiny_repo,
+            "-n",
+            "tiny",
+            "-q",
+            *flags,
+            "-o",
+            tmp_path / "out",
+            tmp_path / "a.wav",
+        ],
+        capsys,
+    )
     assert code == 0, err
     for stem in SOURCES:
         path = tmp_path / "out" / "tiny" / "a" / f"{stem}.{ext}"
@@ -136,24 +193,51 @@ def test_output_formats(tmp_path, tiny_repo, capsys, flags, ext, subtype):
 
 def test_filename_template(tmp_path, tiny_repo, capsys):
     write_mix(tmp_path / "my song.wav")
-    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "-q",
-                             "--filename", "{stem}/{track}_{trackext}.{ext}",
-                             "-o", tmp_path / "out", tmp_path / "my song.wav"], capsys)
+    code, _, err = run_main(
+        [
+            "--repo",
+            tiny_repo,
+            "-n",
+            "tiny",
+            "-q",
+            "--filename",
+            "{stem}/{track}_{trackext}.{ext}",
+            "-o",
+            tmp_path / "out",
+            tmp_path / "my song.wav",
+        ],
+        capsys,
+    )
     assert code == 0, err
     for stem in SOURCES:
         assert (tmp_path / "out" / "tiny" / stem / "my song_wav.wav").is_file()
 
 
-@pytest.mark.parametrize("template,needle", [
-    ("{track}/{instrument}.{ext}", "unknown key {instrument}"),
-    ("{track}.{ext}", "{stem}"),
-    ("{track}/{stem.{ext}", "invalid"),
-    ("{0}/{stem}.{ext}", "invalid"),
-])
+@pytest.mark.parametrize(
+    "template,needle",
+    [
+        ("{track}/{instrument}.{ext}", "unknown key {instrument}"),
+        ("{track}.{ext}", "{stem}"),
+        ("{track}/{stem.{ext}", "invalid"),
+        ("{0}/{stem}.{ext}", "invalid"),
+    ],
+)
 def test_bad_filename_template(tmp_path, tiny_repo, capsys, template, needle):
     write_mix(tmp_path / "a.wav")
-    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "--filename", template,
-                             "-o", tmp_path / "out", tmp_path / "a.wav"], capsys)
+    code, _, err = run_main(
+        [
+            "--repo",
+            tiny_repo,
+            "-n",
+            "tiny",
+            "--filename",
+            template,
+            "-o",
+            tmp_path / "out",
+            tmp_path / "a.wav",
+        ],
+        capsys,
+    )
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "--filename" in lines[0]
@@ -162,9 +246,12 @@ def test_bad_filename_template(tmp_path, tiny_repo, capsys, template, needle):
 
 def test_video_input(tmp_path, tiny_repo, capsys):
     from tests.helpers import encode_pyav, tones
+
     encode_pyav(tmp_path / "clip.mp4", tones(RATE * 4, 0.5), 32000, "aac", "mpeg4")
-    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "-q", "-o", tmp_path / "out",
-                             tmp_path / "clip.mp4"], capsys)
+    code, _, err = run_main(
+        ["--repo", tiny_repo, "-n", "tiny", "-q", "-o", tmp_path / "out", tmp_path / "clip.mp4"],
+        capsys,
+    )
     assert code == 0, err
     info = sf.info(str(tmp_path / "out" / "tiny" / "clip" / "vocals.wav"))
     assert info.samplerate == RATE and info.frames == RATE // 2
@@ -172,8 +259,10 @@ def test_video_input(tmp_path, tiny_repo, capsys):
 
 def test_mono_and_other_rates_are_converted(tmp_path, tiny_repo, capsys):
     write_mix(tmp_path / "mono.wav", seconds=1.0, channels=1, samplerate=16000)
-    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "-q", "-o", tmp_path / "out",
-                             tmp_path / "mono.wav"], capsys)
+    code, _, err = run_main(
+        ["--repo", tiny_repo, "-n", "tiny", "-q", "-o", tmp_path / "out", tmp_path / "mono.wav"],
+        capsys,
+    )
     assert code == 0, err
     info = sf.info(str(tmp_path / "out" / "tiny" / "mono" / "bass.wav"))
     assert (info.samplerate, info.channels, info.frames) == (RATE, 2, RATE)
@@ -186,6 +275,7 @@ def test_list_models(tiny_repo, capsys):
 
 # ---------------------------------------------------------------------- failures
 
+
 def _bad_tracks(folder: Path) -> tp.Dict[str, str]:
     """Bad input files -> a word that their error line must contain."""
     good = folder / "good.wav"
@@ -196,9 +286,14 @@ def _bad_tracks(folder: Path) -> tp.Dict[str, str]:
     (folder / "truncated.wav").write_bytes(raw[:40])
     (folder / "corrupt.flac").write_bytes(b"fLaC" + os.urandom(3000))
     sf.write(str(folder / "zero.wav"), np.zeros((0, 2), np.float32), RATE)
-    return {"missing.wav": "does not exist", "empty.wav": "empty",
-            "text.mp3": "cannot decode", "truncated.wav": "cannot decode",
-            "corrupt.flac": "cannot decode", "zero.wav": "no audio samples"}
+    return {
+        "missing.wav": "does not exist",
+        "empty.wav": "empty",
+        "text.mp3": "cannot decode",
+        "truncated.wav": "cannot decode",
+        "corrupt.flac": "cannot decode",
+        "zero.wav": "no audio samples",
+    }
 
 
 def test_bad_inputs_are_reported_and_skipped(tmp_path, tiny_repo):
@@ -213,8 +308,18 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path, tiny_repo):
     sf.write(str(inputs / "one.wav"), np.full((1, 2), 0.1, np.float32), RATE)
     good = ["first.wav", "silent.wav", "short.wav", "one.wav", "good.wav"]
     order = [good[0], *bad, *good[1:]]
-    proc = run_cli(["--repo", tiny_repo, "-n", "tiny", "-o", tmp_path / "out",
-                    *[inputs / name for name in order]], tmp_path)
+    proc = run_cli(
+        [
+            "--repo",
+            tiny_repo,
+            "-n",
+            "tiny",
+            "-o",
+            tmp_path / "out",
+            *[inputs / name for name in order],
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -234,8 +339,10 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path, tiny_repo):
 
 def test_unknown_model(tmp_path, tiny_repo):
     write_mix(tmp_path / "a.wav")
-    proc = run_cli(["--repo", tiny_repo, "-n", "nosuchmodel", "-o", tmp_path / "out",
-                    tmp_path / "a.wav"], tmp_path)
+    proc = run_cli(
+        ["--repo", tiny_repo, "-n", "nosuchmodel", "-o", tmp_path / "out", tmp_path / "a.wav"],
+        tmp_path,
+    )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "nosuchmodel" in lines[0] and "Traceback" not in proc.stderr
@@ -244,16 +351,16 @@ def test_unknown_model(tmp_path, tiny_repo):
 
 def test_missing_repo(tmp_path, capsys):
     write_mix(tmp_path / "a.wav")
-    code, _, err = run_main(["--repo", tmp_path / "norepo", "-n", "x", tmp_path / "a.wav"],
-                            capsys)
+    code, _, err = run_main(["--repo", tmp_path / "norepo", "-n", "x", tmp_path / "a.wav"], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "norepo" in err
 
 
 def test_output_folder_not_writable(tmp_path, tiny_repo, capsys):
     write_mix(tmp_path / "a.wav")
     (tmp_path / "afile").write_text("x")
-    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "-o", tmp_path / "afile",
-                             tmp_path / "a.wav"], capsys)
+    code, _, err = run_main(
+        ["--repo", tiny_repo, "-n", "tiny", "-o", tmp_path / "afile", tmp_path / "a.wav"], capsys
+    )
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "afile" in lines[0]
@@ -265,8 +372,20 @@ def test_track_output_not_writable(tmp_path, tiny_repo, capsys):
     write_mix(tmp_path / "b.wav", seed=1)
     (tmp_path / "out" / "tiny").mkdir(parents=True)
     (tmp_path / "out" / "tiny" / "a").write_text("in the way")
-    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "-q", "-o", tmp_path / "out",
-                             tmp_path / "a.wav", tmp_path / "b.wav"], capsys)
+    code, _, err = run_main(
+        [
+            "--repo",
+            tiny_repo,
+            "-n",
+            "tiny",
+            "-q",
+            "-o",
+            tmp_path / "out",
+            tmp_path / "a.wav",
+            tmp_path / "b.wav",
+        ],
+        capsys,
+    )
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "a.wav" in lines[0] and "cannot write" in lines[0]
@@ -293,8 +412,20 @@ def test_ctrl_c_leaves_no_partial_files(tmp_path, tiny_repo, capsys, monkeypatch
 
     monkeypatch.setattr(writers.SoundfileWriter, "write", flaky_method)
     extra = [] if streaming else ["--no-split"]
-    code, _, err = run_console(["--repo", tiny_repo, "-n", "tiny", "-q", *extra,
-                                "-o", tmp_path / "out", tmp_path / "a.wav"], capsys)
+    code, _, err = run_console(
+        [
+            "--repo",
+            tiny_repo,
+            "-n",
+            "tiny",
+            "-q",
+            *extra,
+            "-o",
+            tmp_path / "out",
+            tmp_path / "a.wav",
+        ],
+        capsys,
+    )
     assert code == 130 and "interrupted" in err and "Traceback" not in err
     track = tmp_path / "out" / "tiny" / "a"
     assert list(track.iterdir()) == []
@@ -304,8 +435,20 @@ def test_segment_too_long(tmp_path, tiny_repo, capsys):
     if not (tiny_repo / "tinyht.yaml").exists():
         pytest.skip("demucs.htdemucs not importable yet")
     write_mix(tmp_path / "a.wav")
-    code, _, err = run_main(["--repo", tiny_repo, "-n", "tinyht", "--segment", "5",
-                             "-o", tmp_path / "out", tmp_path / "a.wav"], capsys)
+    code, _, err = run_main(
+        [
+            "--repo",
+            tiny_repo,
+            "-n",
+            "tinyht",
+            "--segment",
+            "5",
+            "-o",
+            tmp_path / "out",
+            tmp_path / "a.wav",
+        ],
+        capsys,
+    )
     assert code == 1 and "segment" in err and len(err.strip().splitlines()) == 1
 
 
@@ -313,10 +456,14 @@ def test_parser_defaults():
     args = separate.get_parser().parse_args(["x.wav"])
     assert args.out == Path("separated") and args.filename == "{track}/{stem}.{ext}"
     assert (args.shifts, args.overlap, args.split, args.segment) == (1, 0.25, True, None)
-    assert (args.stem, args.int24, args.float32, args.clip_mode) == (None, False, False,
-                                                                     "rescale")
+    assert (args.stem, args.int24, args.float32, args.clip_mode) == (None, False, False, "rescale")
     assert (args.flac, args.mp3, args.mp3_bitrate, args.mp3_preset, args.jobs) == (
-        False, False, 320, 2, 0)
+        False,
+        False,
+        320,
+        2,
+        0,
+    )
     assert args.other_method == "add" and not args.quiet and not args.verbose
 
 
@@ -362,8 +509,11 @@ def test_finish_writers_closes_stems_in_parallel(tmp_path):
 def test_finish_writers_reports_the_first_failure_after_the_others(tmp_path):
     """Every close started is waited for; the finished stems are listed (so that the
     caller can remove them) and the failure is raised."""
-    writers = [_FakeWriter(tmp_path / "a.wav"), _FakeWriter(tmp_path / "b.wav", fail=True),
-               _FakeWriter(tmp_path / "c.wav")]
+    writers = [
+        _FakeWriter(tmp_path / "a.wav"),
+        _FakeWriter(tmp_path / "b.wav", fail=True),
+        _FakeWriter(tmp_path / "c.wav"),
+    ]
     done: tp.List[Path] = []
     with pytest.raises(OSError, match="No space left"):
         separate.finish_writers(writers, done, workers=2)
@@ -397,8 +547,18 @@ def test_main_ctrl_c_in_process_raises_keyboard_interrupt(tmp_path, tiny_repo, m
 
     monkeypatch.setattr(sf.SoundFile, "write", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        separate.main(["--repo", str(tiny_repo), "-n", "tiny", "-q", "-o",
-                       str(tmp_path / "out"), str(tmp_path / "a.wav")])
+        separate.main(
+            [
+                "--repo",
+                str(tiny_repo),
+                "-n",
+                "tiny",
+                "-q",
+                "-o",
+                str(tmp_path / "out"),
+                str(tmp_path / "a.wav"),
+            ]
+        )
     assert list((tmp_path / "out" / "tiny" / "a").iterdir()) == []
 
 
@@ -408,12 +568,19 @@ def test_console_script_and_python_m_exit_statuses(tmp_path):
     bad = run_cli(["--repo", tmp_path / "nope", "-n", "x", tmp_path / "a.wav"], tmp_path)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "demucs", "--shifts", "x"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "demucs", "--shifts", "x"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
 
 
 # ---------------------------------------------------------------------- 4.1.0 and new flags
+
 
 def _float_stems(folder: Path) -> tp.Dict[str, np.ndarray]:
     return {p.stem: sf.read(str(p), dtype="float32")[0] for p in sorted(folder.glob("*.wav"))}
@@ -424,13 +591,23 @@ def test_keep_samplerate(tmp_path, tiny_repo, capsys):
     from demucs.io import resample
 
     mix = write_mix(tmp_path / "a.wav", seconds=1.3, samplerate=48000)
-    base = ["--repo", tiny_repo, "-n", "tiny", "--shifts", "0", "--float32", "--clip-mode",
-            "none", "-q", tmp_path / "a.wav"]
+    base = [
+        "--repo",
+        tiny_repo,
+        "-n",
+        "tiny",
+        "--shifts",
+        "0",
+        "--float32",
+        "--clip-mode",
+        "none",
+        "-q",
+        tmp_path / "a.wav",
+    ]
     assert run_main([*base, "-o", tmp_path / "model"], capsys)[0] == 0
     assert run_main([*base, "--keep-samplerate", "-o", tmp_path / "kept"], capsys)[0] == 0
     for jobs in ([], ["-j", "2"]):
-        code, _, err = run_main([*base, *jobs, "--keep-samplerate", "-o", tmp_path / "j"],
-                                capsys)
+        code, _, err = run_main([*base, *jobs, "--keep-samplerate", "-o", tmp_path / "j"], capsys)
         assert code == 0, err
     at_model = _float_stems(tmp_path / "model/tiny/a")
     kept = _float_stems(tmp_path / "kept/tiny/a")
@@ -438,7 +615,7 @@ def test_keep_samplerate(tmp_path, tiny_repo, capsys):
     assert sf.info(str(tmp_path / "model/tiny/a/vocals.wav")).samplerate == RATE
     for name, wav in kept.items():
         assert wav.shape == mix.shape
-        back = resample(at_model[name].T, RATE, 48000)[:, :mix.shape[0]].T
+        back = resample(at_model[name].T, RATE, 48000)[:, : mix.shape[0]].T
         err = np.abs(back - wav)[200:-200].max()  # edges: the resampler's padding
         assert err < 1e-4, (name, err)
         np.testing.assert_allclose(_float_stems(tmp_path / "j/tiny/a")[name], wav, atol=1e-5)
@@ -449,8 +626,26 @@ def test_seed_makes_runs_identical(tmp_path, tiny_repo, capsys):
     outs = []
     for run, seed in enumerate((["--seed", "7"], ["--seed", "7"], [])):
         out = tmp_path / f"o{run}"
-        assert run_main(["--repo", tiny_repo, "-n", "tiny", "--shifts", "1", "--float32", "-q",
-                         *seed, "-o", out, tmp_path / "a.wav"], capsys)[0] == 0
+        assert (
+            run_main(
+                [
+                    "--repo",
+                    tiny_repo,
+                    "-n",
+                    "tiny",
+                    "--shifts",
+                    "1",
+                    "--float32",
+                    "-q",
+                    *seed,
+                    "-o",
+                    out,
+                    tmp_path / "a.wav",
+                ],
+                capsys,
+            )[0]
+            == 0
+        )
         outs.append(_float_stems(out / "tiny/a"))
     for name in outs[0]:
         assert np.array_equal(outs[0][name], outs[1][name])
@@ -463,36 +658,74 @@ def test_clip_mode_none_writes_as_computed(tmp_path, tiny_repo, capsys):
     from demucs.api import Separator
 
     write_mix(tmp_path / "a.wav")
-    assert run_main(["--repo", tiny_repo, "-n", "tiny", "--shifts", "0", "--float32", "-q",
-                     "--clip-mode", "none", "-o", tmp_path / "o", tmp_path / "a.wav"],
-                    capsys)[0] == 0
+    assert (
+        run_main(
+            [
+                "--repo",
+                tiny_repo,
+                "-n",
+                "tiny",
+                "--shifts",
+                "0",
+                "--float32",
+                "-q",
+                "--clip-mode",
+                "none",
+                "-o",
+                tmp_path / "o",
+                tmp_path / "a.wav",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     _, stems = Separator("tiny", repo=tiny_repo, device="cpu", shifts=0).separate_audio_file(
-        tmp_path / "a.wav")
+        tmp_path / "a.wav"
+    )
     for name, wav in _float_stems(tmp_path / "o/tiny/a").items():
         np.testing.assert_allclose(wav, stems[name].numpy().T, atol=1e-6)
 
 
 def test_single_model_is_not_called_a_bag(tmp_path, tiny_repo, capsys):
     write_mix(tmp_path / "a.wav")
-    code, out, err = run_main(["--repo", tiny_repo, "-n", "tiny", "--shifts", "0",
-                               "-o", tmp_path / "o", tmp_path / "a.wav"], capsys)
+    code, out, err = run_main(
+        [
+            "--repo",
+            tiny_repo,
+            "-n",
+            "tiny",
+            "--shifts",
+            "0",
+            "-o",
+            tmp_path / "o",
+            tmp_path / "a.wav",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "bag of" not in out
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--segment", "0"], "--segment"), (["--segment", "-2"], "--segment"),
-    (["--segment", "nan"], "--segment"), (["--shifts", "-1"], "--shifts"),
-    (["--overlap", "1"], "--overlap"),
-    (["-n", "tinyht", "--segment", "1e9"], "Maximum segment"),
-    (["-n", "tinyht", "--no-split"], "drop --no-split"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--segment", "0"], "--segment"),
+        (["--segment", "-2"], "--segment"),
+        (["--segment", "nan"], "--segment"),
+        (["--shifts", "-1"], "--shifts"),
+        (["--overlap", "1"], "--overlap"),
+        (["-n", "tinyht", "--segment", "1e9"], "Maximum segment"),
+        (["-n", "tinyht", "--no-split"], "drop --no-split"),
+    ],
+)
 def test_bad_separation_flags_get_one_line(tmp_path, tiny_repo, capsys, flags, message):
     if "tinyht" in flags and not (tiny_repo / "tinyht.yaml").exists():
         pytest.skip("demucs.htdemucs not importable")
     write_mix(tmp_path / "a.wav", seconds=3)
-    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", *flags, "-q",
-                             "-o", tmp_path / "o", tmp_path / "a.wav"], capsys)
+    code, _, err = run_main(
+        ["--repo", tiny_repo, "-n", "tiny", *flags, "-q", "-o", tmp_path / "o", tmp_path / "a.wav"],
+        capsys,
+    )
     assert code == 1 and message in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1
 
@@ -501,9 +734,23 @@ def test_huge_segment_on_a_waveform_model_is_bounded(tmp_path, tiny_repo, capsys
     """A segment far longer than the track (Demucs has no training limit) separates the
     track in one segment instead of allocating for the segment; many shifts warn."""
     write_mix(tmp_path / "a.wav")
-    code, _, err = run_main(["--repo", tiny_repo, "-n", "tiny", "--segment", "1e9",
-                             "--shifts", "11", "-q", "-o", tmp_path / "o", tmp_path / "a.wav"],
-                            capsys)
+    code, _, err = run_main(
+        [
+            "--repo",
+            tiny_repo,
+            "-n",
+            "tiny",
+            "--segment",
+            "1e9",
+            "--shifts",
+            "11",
+            "-q",
+            "-o",
+            tmp_path / "o",
+            tmp_path / "a.wav",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "warning: --shifts 11" in err
 
@@ -520,19 +767,33 @@ def test_one_stem_of_a_one_hot_bag_runs_one_member(tmp_path, capsys):
     weights = [[1.0 if k == i else 0.0 for k in range(4)] for i in range(4)]
     (repo / "ft.yaml").write_text(f"models: [m0, m1, m2, m3]\nweights: {weights}\n")
     write_mix(tmp_path / "a.wav")
-    base = ["--repo", repo, "-n", "ft", "--shifts", "1", "--seed", "3", "--float32",
-            "--clip-mode", "none", tmp_path / "a.wav"]
+    base = [
+        "--repo",
+        repo,
+        "-n",
+        "ft",
+        "--shifts",
+        "1",
+        "--seed",
+        "3",
+        "--float32",
+        "--clip-mode",
+        "none",
+        tmp_path / "a.wav",
+    ]
     code, out, err = run_main([*base, "-o", tmp_path / "full"], capsys)
     assert code == 0, err
     assert "bag of 4 models" in out and "of which" not in out
-    code, out, err = run_main([*base, "--two-stems", "vocals", "--other-method", "minus",
-                               "-o", tmp_path / "one"], capsys)
+    code, out, err = run_main(
+        [*base, "--two-stems", "vocals", "--other-method", "minus", "-o", tmp_path / "one"], capsys
+    )
     assert code == 0, err
     assert "bag of 4 models, 1 of which make vocals" in out
     full = _float_stems(tmp_path / "full/ft/a")["vocals"]
     one = _float_stems(tmp_path / "one/ft/a")
     assert sorted(one) == ["minus_vocals", "vocals"]
     from demucs.onnx.verify import snr_db
+
     assert snr_db(full, one["vocals"]) >= 100
 
 
@@ -540,15 +801,29 @@ def test_random_weights_without_any_download(tmp_path, capsys, monkeypatch):
     """`demucs --random-weights` builds the release architecture (here a tiny stand-in)."""
     from demucs import configs
 
-    monkeypatch.setitem(configs.RELEASE_CONFIGS, "tiny_random",
-                        dict(configs.TINY_HTDEMUCS, samplerate=RATE))
+    monkeypatch.setitem(
+        configs.RELEASE_CONFIGS, "tiny_random", dict(configs.TINY_HTDEMUCS, samplerate=RATE)
+    )
     write_mix(tmp_path / "a.wav")
-    code, out, err = run_main(["--random-weights", "-n", "tiny_random", "--shifts", "0", "-q",
-                               "-o", tmp_path / "o", tmp_path / "a.wav"], capsys)
+    code, out, err = run_main(
+        [
+            "--random-weights",
+            "-n",
+            "tiny_random",
+            "--shifts",
+            "0",
+            "-q",
+            "-o",
+            tmp_path / "o",
+            tmp_path / "a.wav",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert sorted(p.stem for p in (tmp_path / "o/tiny_random/a").iterdir()) == sorted(SOURCES)
-    code, _, err = run_main(["--random-weights", "-n", "nosuch", "-o", tmp_path / "o",
-                             tmp_path / "a.wav"], capsys)
+    code, _, err = run_main(
+        ["--random-weights", "-n", "nosuch", "-o", tmp_path / "o", tmp_path / "a.wav"], capsys
+    )
     assert code == 1 and "--random-weights knows" in err
 
 
@@ -558,8 +833,17 @@ def test_precision_flag(tmp_path, tiny_repo, capsys, monkeypatch):
     from demucs import precision
 
     write_mix(tmp_path / "a.wav")
-    base = ["--repo", tiny_repo, "-n", "tiny", "--shifts", "0", "--float32", "-q",
-            tmp_path / "a.wav"]
+    base = [
+        "--repo",
+        tiny_repo,
+        "-n",
+        "tiny",
+        "--shifts",
+        "0",
+        "--float32",
+        "-q",
+        tmp_path / "a.wav",
+    ]
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda *_: False)
     code, _, err = run_main([*base, "--precision", "bf16", "-o", tmp_path / "no"], capsys)
     assert code == 1 and "bf16" in err and len(err.strip().splitlines()) == 1

@@ -1,4 +1,5 @@
 """``demucs DIR``, ``--skip-existing``, colliding inputs and dot names (in process)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,9 @@ def _catalogue(root: Path) -> None:
 def test_folder(tmp_path, repo, capsys):
     _catalogue(tmp_path / "in")
     out = tmp_path / "out"
-    code, stdout, err = run_main(["--repo", repo, "-n", "tiny", "--shifts", "0",
-                                  "-o", out, tmp_path / "in"], capsys)
+    code, stdout, err = run_main(
+        ["--repo", repo, "-n", "tiny", "--shifts", "0", "-o", out, tmp_path / "in"], capsys
+    )
     assert code == 1
     assert err.count("\n") == 1 and "broken.mp3" in err and "Traceback" not in err
     assert stdout.strip().splitlines()[-1] == "3 separated, 0 skipped, 1 failed"
@@ -40,8 +42,24 @@ def test_folder(tmp_path, repo, capsys):
     for track, source in (("a", "a.wav"), ("sub/a", "sub/a.wav")):
         # The same track alone, as upstream names it: the same stems.
         single = tmp_path / "single" / track
-        assert run_main(["--repo", repo, "-n", "tiny", "--shifts", "0", "-q", "-o", single,
-                         tmp_path / "in" / source], capsys)[0] == 0
+        assert (
+            run_main(
+                [
+                    "--repo",
+                    repo,
+                    "-n",
+                    "tiny",
+                    "--shifts",
+                    "0",
+                    "-q",
+                    "-o",
+                    single,
+                    tmp_path / "in" / source,
+                ],
+                capsys,
+            )[0]
+            == 0
+        )
         for stem in SOURCES:
             ours = sf.read(str(out / "tiny" / track / f"{stem}.wav"))[0]
             alone = sf.read(str(single / "tiny" / "a" / f"{stem}.wav"))[0]
@@ -80,8 +98,18 @@ def test_skip_existing_resumes_a_killed_run(tmp_path, repo, capsys):
 def test_colliding_inputs_are_refused_before_separating(tmp_path, repo, capsys, names):
     for index, name in enumerate(names):
         write_mix(tmp_path / name, seed=index)
-    code, _, err = run_main(["--repo", repo, "-n", "tiny", "-o", tmp_path / "out",
-                             *[tmp_path / name for name in names]], capsys)
+    code, _, err = run_main(
+        [
+            "--repo",
+            repo,
+            "-n",
+            "tiny",
+            "-o",
+            tmp_path / "out",
+            *[tmp_path / name for name in names],
+        ],
+        capsys,
+    )
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and all(str(tmp_path / name) in lines[0] for name in names)
@@ -94,28 +122,44 @@ def test_colliding_folder_entries_can_be_told_apart(tmp_path, repo, capsys):
     base = ["--repo", repo, "-n", "tiny", "-q", "-o", tmp_path / "out"]
     assert run_main([*base, tmp_path / "in"], capsys)[0] == 1
     assert not (tmp_path / "out").exists()
-    code, _, err = run_main([*base, "--filename", "{track}_{trackext}/{stem}.{ext}",
-                             tmp_path / "in"], capsys)
+    code, _, err = run_main(
+        [*base, "--filename", "{track}_{trackext}/{stem}.{ext}", tmp_path / "in"], capsys
+    )
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out" / "tiny").iterdir()) == [
-        "song_flac", "song_wav"]
+        "song_flac",
+        "song_wav",
+    ]
 
 
 @pytest.mark.parametrize("name", ["..wav", "...wav", ".wav"])
 def test_dot_track_names_write_inside_their_folder(tmp_path, repo, capsys, name):
     write_mix(tmp_path / "in" / name)
     out = tmp_path / "deep" / "out"
-    code, _, err = run_main(["--repo", repo, "-n", "tiny", "-q", "-o", out,
-                             tmp_path / "in" / name], capsys)
+    code, _, err = run_main(
+        ["--repo", repo, "-n", "tiny", "-q", "-o", out, tmp_path / "in" / name], capsys
+    )
     assert code == 0, err
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    assert written == sorted([Path("in") / name] + [
-        Path("deep/out/tiny") / name / f"{stem}.wav" for stem in SOURCES])
+    assert written == sorted(
+        [Path("in") / name] + [Path("deep/out/tiny") / name / f"{stem}.wav" for stem in SOURCES]
+    )
 
 
 def test_escaping_template_is_refused(tmp_path, repo, capsys):
     write_mix(tmp_path / "a.wav")
-    code, _, err = run_main(["--repo", repo, "-n", "tiny", "-o", tmp_path / "out",
-                             "--filename", "../{track}/{stem}.{ext}", tmp_path / "a.wav"],
-                            capsys)
+    code, _, err = run_main(
+        [
+            "--repo",
+            repo,
+            "-n",
+            "tiny",
+            "-o",
+            tmp_path / "out",
+            "--filename",
+            "../{track}/{stem}.{ext}",
+            tmp_path / "a.wav",
+        ],
+        capsys,
+    )
     assert code == 1 and "outside the output folder" in err and len(err.splitlines()) == 1

@@ -1,4 +1,5 @@
 """The two STFT backends: conv (both implementations) vs torch.stft/istft, exactness."""
+
 import pytest
 import torch
 
@@ -45,8 +46,9 @@ def test_partial_bins_treat_nyquist_as_zero(impl):
     z = spectro(torch.randn(3, 2000), n_fft)
     z[..., -1, :] = 0
     ref = ispectro(z, n_fft // 4, 2000)
-    out = conv_ispectro(torch.view_as_real(z)[..., :-1, :, :], n_fft // 4, 2000, n_fft=n_fft,
-                        impl=impl)
+    out = conv_ispectro(
+        torch.view_as_real(z)[..., :-1, :, :], n_fft // 4, 2000, n_fft=n_fft, impl=impl
+    )
     assert snr_db(ref, out) > 110
 
 

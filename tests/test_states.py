@@ -1,4 +1,5 @@
 """Checkpoints: safe loading, upstream compatibility both ways, clear errors."""
+
 import argparse
 import os
 import pickle
@@ -13,10 +14,20 @@ import torch
 
 from demucs import states
 from tests.helpers import TinyNet
-from demucs.states import (MissingDiffQError, ModelLoadingError, UnsafeCheckpointError,
-                           allow_model_class, copy_state, get_state,
-                           load_model, save_model, save_with_checksum, serialize_model,
-                           set_state, swap_state)
+from demucs.states import (
+    MissingDiffQError,
+    ModelLoadingError,
+    UnsafeCheckpointError,
+    allow_model_class,
+    copy_state,
+    get_state,
+    load_model,
+    save_model,
+    save_with_checksum,
+    serialize_model,
+    set_state,
+    swap_state,
+)
 
 
 class Unregistered(TinyNet):
@@ -80,6 +91,7 @@ def test_unknown_kwargs_dropped_with_warning():
 
 def test_save_with_checksum(tmp_path):
     import hashlib
+
     target = save_with_checksum({"x": torch.ones(2)}, tmp_path / "sig.th")
     stem, checksum = target.stem.split("-")
     assert stem == "sig" and len(checksum) == 8
@@ -172,8 +184,13 @@ def test_quantized_file_without_diffq(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "diffq", types.ModuleType("diffq"))
     monkeypatch.setitem(sys.modules, "diffq.diffq", fake)
     package = serialize_model(TinyNet(), {})
-    package["state"] = {"__quantized": True, "quantized": [], "float16": [], "others": [],
-                        "meta": {"klass": DiffQuantizer, "init_kwargs": {}, "packed": True}}
+    package["state"] = {
+        "__quantized": True,
+        "quantized": [],
+        "float16": [],
+        "others": [],
+        "meta": {"klass": DiffQuantizer, "init_kwargs": {}, "packed": True},
+    }
     path = tmp_path / "q.th"
     torch.save(package, path)
     monkeypatch.setitem(sys.modules, "diffq", None)  # as if not installed
@@ -192,8 +209,18 @@ def test_get_quantizer_disabled_needs_no_diffq():
 # Upstream compatibility (oracle), with the real model classes.
 # ---------------------------------------------------------------------------------------
 
-HT_KWARGS = dict(sources=["drums", "bass"], audio_channels=2, channels=4, depth=2, nfft=512,
-                 t_layers=1, t_heads=2, dconv_comp=2, samplerate=8000, segment=Fraction(1, 2))
+HT_KWARGS = dict(
+    sources=["drums", "bass"],
+    audio_channels=2,
+    channels=4,
+    depth=2,
+    nfft=512,
+    t_layers=1,
+    t_heads=2,
+    dconv_comp=2,
+    samplerate=8000,
+    segment=Fraction(1, 2),
+)
 
 
 @pytest.mark.parametrize("use_conv_stft", [False, True])
@@ -231,7 +258,8 @@ def test_our_checkpoint_loads_in_upstream(oracle, tmp_path):
     ours = load_model(path, use_conv_stft=False).eval()
     with torch.no_grad():
         expected = ours(mix)
-    oracle.run(f"""
+    oracle.run(
+        f"""
         import warnings, torch
         warnings.filterwarnings("error", message="Dropping")
         from demucs.states import load_model
@@ -241,17 +269,35 @@ def test_our_checkpoint_loads_in_upstream(oracle, tmp_path):
         with torch.no_grad():
             out = model(torch.load({str(tmp_path / "in.pt")!r})["mix"])
         torch.save({{"out": out}}, {str(tmp_path / "out.pt")!r})
-    """, cwd=tmp_path)
+    """,
+        cwd=tmp_path,
+    )
     out = oracle.load_result(tmp_path / "out.pt")["out"]
     assert (out - expected).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("module, klass, kwargs", [
-    ("demucs.hdemucs", "HDemucs", dict(sources=["a", "b"], channels=4, depth=2, nfft=512,
-                                       samplerate=8000, segment=Fraction(1, 2))),
-    ("demucs.demucs", "Demucs", dict(sources=["a", "b"], channels=4, depth=2,
-                                     samplerate=8000, segment=Fraction(1, 2))),
-])
+@pytest.mark.parametrize(
+    "module, klass, kwargs",
+    [
+        (
+            "demucs.hdemucs",
+            "HDemucs",
+            dict(
+                sources=["a", "b"],
+                channels=4,
+                depth=2,
+                nfft=512,
+                samplerate=8000,
+                segment=Fraction(1, 2),
+            ),
+        ),
+        (
+            "demucs.demucs",
+            "Demucs",
+            dict(sources=["a", "b"], channels=4, depth=2, samplerate=8000, segment=Fraction(1, 2)),
+        ),
+    ],
+)
 def test_upstream_older_model_checkpoints_load(oracle, tmp_path, module, klass, kwargs):
     pytest.importorskip(module)
     path = tmp_path / "up.th"
@@ -270,8 +316,9 @@ def test_legacy_format(tmp_path):
     assert isinstance(load_model(good, trust=True), TinyNet)
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.th"
-    torch.save({"klass": Evil(marker), "t": torch.ones(2)}, evil,
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {"klass": Evil(marker), "t": torch.ones(2)}, evil, _use_new_zipfile_serialization=False
+    )
     with pytest.raises(UnsafeCheckpointError, match="system"):
         load_model(evil)
     assert not marker.exists()

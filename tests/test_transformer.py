@@ -1,4 +1,5 @@
 """Tests for demucs/transformer.py: parity with upstream 4.0.1, export, arguments."""
+
 from __future__ import annotations
 
 import random
@@ -28,18 +29,40 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
     "cape_odd_layers": dict(dim=DIM, num_heads=4, num_layers=3, emb="cape"),
     "scaled": dict(dim=DIM, num_heads=2, num_layers=2, emb="scaled", max_positions=32),
     "htdemucs_like": dict(
-        dim=DIM, num_heads=2, num_layers=4, norm_first=True, norm_out=True,
-        layer_scale=True, hidden_scale=2.0, weight_pos_embed=0.5,
+        dim=DIM,
+        num_heads=2,
+        num_layers=4,
+        norm_first=True,
+        norm_out=True,
+        layer_scale=True,
+        hidden_scale=2.0,
+        weight_pos_embed=0.5,
     ),
     "cross_first_relu": dict(
-        dim=DIM, num_heads=2, num_layers=3, cross_first=True, gelu=False, max_period=500.0,
+        dim=DIM,
+        num_heads=2,
+        num_layers=3,
+        cross_first=True,
+        gelu=False,
+        max_period=500.0,
     ),
     "group_norms": dict(
-        dim=DIM, num_heads=2, num_layers=2, norm_in=False, norm_in_group=2, group_norm=4,
-        norm_first=True, norm_out=1,
+        dim=DIM,
+        num_heads=2,
+        num_layers=2,
+        norm_in=False,
+        norm_in_group=2,
+        group_norm=4,
+        norm_first=True,
+        norm_out=1,
     ),
     "no_norm_in_norm_out_2": dict(
-        dim=DIM, num_heads=2, num_layers=2, norm_in=False, norm_first=True, norm_out=2,
+        dim=DIM,
+        num_heads=2,
+        num_layers=2,
+        norm_in=False,
+        norm_first=True,
+        norm_out=2,
     ),
 }
 
@@ -57,7 +80,8 @@ def _run_upstream(oracle, tmp_path: Path, kwargs: Dict[str, Any]) -> Dict[str, A
     x, xt = _inputs()
     inp, out = tmp_path / "in.pt", tmp_path / "out.pt"
     torch.save({"kwargs": kwargs, "x": x, "xt": xt}, inp)
-    oracle.run(f"""
+    oracle.run(
+        f"""
         import torch
         from demucs.transformer import CrossTransformerEncoder
         data = torch.load({str(inp)!r})
@@ -70,7 +94,9 @@ def _run_upstream(oracle, tmp_path: Path, kwargs: Dict[str, Any]) -> Dict[str, A
         with torch.no_grad():
             y, yt = model(data["x"], data["xt"])
         torch.save({{"state": model.state_dict(), "y": y, "yt": yt}}, {str(out)!r})
-    """, cwd=tmp_path)
+    """,
+        cwd=tmp_path,
+    )
     return torch.load(out, weights_only=True)
 
 
@@ -95,7 +121,8 @@ def test_matches_upstream(oracle, tmp_path: Path, name: str) -> None:
 
 def test_embeddings_match_upstream(oracle, tmp_path: Path) -> None:
     out = tmp_path / "emb.pt"
-    oracle.run(f"""
+    oracle.run(
+        f"""
         import torch
         from demucs import transformer as t
         torch.save({{
@@ -107,7 +134,9 @@ def test_embeddings_match_upstream(oracle, tmp_path: Path) -> None:
             "cape_raw": t.create_sin_embedding_cape(6, 8, 2, mean_normalize=False,
                                                     augment=False, max_period=300.0),
         }}, {str(out)!r})
-    """, cwd=tmp_path)
+    """,
+        cwd=tmp_path,
+    )
     ref = torch.load(out, weights_only=True)
     ours = {
         "sin": create_sin_embedding(11, 8),
@@ -138,6 +167,7 @@ def test_layer_scale() -> None:
 
 def test_never_takes_mha_fast_path(monkeypatch) -> None:
     """Eval + no_grad is where nn.MultiheadAttention would use its fused kernel."""
+
     def boom(*args, **kwargs):
         raise AssertionError("fast path taken")
 
@@ -187,20 +217,29 @@ def test_training_randomness() -> None:
 
 def test_cape_augment_shapes() -> None:
     emb = create_sin_embedding_cape(
-        10, 8, 3, mean_normalize=True, augment=True,
-        max_global_shift=5.0, max_local_shift=1.0, max_scale=1.4,
+        10,
+        8,
+        3,
+        mean_normalize=True,
+        augment=True,
+        max_global_shift=5.0,
+        max_local_shift=1.0,
+        max_scale=1.4,
     )
     assert emb.shape == (10, 3, 8) and emb.dtype == torch.float32
     assert not torch.allclose(emb[:, 0], emb[:, 1])
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(sparse_self_attn=True), NotImplementedError),
-    (dict(sparse_cross_attn=True), NotImplementedError),
-    (dict(num_heads=3), ValueError),
-    (dict(emb="rope"), ValueError),
-    (dict(sin_random_shift=-1), ValueError),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        (dict(sparse_self_attn=True), NotImplementedError),
+        (dict(sparse_cross_attn=True), NotImplementedError),
+        (dict(num_heads=3), ValueError),
+        (dict(emb="rope"), ValueError),
+        (dict(sin_random_shift=-1), ValueError),
+    ],
+)
 def test_bad_arguments(kwargs: Dict[str, Any], error: type) -> None:
     base = dict(dim=DIM, num_heads=2, num_layers=2)
     base.update(kwargs)
@@ -216,8 +255,15 @@ def test_bad_embedding_dims() -> None:
 
 
 def _export_kwargs() -> Dict[str, Any]:
-    return dict(dim=DIM, num_heads=2, num_layers=3, norm_first=True, norm_out=True,
-                layer_scale=True, hidden_scale=2.0)
+    return dict(
+        dim=DIM,
+        num_heads=2,
+        num_layers=3,
+        norm_first=True,
+        norm_out=True,
+        layer_scale=True,
+        hidden_scale=2.0,
+    )
 
 
 def _onnx_run(path_or_bytes, x: torch.Tensor, xt: torch.Tensor):
@@ -234,8 +280,14 @@ def test_onnx_export_torchscript(tmp_path: Path, emb: str) -> None:
     x, xt = _inputs()
     path = tmp_path / "transformer.onnx"
     torch.onnx.export(
-        model, (x, xt), str(path), dynamo=False, opset_version=17, external_data=False,
-        input_names=["x", "xt"], output_names=["y", "yt"],
+        model,
+        (x, xt),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        external_data=False,
+        input_names=["x", "xt"],
+        output_names=["y", "yt"],
         dynamic_axes={"x": {0: "batch", 3: "frames"}, "xt": {0: "batch", 2: "time"}},
     )
     assert not list(tmp_path.glob("*.data")), "unexpected external data file"
@@ -259,7 +311,11 @@ def test_onnx_export_dynamo(emb: str) -> None:
     x, xt = _inputs()
     frames, time = torch.export.Dim("frames", min=2), torch.export.Dim("time", min=2)
     program = torch.onnx.export(
-        model, (x, xt), dynamo=True, input_names=["x", "xt"], output_names=["y", "yt"],
+        model,
+        (x, xt),
+        dynamo=True,
+        input_names=["x", "xt"],
+        output_names=["y", "yt"],
         dynamic_shapes={"x": {3: frames}, "xt": {2: time}},
     )
     onnx_bytes = program.model_proto.SerializeToString()
@@ -290,8 +346,9 @@ def test_chunked_attention_only_inside_its_context(monkeypatch) -> None:
     import demucs.transformer as module
 
     calls = []
-    monkeypatch.setattr(module, "_query_chunked_attention",
-                        lambda *args: calls.append(args[-1]) or args[1])
+    monkeypatch.setattr(
+        module, "_query_chunked_attention", lambda *args: calls.append(args[-1]) or args[1]
+    )
     monkeypatch.setattr(module, "is_exporting", lambda: True)
     mha = nn.MultiheadAttention(16, 2, batch_first=True).eval()
     x = torch.randn(1, 10, 16)

@@ -1,5 +1,6 @@
 """Tests for demucs/utils.py: upstream names and behaviour (fatal, DummyPoolExecutor,
 unfold's keyword names, the metric helpers)."""
+
 from __future__ import annotations
 
 from concurrent.futures import CancelledError

@@ -11,6 +11,7 @@
 Needs ``node``, ``npm ci`` (node_modules) and Chromium (``$CHROMIUM`` or ``chromium`` on
 the PATH): skipped without them, except under ``CI=true`` where that is a failure.
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,8 +31,15 @@ import pytest
 import soundfile as sf
 
 # The Python core that web/demucs-core.js mirrors: one place to retarget if it moves.
-from demucs.core import (MAX_SHIFT_SECONDS, BlockInput, Member, TrackStats,  # noqa: E402
-                         check_split_params, separate, transition_weight)
+from demucs.core import (
+    MAX_SHIFT_SECONDS,
+    BlockInput,
+    Member,
+    TrackStats,  # noqa: E402
+    check_split_params,
+    separate,
+    transition_weight,
+)
 from demucs.io.resample import PolyphaseResampler, convert_channels  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +50,9 @@ PAGE_TIMEOUT_S = 600
 
 
 def _chromium() -> tp.Optional[str]:
-    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which(
-        "chromium-browser")
+    return (
+        os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    )
 
 
 def _missing() -> tp.List[str]:
@@ -82,8 +91,9 @@ def tiny_onnx(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     model = HTDemucs(**TINY_HTDEMUCS).eval()
-    return export_model(model, tmp_path_factory.mktemp("web") / "tiny.onnx", name="tinyweb",
-                        attention="portable")  # what onnxruntime-web is documented with
+    return export_model(
+        model, tmp_path_factory.mktemp("web") / "tiny.onnx", name="tinyweb", attention="portable"
+    )  # what onnxruntime-web is documented with
 
 
 def _write_song(path: Path, samplerate: int, seconds: float, seed: int) -> Path:
@@ -91,14 +101,15 @@ def _write_song(path: Path, samplerate: int, seconds: float, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * samplerate)) / samplerate
     left = 0.2 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)
-    right = 0.1 * np.sin(2 * np.pi * 330 * t) * (1 + np.sin(2 * np.pi * 0.5 * t)) \
-        + 0.05 * rng.standard_normal(t.size)
-    sf.write(str(path), np.stack([left, right], 1).astype(np.float32), samplerate,
-             subtype="PCM_16")
+    right = 0.1 * np.sin(2 * np.pi * 330 * t) * (
+        1 + np.sin(2 * np.pi * 0.5 * t)
+    ) + 0.05 * rng.standard_normal(t.size)
+    sf.write(str(path), np.stack([left, right], 1).astype(np.float32), samplerate, subtype="PCM_16")
     return path
 
 
 # ----------------------------------------------------------------- JS core vs Python core
+
 
 def _fake_graph(sources: int, input_samples: int) -> tp.Callable[[np.ndarray], np.ndarray]:
     """Stem ``s`` at input position ``t`` is ``input * (s + 1) * (1 + t / input_samples)``
@@ -112,9 +123,17 @@ def _fake_graph(sources: int, input_samples: int) -> tp.Callable[[np.ndarray], n
     return run
 
 
-def _separation(track: np.ndarray, rate: int, sources: tp.List[str], segment: int,
-                input_samples: int, shifts: int, overlap: float, power: float,
-                recorded: tp.Optional[tp.List[np.ndarray]] = None) -> tp.Dict[str, tp.Any]:
+def _separation(
+    track: np.ndarray,
+    rate: int,
+    sources: tp.List[str],
+    segment: int,
+    input_samples: int,
+    shifts: int,
+    overlap: float,
+    power: float,
+    recorded: tp.Optional[tp.List[np.ndarray]] = None,
+) -> tp.Dict[str, tp.Any]:
     stats = TrackStats.of_blocks([track])
     run = _fake_graph(len(sources), input_samples)
 
@@ -123,20 +142,41 @@ def _separation(track: np.ndarray, rate: int, sources: tp.List[str], segment: in
             recorded.extend(batch)
         return run(batch)
 
-    member = Member(run=recording_run, segment_length=segment,
-                    valid_length=lambda n: input_samples, weights=[1.0] * len(sources))
+    member = Member(
+        run=recording_run,
+        segment_length=segment,
+        valid_length=lambda n: input_samples,
+        weights=[1.0] * len(sources),
+    )
     max_shift = int(MAX_SHIFT_SECONDS * rate)
     random.seed(shifts)
     draws = [random.randint(0, max_shift) for _ in range(shifts)]
     random.seed(shifts)
-    blocks = separate([member], BlockInput([track], track.shape[0], track.shape[1]),
-                      sources=len(sources), samplerate=rate, shifts=shifts, overlap=overlap,
-                      transition_power=power, mean=stats.mean, std=stats.std)
+    blocks = separate(
+        [member],
+        BlockInput([track], track.shape[0], track.shape[1]),
+        sources=len(sources),
+        samplerate=rate,
+        shifts=shifts,
+        overlap=overlap,
+        transition_power=power,
+        mean=stats.mean,
+        std=stats.std,
+    )
     stems = np.concatenate([stem[0] for _, _, stem in blocks], axis=-1)
-    return dict(track=track.tolist(), sample_rate=rate, sources=sources,
-                segment_samples=segment, input_samples=input_samples, shifts=shifts,
-                overlap=overlap, transition_power=power, max_shift=max_shift, draws=draws,
-                stems=stems.tolist())
+    return dict(
+        track=track.tolist(),
+        sample_rate=rate,
+        sources=sources,
+        segment_samples=segment,
+        input_samples=input_samples,
+        shifts=shifts,
+        overlap=overlap,
+        transition_power=power,
+        max_shift=max_shift,
+        draws=draws,
+        stems=stems.tolist(),
+    )
 
 
 def core_reference(onnx_path: Path) -> tp.Dict[str, tp.Any]:
@@ -151,8 +191,14 @@ def core_reference(onnx_path: Path) -> tp.Dict[str, tp.Any]:
     ]
     stats = TrackStats.of_blocks([track])
     split_params = []
-    for shifts, overlap, power in [(0, 0.25, 1.0), (3, 0.0, 1.5), (-1, 0.25, 1.0),
-                                   (1, 1.0, 1.0), (1, -0.1, 1.0), (1, 0.25, 0.5)]:
+    for shifts, overlap, power in [
+        (0, 0.25, 1.0),
+        (3, 0.0, 1.5),
+        (-1, 0.25, 1.0),
+        (1, 1.0, 1.0),
+        (1, -0.1, 1.0),
+        (1, 0.25, 0.5),
+    ]:
         try:
             check_split_params(shifts, overlap, power)
             ok = True
@@ -164,34 +210,61 @@ def core_reference(onnx_path: Path) -> tp.Dict[str, tp.Any]:
         signal = rng.standard_normal(1500).astype(np.float32)
         resampler = PolyphaseResampler(old_sr, new_sr, 1)
         out = np.concatenate([resampler.push(signal[None]), resampler.finish()], axis=1)[0]
-        resampled.append(dict(old_sr=old_sr, new_sr=new_sr, signal=signal.tolist(),
-                              resampled=out.tolist()))
+        resampled.append(
+            dict(old_sr=old_sr, new_sr=new_sr, signal=signal.tolist(), resampled=out.tolist())
+        )
     three = rng.standard_normal((3, 20)).astype(np.float32)
-    converted = [dict(track=source.tolist(), channels=channels,
-                      converted=convert_channels(source, channels).tolist())
-                 for source, channels in [(three, 1), (three, 2), (three[:1], 2)]]
+    converted = [
+        dict(
+            track=source.tolist(),
+            channels=channels,
+            converted=convert_channels(source, channels).tolist(),
+        )
+        for source, channels in [(three, 1), (three, 2), (three[:1], 2)]
+    ]
     wavs = []
     for subtype in ("PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"):
         buffer = io.BytesIO()
-        sf.write(buffer, np.clip(0.4 * rng.standard_normal((50, 2)), -1, 1), 22050,
-                 format="WAV", subtype=subtype)
+        sf.write(
+            buffer,
+            np.clip(0.4 * rng.standard_normal((50, 2)), -1, 1),
+            22050,
+            format="WAV",
+            subtype=subtype,
+        )
         buffer.seek(0)
         data, rate = sf.read(buffer, dtype="float32")
-        wavs.append(dict(subtype=subtype, base64=base64.b64encode(buffer.getvalue()).decode(),
-                         sample_rate=rate, channels=data.T.tolist()))
+        wavs.append(
+            dict(
+                subtype=subtype,
+                base64=base64.b64encode(buffer.getvalue()).decode(),
+                sample_rate=rate,
+                channels=data.T.tolist(),
+            )
+        )
     import onnx
 
     metadata = {prop.key: prop.value for prop in onnx.load(str(onnx_path)).metadata_props}
     return dict(
         max_shift_seconds=MAX_SHIFT_SECONDS,
-        transition_weights=[dict(length=n, power=p, weight=transition_weight(n, p).tolist())
-                            for n, p in [(600, 1.0), (7, 2.0), (8, 1.5), (1, 1.0)]],
-        stats=[dict(channels=track.tolist(), mean=stats.mean, std=stats.std),
-               dict(channels=np.zeros((2, 10), np.float32).tolist(), mean=0.0, std=1.0)],
+        transition_weights=[
+            dict(length=n, power=p, weight=transition_weight(n, p).tolist())
+            for n, p in [(600, 1.0), (7, 2.0), (8, 1.5), (1, 1.0)]
+        ],
+        stats=[
+            dict(channels=track.tolist(), mean=stats.mean, std=stats.std),
+            dict(channels=np.zeros((2, 10), np.float32).tolist(), mean=0.0, std=1.0),
+        ],
         split_params=split_params,
-        plan=dict(track=track.tolist(), mean=stats.mean, std=stats.std, segment_samples=600,
-                  input_samples=840, overlap=0.25,
-                  inputs=[item.tolist() for item in recorded]),
+        plan=dict(
+            track=track.tolist(),
+            mean=stats.mean,
+            std=stats.std,
+            segment_samples=600,
+            input_samples=840,
+            overlap=0.25,
+            inputs=[item.tolist() for item in recorded],
+        ),
         separations=separations,
         resampled=resampled,
         converted=converted,
@@ -203,14 +276,20 @@ def core_reference(onnx_path: Path) -> tp.Dict[str, tp.Any]:
 def test_js_core_matches_python_core(web_tools, tiny_onnx, tmp_path):
     reference = tmp_path / "reference.json"
     reference.write_text(json.dumps(core_reference(tiny_onnx)))
-    result = subprocess.run(["node", "--test", str(WEB_TESTS / "core.test.mjs")], cwd=ROOT,
-                            env={**os.environ, "DEMUCS_CORE_REFERENCE": str(reference)},
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["node", "--test", str(WEB_TESTS / "core.test.mjs")],
+        cwd=ROOT,
+        env={**os.environ, "DEMUCS_CORE_REFERENCE": str(reference)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "# skipped 0" in result.stdout and "# fail 0" in result.stdout, result.stdout
 
 
 # ----------------------------------------------------------------- the page in Chromium
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -224,14 +303,19 @@ class _Server:
     def __init__(self, *args: tp.Any) -> None:
         self.port = _free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "demucs.web", "--port", str(self.port), "-q",
-             *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
+            [sys.executable, "-m", "demucs.web", "--port", str(self.port), "-q", *map(str, args)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = self.process.stdout.readline() if self.process.stdout else ""
         if "Serving" not in line:
             self.process.kill()
-            raise RuntimeError(f"the server did not start: {line}"
-                               f"{self.process.stderr.read() if self.process.stderr else ''}")
+            raise RuntimeError(
+                f"the server did not start: {line}"
+                f"{self.process.stderr.read() if self.process.stderr else ''}"
+            )
         self.url = f"http://127.0.0.1:{self.port}/"
 
     def close(self) -> None:
@@ -239,17 +323,31 @@ class _Server:
         self.process.wait(timeout=10)
 
 
-def drive_page(url: str, cases: tp.List[tp.Dict[str, tp.Any]], out: Path,
-               screenshot: tp.Optional[Path] = None) -> tp.List[tp.Dict[str, tp.Any]]:
+def drive_page(
+    url: str, cases: tp.List[tp.Dict[str, tp.Any]], out: Path, screenshot: tp.Optional[Path] = None
+) -> tp.List[tp.Dict[str, tp.Any]]:
     """Runs tests/web/drive_page.mjs on ``cases``; returns its per-case reports."""
     out.mkdir(parents=True, exist_ok=True)
     config = out / "drive.json"
-    config.write_text(json.dumps(dict(
-        url=url, chromium=_chromium(), out=str(out), cases=cases,
-        screenshot=str(screenshot) if screenshot else None, timeoutMs=PAGE_TIMEOUT_S * 1000)))
-    result = subprocess.run(["node", str(WEB_TESTS / "drive_page.mjs"), str(config)],
-                            cwd=ROOT, capture_output=True, text=True,
-                            timeout=PAGE_TIMEOUT_S + 120)
+    config.write_text(
+        json.dumps(
+            dict(
+                url=url,
+                chromium=_chromium(),
+                out=str(out),
+                cases=cases,
+                screenshot=str(screenshot) if screenshot else None,
+                timeoutMs=PAGE_TIMEOUT_S * 1000,
+            )
+        )
+    )
+    result = subprocess.run(
+        ["node", str(WEB_TESTS / "drive_page.mjs"), str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=PAGE_TIMEOUT_S + 120,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -257,9 +355,27 @@ def drive_page(url: str, cases: tp.List[tp.Dict[str, tp.Any]], out: Path,
 def _demucs_onnx(onnx_path: Path, song: Path, out: Path) -> Path:
     """Stems of ``demucs --onnx`` (float32 WAV), the reference the page must match."""
     result = subprocess.run(
-        [sys.executable, "-m", "demucs", "--onnx", str(onnx_path), "--shifts", "0",
-         "--float32", "--clip-mode", "clamp", "-q", "-o", str(out), str(song)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "demucs",
+            "--onnx",
+            str(onnx_path),
+            "--shifts",
+            "0",
+            "--float32",
+            "--clip-mode",
+            "clamp",
+            "-q",
+            "-o",
+            str(out),
+            str(song),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     return out / "tinyweb" / song.stem
 
@@ -279,16 +395,26 @@ def test_page_separates_like_demucs_onnx(web_tools, tiny_onnx, tmp_path):
     # The page as deployed: the site written by --export (page, ORT files, model.onnx),
     # served as plain static files.
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "demucs.web", "--onnx", str(tiny_onnx), "--export",
-                    str(site)], cwd=ROOT, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "demucs.web", "--onnx", str(tiny_onnx), "--export", str(site)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     server = _Server("--root", site)
     try:
-        reports = drive_page(server.url, [
-            dict(name="song", audio=str(song), shifts=0),
-            dict(name="song48", audio=str(song48), shifts=0),
-            dict(name="corrupt", audio=str(corrupt), shifts=0),
-            dict(name="karaoke", audio=str(short), shifts=1, mode="karaoke"),
-        ], tmp_path / "page", screenshot)
+        reports = drive_page(
+            server.url,
+            [
+                dict(name="song", audio=str(song), shifts=0),
+                dict(name="song48", audio=str(song48), shifts=0),
+                dict(name="corrupt", audio=str(corrupt), shifts=0),
+                dict(name="karaoke", audio=str(short), shifts=1, mode="karaoke"),
+            ],
+            tmp_path / "page",
+            screenshot,
+        )
     finally:
         server.close()
     by_name = {report["name"]: report for report in reports}
@@ -332,10 +458,23 @@ def test_page_separates_like_demucs_onnx(web_tools, tiny_onnx, tmp_path):
 
 # ----------------------------------------------------------------- the server command
 
+
 def test_server_bad_input_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "demucs.web", "--onnx",
-                             str(tmp_path / "missing.onnx"), "--port", "0"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "demucs.web",
+            "--onnx",
+            str(tmp_path / "missing.onnx"),
+            "--port",
+            "0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("demucs.web: "), result.stderr
@@ -346,22 +485,36 @@ def test_server_headers_and_export(web_tools, tiny_onnx, tmp_path):
 
     server = _Server("--onnx", tiny_onnx)
     try:
-        for path, kind in (("", "text/html"), ("ort/ort.min.mjs", "text/javascript"),
-                           ("ort/ort-wasm-simd-threaded.jsep.wasm", "application/wasm"),
-                           ("model.onnx", "application/octet-stream"),
-                           ("demucs-core.js", "text/javascript")):
+        for path, kind in (
+            ("", "text/html"),
+            ("ort/ort.min.mjs", "text/javascript"),
+            ("ort/ort-wasm-simd-threaded.jsep.wasm", "application/wasm"),
+            ("model.onnx", "application/octet-stream"),
+            ("demucs-core.js", "text/javascript"),
+        ):
             with urlopen(server.url + path, timeout=30) as response:
                 assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
                 assert response.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
                 assert response.headers["Content-Type"].startswith(kind), path
-        assert (tiny_onnx.read_bytes()[:64] == urlopen(server.url + "model.onnx").read()[:64])
+        assert tiny_onnx.read_bytes()[:64] == urlopen(server.url + "model.onnx").read()[:64]
     finally:
         server.close()
     site = tmp_path / "site"
-    result = subprocess.run([sys.executable, "-m", "demucs.web", "--onnx", str(tiny_onnx),
-                             "--export", str(site)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "demucs.web", "--onnx", str(tiny_onnx), "--export", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
-    for name in ("index.html", "app.js", "worker.js", "demucs-core.js", "style.css",
-                 "model.onnx", "ort/ort.min.mjs"):
+    for name in (
+        "index.html",
+        "app.js",
+        "worker.js",
+        "demucs-core.js",
+        "style.css",
+        "model.onnx",
+        "ort/ort.min.mjs",
+    ):
         assert (site / name).is_file(), name

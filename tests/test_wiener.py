@@ -1,5 +1,6 @@
 """Tests for demucs/wiener.py: complex helpers, parity with open-unmix's ``wiener`` and
 upstream ``HTDemucs._wiener`` (through the oracle), zero-phase handling, ONNX export."""
+
 from __future__ import annotations
 
 import itertools
@@ -31,8 +32,15 @@ def _close(ours: torch.Tensor, ref: torch.Tensor, tol: float = TOL) -> None:
     assert err <= tol * max(scale, 1e-30), f"max abs err {err:.3g} vs scale {scale:.3g}"
 
 
-def _random_case(frames: int, bins: int, channels: int, sources: int, seed: int,
-                 dtype: torch.dtype = torch.float32, amp: float = 40.0) -> dict:
+def _random_case(
+    frames: int,
+    bins: int,
+    channels: int,
+    sources: int,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+    amp: float = 40.0,
+) -> dict:
     gen = torch.Generator().manual_seed(seed)
     targets = torch.randn(frames, bins, channels, sources, generator=gen, dtype=dtype).abs()
     mix = torch.randn(frames, bins, channels, 2, generator=gen, dtype=dtype)
@@ -43,6 +51,7 @@ def _random_case(frames: int, bins: int, channels: int, sources: int, seed: int,
 # --------------------------------------------------------------------------------------
 # Complex helpers against torch's complex dtype
 # --------------------------------------------------------------------------------------
+
 
 def _cplx(x: torch.Tensor) -> torch.Tensor:
     return torch.view_as_complex(x.contiguous())
@@ -83,6 +92,7 @@ def test_complex_inverse_matrix_rejects_bad_shapes():
 # Phase without atan2
 # --------------------------------------------------------------------------------------
 
+
 def test_unit_phasor_matches_atan2():
     z = torch.randn(1000, 2, dtype=torch.float64)
     z[:10, 0] = 0  # on the axes
@@ -92,9 +102,11 @@ def test_unit_phasor_matches_atan2():
 
 
 def test_unit_phasor_zero_tiny_and_huge():
-    z = torch.tensor([[0.0, 0.0], [-0.0, 0.0], [1e-40, -1e-40], [0.0, 1e-45],
-                      [3e38, 3e38], [-2.0, 0.0]], dtype=torch.float32)
-    s = 2 ** -0.5
+    z = torch.tensor(
+        [[0.0, 0.0], [-0.0, 0.0], [1e-40, -1e-40], [0.0, 1e-45], [3e38, 3e38], [-2.0, 0.0]],
+        dtype=torch.float32,
+    )
+    s = 2**-0.5
     expected = torch.tensor([[1.0, 0.0], [1.0, 0.0], [s, -s], [0.0, 1.0], [s, s], [-1.0, 0.0]])
     out = W.unit_phasor(z)
     assert torch.isfinite(out).all()
@@ -124,8 +136,10 @@ def test_zero_mixture_bins_get_phase_zero(iterations):
 
 GRID = list(itertools.product([0, 1, 2], [False, True], [False, True]))
 # (name, frames, bins, channels, sources, dtype, iterations, softmask, residual)
-CASES = [(f"it{it}-soft{int(sm)}-res{int(res)}", 9, 6, 2, 3, torch.float32, it, sm, res)
-         for it, sm, res in GRID]
+CASES = [
+    (f"it{it}-soft{int(sm)}-res{int(res)}", 9, 6, 2, 3, torch.float32, it, sm, res)
+    for it, sm, res in GRID
+]
 CASES += [
     ("mono-it2-res1", 7, 5, 1, 2, torch.float32, 2, False, True),
     ("mono-it1-soft1", 7, 5, 1, 2, torch.float32, 1, True, False),
@@ -144,7 +158,8 @@ def openunmix_results(tmp_path_factory):
         case = _random_case(frames, bins, channels, sources, seed=seed, dtype=dtype)
         inputs[name] = dict(case, iterations=it, softmask=sm, residual=res)
     torch.save(inputs, workdir / "in.pt")
-    _oracle.run(f"""
+    _oracle.run(
+        f"""
         import torch
         from openunmix.filtering import wiener
         cases = torch.load({str(workdir / "in.pt")!r})
@@ -153,7 +168,9 @@ def openunmix_results(tmp_path_factory):
             out[name] = wiener(c["targets"].clone(), c["mix"].clone(), c["iterations"],
                                softmask=c["softmask"], residual=c["residual"])
         torch.save(out, {str(workdir / "out.pt")!r})
-    """, cwd=workdir)
+    """,
+        cwd=workdir,
+    )
     return inputs, _oracle.load_result(workdir / "out.pt")
 
 
@@ -161,8 +178,13 @@ def openunmix_results(tmp_path_factory):
 def test_wiener_matches_openunmix(openunmix_results, name):
     inputs, outputs = openunmix_results
     case = inputs[name]
-    ours = W.wiener(case["targets"], case["mix"], case["iterations"],
-                    softmask=case["softmask"], residual=case["residual"])
+    ours = W.wiener(
+        case["targets"],
+        case["mix"],
+        case["iterations"],
+        softmask=case["softmask"],
+        residual=case["residual"],
+    )
     _close(ours, outputs[name], tol=TOL_F64 if case["mix"].dtype == torch.float64 else TOL)
 
 
@@ -190,10 +212,15 @@ def demucs_results(tmp_path_factory):
         niters, residual, batch, sources, channels, bins, frames = case
         mag = torch.rand(batch, sources, channels, bins, frames, generator=gen) * 30
         mix = torch.randn(batch, channels, bins, frames, 2, generator=gen) * 40
-        inputs[_demucs_name(case)] = {"niters": niters, "residual": residual,
-                                      "mag": mag, "mix": mix}
+        inputs[_demucs_name(case)] = {
+            "niters": niters,
+            "residual": residual,
+            "mag": mag,
+            "mix": mix,
+        }
     torch.save(inputs, workdir / "in.pt")
-    _oracle.run(f"""
+    _oracle.run(
+        f"""
         import torch
         from demucs.htdemucs import HTDemucs
         cases = torch.load({str(workdir / "in.pt")!r})
@@ -207,7 +234,9 @@ def demucs_results(tmp_path_factory):
             with torch.no_grad():
                 out[name] = torch.view_as_real(model._wiener(c["mag"], mix, n))
         torch.save(out, {str(workdir / "out.pt")!r})
-    """, cwd=workdir)
+    """,
+        cwd=workdir,
+    )
     return inputs, _oracle.load_result(workdir / "out.pt")
 
 
@@ -232,6 +261,7 @@ def test_apply_wiener_windows_are_independent():
 # Argument checking
 # --------------------------------------------------------------------------------------
 
+
 def test_wiener_rejects_bad_arguments():
     targets = torch.rand(3, 4, 2, 2)
     mix = torch.randn(3, 4, 2, 2)
@@ -249,8 +279,13 @@ def test_wiener_rejects_bad_arguments():
         W.wiener(torch.rand(3, 4, 3, 2), torch.randn(3, 4, 3, 2), iterations=1)
     # mono targets broadcast over the mixture channels; 3 channels are fine without EM
     assert W.wiener(targets[:, :, :1], mix, iterations=0).shape == (3, 4, 2, 2, 2)
-    assert W.wiener(torch.rand(3, 4, 3, 2), torch.randn(3, 4, 3, 2), iterations=0).shape \
-        == (3, 4, 3, 2, 2)
+    assert W.wiener(torch.rand(3, 4, 3, 2), torch.randn(3, 4, 3, 2), iterations=0).shape == (
+        3,
+        4,
+        3,
+        2,
+        2,
+    )
 
 
 def test_apply_wiener_rejects_bad_arguments():
@@ -269,6 +304,7 @@ def test_apply_wiener_rejects_bad_arguments():
 # --------------------------------------------------------------------------------------
 # ONNX export
 # --------------------------------------------------------------------------------------
+
 
 class _Filter(torch.nn.Module):
     def __init__(self, iterations: int, residual: bool) -> None:
@@ -290,8 +326,15 @@ def _export_and_run(model: torch.nn.Module, args: tuple, path) -> torch.Tensor:
     ort = pytest.importorskip("onnxruntime")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        torch.onnx.export(model, args, str(path), dynamo=False, opset_version=17,
-                          input_names=["a", "b"], output_names=["y"])
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["a", "b"],
+            output_names=["y"],
+        )
     ours = [w for w in caught if w.filename.endswith(os.path.join("demucs", "wiener.py"))]
     assert not ours, [str(w.message) for w in ours]
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
@@ -329,8 +372,7 @@ def test_atan2_matches_torch_and_keeps_inputs():
     x = torch.randn(500, generator=gen, dtype=torch.float64)
     axes = torch.tensor([0.0, 1.0, -1.0, 0.0, 0.0, 2.0, -3.0], dtype=torch.float64)
     y = torch.cat([y, axes])
-    x = torch.cat([x, torch.tensor([0.0, 0.0, 0.0, 1.0, -1.0, -0.5, 0.0],
-                                   dtype=torch.float64)])
+    x = torch.cat([x, torch.tensor([0.0, 0.0, 0.0, 1.0, -1.0, -0.5, 0.0], dtype=torch.float64)])
     x_before, y_before = x.clone(), y.clone()
     out = W.atan2(y, x)
     assert torch.equal(x, x_before) and torch.equal(y, y_before)

@@ -18,6 +18,7 @@ exist are skipped, so the same command can be killed and run again at any time; 
 appear only once complete. The last line printed sums up the run; the exit status is 1
 if any track failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,37 +57,59 @@ class _Summary:
         wall = time.perf_counter() - self.start
         tracks = sum(self.counts.values())
         factor = self.audio / wall if wall > 0 else 0.0
-        return (f"{PROG}: {tracks} tracks: {self.counts['done']} separated, "
-                f"{self.counts['skipped']} skipped, {self.counts['failed']} failed; "
-                f"{self.audio / 3600:.3f} audio hours separated in {wall:.1f} s "
-                f"(real-time factor {factor:.1f}x)")
+        return (
+            f"{PROG}: {tracks} tracks: {self.counts['done']} separated, "
+            f"{self.counts['skipped']} skipped, {self.counts['failed']} failed; "
+            f"{self.audio / 3600:.3f} audio hours separated in {wall:.1f} s "
+            f"(real-time factor {factor:.1f}x)"
+        )
 
 
 def get_parser() -> argparse.ArgumentParser:
     """``demucs``'s parser plus the batch flags."""
     parser = separate.get_parser()
     parser.prog = PROG
-    parser.description = ("Separate many tracks (files, folders, .txt lists of paths) "
-                          "with one model load per worker; resumable (tracks whose stems "
-                          f"exist are skipped), with a manifest OUT/{MANIFEST}.")
+    parser.description = (
+        "Separate many tracks (files, folders, .txt lists of paths) "
+        "with one model load per worker; resumable (tracks whose stems "
+        f"exist are skipped), with a manifest OUT/{MANIFEST}."
+    )
     parser.set_defaults(skip_existing=True)
     group = parser.add_argument_group("batch")
-    group.add_argument("--engine", choices=ENGINES, default="local",
-                       help="local: worker processes on this machine (default); ray: a Ray "
-                       "Data actor pool (pip install 'demucs[ray]').")
-    group.add_argument("--address", default=None,
-                       help="--engine ray: address of the Ray cluster (default: the one "
-                       "RAY_ADDRESS names, else a local Ray instance).")
-    group.add_argument("--workers", type=int, default=None,
-                       help="Worker processes, each with its own copy of the model "
-                       "(local default: 1; ray default: as many as the cluster's CPUs, or "
-                       "GPUs with --gpus-per-worker, allow).")
-    group.add_argument("--cpus-per-worker", type=float, default=None,
-                       help="CPUs per worker, and its torch threads (local default: the "
-                       "cores divided by --workers; ray default: 1, reserved on the cluster).")
-    group.add_argument("--gpus-per-worker", type=float, default=0.0,
-                       help="--engine ray: GPUs reserved per worker (e.g. 1, or 0.5 for two "
-                       "workers per GPU).")
+    group.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local: worker processes on this machine (default); ray: a Ray "
+        "Data actor pool (pip install 'demucs[ray]').",
+    )
+    group.add_argument(
+        "--address",
+        default=None,
+        help="--engine ray: address of the Ray cluster (default: the one "
+        "RAY_ADDRESS names, else a local Ray instance).",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Worker processes, each with its own copy of the model "
+        "(local default: 1; ray default: as many as the cluster's CPUs, or "
+        "GPUs with --gpus-per-worker, allow).",
+    )
+    group.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=None,
+        help="CPUs per worker, and its torch threads (local default: the "
+        "cores divided by --workers; ray default: 1, reserved on the cluster).",
+    )
+    group.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        help="--engine ray: GPUs reserved per worker (e.g. 1, or 0.5 for two workers per GPU).",
+    )
     return parser
 
 
@@ -102,33 +125,46 @@ def _absolute(args: argparse.Namespace) -> None:
 def _check(args: argparse.Namespace) -> None:
     separate.check_options(args)
     if args.jobs:
-        raise separate.CommandError("-j/--jobs splits one track in memory; demucs-batch "
-                                    "streams each track: use --workers instead")
+        raise separate.CommandError(
+            "-j/--jobs splits one track in memory; demucs-batch "
+            "streams each track: use --workers instead"
+        )
     if args.workers is not None and args.workers < 1:
         raise separate.CommandError(f"--workers must be at least 1, got {args.workers}")
-    if (args.cpus_per_worker is not None and args.cpus_per_worker <= 0) \
-            or args.gpus_per_worker < 0:
-        raise separate.CommandError("--cpus-per-worker must be positive and "
-                                    "--gpus-per-worker not negative")
+    if (args.cpus_per_worker is not None and args.cpus_per_worker <= 0) or args.gpus_per_worker < 0:
+        raise separate.CommandError(
+            "--cpus-per-worker must be positive and --gpus-per-worker not negative"
+        )
     if args.engine == "local" and (args.address or args.gpus_per_worker):
         raise separate.CommandError("--address and --gpus-per-worker are for --engine ray")
 
 
-def _rows(jobs: tp.List[tp.Dict[str, str]], args: argparse.Namespace
-          ) -> tp.Iterator[tp.Dict[str, tp.Any]]:
+def _rows(
+    jobs: tp.List[tp.Dict[str, str]], args: argparse.Namespace
+) -> tp.Iterator[tp.Dict[str, tp.Any]]:
     if args.engine == "ray":
         from . import ray_engine
 
         try:
-            yield from ray_engine.run(jobs, args, args.workers, args.address,
-                                      args.cpus_per_worker or 1.0, args.gpus_per_worker)
+            yield from ray_engine.run(
+                jobs,
+                args,
+                args.workers,
+                args.address,
+                args.cpus_per_worker or 1.0,
+                args.gpus_per_worker,
+            )
         except ray_engine.RayUnavailable as err:
             raise separate.CommandError(str(err)) from None
     else:
         from . import local
 
-        yield from local.run(jobs, args, args.workers or 1,
-                             int(args.cpus_per_worker) if args.cpus_per_worker else None)
+        yield from local.run(
+            jobs,
+            args,
+            args.workers or 1,
+            int(args.cpus_per_worker) if args.cpus_per_worker else None,
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,18 +172,18 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     _absolute(args)
     items: tp.List[TrackInput] = separate.find_tracks(args.tracks, args, lists=True)
-    jobs = [job_of(TrackInput(item.path.absolute(), item.track, item.trackext))
-            for item in items]
+    jobs = [job_of(TrackInput(item.path.absolute(), item.track, item.trackext)) for item in items]
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         manifest = open(args.out / MANIFEST, "a", encoding="utf-8")
     except OSError as err:
-        raise separate.CommandError(f"cannot write to {args.out}: "
-                                    f"{err.strerror or err}") from None
+        raise separate.CommandError(f"cannot write to {args.out}: {err.strerror or err}") from None
     summary = _Summary()
     if not args.quiet:
-        print(f"{PROG}: {len(jobs)} tracks, engine {args.engine}, "
-              f"manifest {args.out / MANIFEST}", flush=True)
+        print(
+            f"{PROG}: {len(jobs)} tracks, engine {args.engine}, manifest {args.out / MANIFEST}",
+            flush=True,
+        )
     with manifest:
         rows = _rows(jobs, args)
         try:
@@ -188,7 +224,10 @@ def main(opts: tp.Optional[tp.Sequence[str]] = None) -> None:
         print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted (run the same command again to resume)",
-              file=sys.stderr, flush=True)
+        print(
+            f"\n{PROG}: interrupted (run the same command again to resume)",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(130)
     sys.exit(status)

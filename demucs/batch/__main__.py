@@ -1,4 +1,5 @@
 """``python -m demucs.batch``: same as the ``demucs-batch`` command."""
+
 from . import main
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ pool is started again and the tracks that were in flight are given to it again, 
 most :data:`MAX_ATTEMPTS` times in all (a track that kills its worker every time then
 fails its row instead of stopping the job).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,14 +38,24 @@ def _separate(job: tp.Mapping[str, str]) -> Row:
 
 def died_row(job: tp.Mapping[str, str], attempts: int) -> Row:
     """The row of a track whose worker process died on every attempt."""
-    return {"input": job["input"], "status": "failed",
-            "error": f"{job['input']}: the worker process died while separating it "
-                     f"({attempts} attempts)",
-            "stems": [], "audio_seconds": None, "wall_seconds": None, "worker": None}
+    return {
+        "input": job["input"],
+        "status": "failed",
+        "error": f"{job['input']}: the worker process died while separating it "
+        f"({attempts} attempts)",
+        "stems": [],
+        "audio_seconds": None,
+        "wall_seconds": None,
+        "worker": None,
+    }
 
 
-def run(jobs: tp.Sequence[tp.Mapping[str, str]], args: argparse.Namespace,
-        workers: int, threads: tp.Optional[int] = None) -> tp.Iterator[Row]:
+def run(
+    jobs: tp.Sequence[tp.Mapping[str, str]],
+    args: argparse.Namespace,
+    workers: int,
+    threads: tp.Optional[int] = None,
+) -> tp.Iterator[Row]:
     """Yields one row per job, as results arrive (not in input order).
 
     ``threads``: torch threads per worker (default: the cores shared among the workers).
@@ -54,8 +65,9 @@ def run(jobs: tp.Sequence[tp.Mapping[str, str]], args: argparse.Namespace,
     pending = collections.deque(range(len(jobs)))
     attempts: tp.Counter[int] = collections.Counter()
     while pending:
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                   initargs=(args, threads))
+        pool = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker, initargs=(args, threads)
+        )
         inflight: tp.Dict[Future, int] = {}
         broken = False
         try:

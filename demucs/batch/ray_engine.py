@@ -7,6 +7,7 @@ restarts an actor that dies and retries its track on the pool (at most
 :data:`MAX_ATTEMPTS` times); tracks whose every attempt died get a failed row. Ray is
 imported only here, when this engine is chosen.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,9 @@ def _import_ray() -> tp.Any:
         import ray
         import ray.data  # noqa: F401
     except ImportError as err:
-        raise RayUnavailable("--engine ray needs Ray Data: pip install 'demucs[ray]' "
-                             f"({err})") from None
+        raise RayUnavailable(
+            f"--engine ray needs Ray Data: pip install 'demucs[ray]' ({err})"
+        ) from None
     return ray
 
 
@@ -61,16 +63,25 @@ def default_workers(ray: tp.Any, cpus_per_worker: float, gpus_per_worker: float)
     return max(1, int(resources.get("CPU", 1) // max(cpus_per_worker, 1e-6)))
 
 
-def run(jobs: tp.Sequence[tp.Mapping[str, str]], args: argparse.Namespace,
-        workers: tp.Optional[int], address: tp.Optional[str] = None,
-        cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0) -> tp.Iterator[Row]:
+def run(
+    jobs: tp.Sequence[tp.Mapping[str, str]],
+    args: argparse.Namespace,
+    workers: tp.Optional[int],
+    address: tp.Optional[str] = None,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+) -> tp.Iterator[Row]:
     """Yields one row per job, as results arrive. Uses the Ray instance this process is
     already connected to, else connects to ``address`` (none: starts a local one)."""
     ray = _import_ray()
     started = False
     if not ray.is_initialized():
-        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False,
-                 log_to_driver=bool(args.verbose))
+        ray.init(
+            address=address,
+            logging_level=logging.WARNING,
+            include_dashboard=False,
+            log_to_driver=bool(args.verbose),
+        )
         started = True
     context = ray.data.DataContext.get_current()
     saved = (context.enable_progress_bars, context.max_errored_blocks)
@@ -89,10 +100,15 @@ def run(jobs: tp.Sequence[tp.Mapping[str, str]], args: argparse.Namespace,
             # whose actor dies (Ray Data's default is to retry forever).
             warnings.simplefilter("ignore", DeprecationWarning)
             results = dataset.map_batches(
-                _RayWorker, fn_constructor_kwargs={"args": args, "threads": threads},
-                batch_size=1, compute=ray.data.ActorPoolStrategy(
-                    size=size, max_tasks_in_flight_per_actor=IN_FLIGHT_PER_WORKER),
-                max_task_retries=MAX_ATTEMPTS - 1, **resources)
+                _RayWorker,
+                fn_constructor_kwargs={"args": args, "threads": threads},
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(
+                    size=size, max_tasks_in_flight_per_actor=IN_FLIGHT_PER_WORKER
+                ),
+                max_task_retries=MAX_ATTEMPTS - 1,
+                **resources,
+            )
         answered = set()
         for record in results.iter_rows():
             row = json.loads(record[ROW_COLUMN])
@@ -100,11 +116,16 @@ def run(jobs: tp.Sequence[tp.Mapping[str, str]], args: argparse.Namespace,
             yield row
         for job in jobs:
             if job["input"] not in answered:
-                yield {"input": job["input"], "status": "failed",
-                       "error": f"{job['input']}: the worker died while separating it "
-                                f"({MAX_ATTEMPTS} attempts)",
-                       "stems": [], "audio_seconds": None, "wall_seconds": None,
-                       "worker": None}
+                yield {
+                    "input": job["input"],
+                    "status": "failed",
+                    "error": f"{job['input']}: the worker died while separating it "
+                    f"({MAX_ATTEMPTS} attempts)",
+                    "stems": [],
+                    "audio_seconds": None,
+                    "wall_seconds": None,
+                    "worker": None,
+                }
     finally:
         context.enable_progress_bars, context.max_errored_blocks = saved
         if started:

@@ -5,6 +5,7 @@ builds its separator with the ``demucs`` command's own construction and separate
 its per-track unit (streamed, stems renamed into place when complete), so a batch job
 writes exactly what ``demucs`` writes for the same flags.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,13 +65,14 @@ class TrackWorker:
         started = time.time()
         start = time.perf_counter()
         try:
-            outcome = separate.process_track(item, self.separator, self.args, self.out,
-                                             self.written)
+            outcome = separate.process_track(
+                item, self.separator, self.args, self.out, self.written
+            )
         except Exception as err:  # noqa: BLE001 - one bad track must not stop the worker
             self.written.remove_all()
             outcome = separate.TrackOutcome(
-                "failed", [], f"{item.path}: {type(err).__name__}: "
-                f"{' '.join(str(err).split())}")
+                "failed", [], f"{item.path}: {type(err).__name__}: {' '.join(str(err).split())}"
+            )
         except BaseException:  # interrupted: the track is complete or absent
             self.written.remove_all()
             raise

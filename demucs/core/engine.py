@@ -13,6 +13,7 @@ upstream ``apply_model`` does (and may hand a lane's segments to a thread pool);
 ``"stream"`` always runs the segment that holds the output back, so blocks come out in
 order with bounded memory. Both give the same numbers.
 """
+
 from __future__ import annotations
 
 import random
@@ -23,8 +24,17 @@ import numpy as np
 
 from .plan import Job, Lane, Member, count_segments, plan_lanes, source_coefficients
 
-__all__ = ["Ops", "NumpyOps", "NUMPY", "TrackInput", "ArrayInput", "BlockInput", "separate",
-           "JobHook", "ORDERS"]
+__all__ = [
+    "Ops",
+    "NumpyOps",
+    "NUMPY",
+    "TrackInput",
+    "ArrayInput",
+    "BlockInput",
+    "separate",
+    "JobHook",
+    "ORDERS",
+]
 
 Array = tp.Any
 ORDERS = ("memory", "stream")
@@ -94,12 +104,19 @@ class ArrayInput:
     ``TensorChunk.padded``.
     """
 
-    def __init__(self, array: Array, ops: Ops, offset: int = 0,
-                 length: tp.Optional[int] = None, lo: tp.Optional[int] = None,
-                 hi: tp.Optional[int] = None) -> None:
+    def __init__(
+        self,
+        array: Array,
+        ops: Ops,
+        offset: int = 0,
+        length: tp.Optional[int] = None,
+        lo: tp.Optional[int] = None,
+        hi: tp.Optional[int] = None,
+    ) -> None:
         if len(array.shape) != 3:
-            raise ValueError(f"mix must have shape (batch, channels, time), "
-                             f"got {tuple(array.shape)}")
+            raise ValueError(
+                f"mix must have shape (batch, channels, time), got {tuple(array.shape)}"
+            )
         total = int(array.shape[-1])
         self.array = array
         self.ops = ops
@@ -115,12 +132,13 @@ class ArrayInput:
             return _normalised(self.raw(begin, begin + size), mean, std)
         out = self.ops.zeros((self.batch, self.channels, size))
         if inner_end > inner_begin:
-            out[..., inner_begin - begin:inner_end - begin] = _normalised(
-                self.raw(inner_begin, inner_end), mean, std)
+            out[..., inner_begin - begin : inner_end - begin] = _normalised(
+                self.raw(inner_begin, inner_end), mean, std
+            )
         return out
 
     def raw(self, begin: int, end: int) -> Array:
-        return self.array[..., self.offset + begin:self.offset + end]
+        return self.array[..., self.offset + begin : self.offset + end]
 
     def drop(self, before: int) -> None:
         pass
@@ -148,28 +166,34 @@ class BlockInput:
         while self.end < upto:
             block = next(self._blocks, None)
             if block is None:
-                raise RuntimeError(f"the track ended after {self.end} samples, "
-                                   f"expected {self.length}: was it modified meanwhile?")
-            block = np.asarray(block, np.float32)[:, :self.length - self.end]
+                raise RuntimeError(
+                    f"the track ended after {self.end} samples, "
+                    f"expected {self.length}: was it modified meanwhile?"
+                )
+            block = np.asarray(block, np.float32)[:, : self.length - self.end]
             self._parts.append(block)
             self._size += block.shape[1]
 
     def _data(self) -> np.ndarray:
         if len(self._parts) != 1:
-            self._parts = [np.concatenate(self._parts, axis=1) if self._parts
-                           else np.zeros((self.channels, 0), np.float32)]
+            self._parts = [
+                np.concatenate(self._parts, axis=1)
+                if self._parts
+                else np.zeros((self.channels, 0), np.float32)
+            ]
         return self._parts[0]
 
     def raw(self, begin: int, end: int) -> np.ndarray:
         self._ensure(end)
-        return self._data()[None, :, begin - self.start:end - self.start]
+        return self._data()[None, :, begin - self.start : end - self.start]
 
     def window(self, begin: int, size: int, mean: float, std: float) -> np.ndarray:
         out = np.zeros((1, self.channels, size), np.float32)
         inner_begin, inner_end = max(begin, 0), min(begin + size, self.length)
         if inner_end > inner_begin:
-            out[..., inner_begin - begin:inner_end - begin] = _normalised(
-                self.raw(inner_begin, inner_end), mean, std)
+            out[..., inner_begin - begin : inner_end - begin] = _normalised(
+                self.raw(inner_begin, inner_end), mean, std
+            )
         return out
 
     def drop(self, before: int) -> None:
@@ -204,14 +228,15 @@ class _LaneRun:
         end = begin + job.length
         if end > self.acc.shape[-1]:
             grow = end - self.acc.shape[-1]
-            self.acc = self.ops.cat([self.acc, self.ops.zeros(tuple(self.acc.shape[:-1])
-                                                              + (grow,))], axis=-1)
+            self.acc = self.ops.cat(
+                [self.acc, self.ops.zeros(tuple(self.acc.shape[:-1]) + (grow,))], axis=-1
+            )
             self.wsum = self.ops.cat([self.wsum, self.ops.zeros((grow,))], axis=-1)
         if self.weight is None:
             self.acc[..., begin:end] += out
             self.wsum[begin:end] += 1
         else:
-            weight = self.weight[:job.length]
+            weight = self.weight[: job.length]
             self.acc[..., begin:end] += weight * out
             self.wsum[begin:end] += weight
 
@@ -239,8 +264,7 @@ class _Output:
         end = start + values.shape[-1]
         if end > self.buffer.shape[-1]:
             grow = end - self.buffer.shape[-1]
-            self.buffer = self.ops.cat([self.buffer, self.ops.zeros(self.shape + (grow,))],
-                                       axis=-1)
+            self.buffer = self.ops.cat([self.buffer, self.ops.zeros(self.shape + (grow,))], axis=-1)
         self.buffer[..., start:end] += values
 
     def pop(self, upto: int) -> Array:
@@ -275,9 +299,13 @@ def _next_stream_batch(runs: tp.Sequence[_LaneRun]) -> tp.List[Job]:
 
 def _batchable(batch: tp.Sequence[Job], job: Job) -> bool:
     first = batch[0]
-    return (job.lane.member_index == first.lane.member_index and job.valid == first.valid
-            and len(batch) < first.lane.member.max_batch and job.state is None
-            and first.state is None)
+    return (
+        job.lane.member_index == first.lane.member_index
+        and job.valid == first.valid
+        and len(batch) < first.lane.member.max_batch
+        and job.state is None
+        and first.state is None
+    )
 
 
 def _next_memory_batch(runs: tp.Sequence[_LaneRun]) -> tp.List[Job]:
@@ -285,7 +313,7 @@ def _next_memory_batch(runs: tp.Sequence[_LaneRun]) -> tp.List[Job]:
     for run in runs:
         if run.next < len(run.lane.jobs):
             batch = [run.lane.jobs[run.next]]
-            for job in run.lane.jobs[run.next + 1:]:
+            for job in run.lane.jobs[run.next + 1 :]:
                 if not _batchable(batch, job):
                     break
                 batch.append(job)
@@ -296,8 +324,9 @@ def _next_memory_batch(runs: tp.Sequence[_LaneRun]) -> tp.List[Job]:
 class _Runner:
     """Runs jobs: windows in, trimmed outputs out, hooks around the forward pass."""
 
-    def __init__(self, track: TrackInput, ops: Ops, mean: float, std: float,
-                 hook: tp.Optional[JobHook]) -> None:
+    def __init__(
+        self, track: TrackInput, ops: Ops, mean: float, std: float, hook: tp.Optional[JobHook]
+    ) -> None:
         self.track = track
         self.ops = ops
         self.mean, self.std = mean, std
@@ -306,8 +335,7 @@ class _Runner:
 
     def __call__(self, batch: tp.Sequence[Job]) -> tp.List[Array]:
         member = batch[0].lane.member
-        windows = [self.track.window(job.window, job.valid, self.mean, self.std)
-                   for job in batch]
+        windows = [self.track.window(job.window, job.valid, self.mean, self.std) for job in batch]
         inputs = windows[0] if len(windows) == 1 else self.ops.cat(windows, axis=0)
         if batch[0].state is not None:
             random.setstate(batch[0].state)
@@ -316,12 +344,13 @@ class _Runner:
         self._hook(batch, "end")
         size = self.track.batch
         if tuple(outputs.shape[:1]) != (len(batch) * size,) or outputs.shape[-1] != batch[0].valid:
-            raise RuntimeError(f"the model returned shape {tuple(outputs.shape)} for input "
-                               f"{tuple(inputs.shape)}")
+            raise RuntimeError(
+                f"the model returned shape {tuple(outputs.shape)} for input {tuple(inputs.shape)}"
+            )
         result = []
         for index, job in enumerate(batch):
             trim = (job.valid - job.length) // 2
-            result.append(outputs[index * size:(index + 1) * size, ..., trim:trim + job.length])
+            result.append(outputs[index * size : (index + 1) * size, ..., trim : trim + job.length])
         return result
 
     def _hook(self, batch: tp.Sequence[Job], state: str) -> None:
@@ -331,12 +360,24 @@ class _Runner:
                     self.hook(job, state)
 
 
-def separate(members: tp.Sequence[Member], track: TrackInput, *, sources: int,
-             samplerate: int, shifts: int = 1, overlap: float = 0.25,
-             transition_power: float = 1.0, mean: float = 0.0, std: float = 1.0,
-             min_length: int = 1, order: str = "stream", ops: Ops = NUMPY,
-             hook: tp.Optional[JobHook] = None, progress: tp.Optional[Progress] = None,
-             pool: tp.Any = None) -> tp.Iterator[tp.Tuple[int, Array, Array]]:
+def separate(
+    members: tp.Sequence[Member],
+    track: TrackInput,
+    *,
+    sources: int,
+    samplerate: int,
+    shifts: int = 1,
+    overlap: float = 0.25,
+    transition_power: float = 1.0,
+    mean: float = 0.0,
+    std: float = 1.0,
+    min_length: int = 1,
+    order: str = "stream",
+    ops: Ops = NUMPY,
+    hook: tp.Optional[JobHook] = None,
+    progress: tp.Optional[Progress] = None,
+    pool: tp.Any = None,
+) -> tp.Iterator[tp.Tuple[int, Array, Array]]:
     """Separates ``track`` with the ``members`` of a bag; yields the stems in order.
 
     Equal to upstream ``apply_model(bag, (mix - mean) / std, shifts, split, overlap,
@@ -370,16 +411,42 @@ def separate(members: tp.Sequence[Member], track: TrackInput, *, sources: int,
     lanes = plan_lanes(members, padded_length, shifts, overlap, transition_power, samplerate)
     final_state = random.getstate()
     try:
-        yield from _run(lanes, members, track, length, padded_length, sources, shifts, mean,
-                        std, order, ops, hook, progress, pool)
+        yield from _run(
+            lanes,
+            members,
+            track,
+            length,
+            padded_length,
+            sources,
+            shifts,
+            mean,
+            std,
+            order,
+            ops,
+            hook,
+            progress,
+            pool,
+        )
     finally:
         random.setstate(final_state)
 
 
-def _run(lanes: tp.List[Lane], members: tp.Sequence[Member], track: TrackInput, length: int,
-         padded_length: int, sources: int, shifts: int, mean: float, std: float, order: str,
-         ops: Ops, hook: tp.Optional[JobHook], progress: tp.Optional[Progress],
-         pool: tp.Any) -> tp.Iterator[tp.Tuple[int, Array, Array]]:
+def _run(
+    lanes: tp.List[Lane],
+    members: tp.Sequence[Member],
+    track: TrackInput,
+    length: int,
+    padded_length: int,
+    sources: int,
+    shifts: int,
+    mean: float,
+    std: float,
+    order: str,
+    ops: Ops,
+    hook: tp.Optional[JobHook],
+    progress: tp.Optional[Progress],
+    pool: tp.Any,
+) -> tp.Iterator[tp.Tuple[int, Array, Array]]:
     shape = (track.batch, sources, track.channels)
     coefficients = [ops.asarray(c) for c in source_coefficients(members, sources, shifts)]
     runs = [_LaneRun(lane, ops, shape) for lane in lanes]
@@ -404,8 +471,7 @@ def _run(lanes: tp.List[Lane], members: tp.Sequence[Member], track: TrackInput, 
             if final > max(run.base, 0):
                 if run.base < 0:  # delayed lanes start before the track: never output
                     run.take(0)
-                output.add(run.base,
-                           coefficients[run.lane.member_index] * run.take(final))
+                output.add(run.base, coefficients[run.lane.member_index] * run.take(final))
         ready = min((max(run.base, 0) for run in runs), default=padded_length)
         if ready > output.emitted:
             begin = output.emitted
@@ -413,14 +479,15 @@ def _run(lanes: tp.List[Lane], members: tp.Sequence[Member], track: TrackInput, 
             end = min(ready, length)
             if end > begin:
                 origin = track.raw(begin, end)
-                stems = stems[..., :end - begin]
+                stems = stems[..., : end - begin]
                 if not (mean == 0.0 and std == 1.0):
                     stems = stems * np.float32(std) + np.float32(mean)
                 yield begin, origin, stems
         elif not batch:
             raise RuntimeError("separation made no progress")
-        keep = [output.emitted] + [run.lane.jobs[run.next].window for run in runs
-                                   if run.next < len(run.lane.jobs)]
+        keep = [output.emitted] + [
+            run.lane.jobs[run.next].window for run in runs if run.next < len(run.lane.jobs)
+        ]
         track.drop(min(keep))
 
 
@@ -436,7 +503,7 @@ def _pooled_lane(runs: tp.Sequence[_LaneRun], runner: _Runner, pool: tp.Any) -> 
     run = next((r for r in runs if r.next < len(r.lane.jobs)), None)
     if run is None:
         return []
-    jobs = run.lane.jobs[run.next:]
+    jobs = run.lane.jobs[run.next :]
     futures = [pool.submit(runner, [job]) for job in jobs]
     try:
         for job, future in zip(jobs, futures):

@@ -19,6 +19,7 @@ The random offsets are drawn with :mod:`random` in upstream's order, including t
 that models make inside their forward passes (``Member.draws``), so that a plan made
 under ``random.seed(s)`` separates exactly like upstream under the same seed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,16 @@ import typing as tp
 import numpy as np
 
 __all__ = [
-    "MAX_SHIFT_SECONDS", "check_split_params", "transition_weight", "max_shift_samples",
-    "segment_stride", "Member", "Job", "Lane", "plan_lanes", "count_segments",
+    "MAX_SHIFT_SECONDS",
+    "check_split_params",
+    "transition_weight",
+    "max_shift_samples",
+    "segment_stride",
+    "Member",
+    "Job",
+    "Lane",
+    "plan_lanes",
+    "count_segments",
     "source_coefficients",
 ]
 
@@ -42,8 +51,9 @@ Array = tp.Any  # a numpy array or a torch tensor, depending on the backend
 SegmentRunner = tp.Callable[[Array], Array]
 
 
-def check_split_params(shifts: int, overlap: float, transition_power: float = 1.0,
-                       segment: tp.Optional[float] = None) -> None:
+def check_split_params(
+    shifts: int, overlap: float, transition_power: float = 1.0, segment: tp.Optional[float] = None
+) -> None:
     """Raises ValueError for separation settings that cannot work.
 
     ``segment`` (seconds), when given, must be a positive finite number; its upper bound
@@ -54,8 +64,7 @@ def check_split_params(shifts: int, overlap: float, transition_power: float = 1.
     if not (isinstance(overlap, (int, float)) and 0 <= overlap < 1):
         raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
     if not (isinstance(transition_power, (int, float)) and transition_power >= 1):
-        raise ValueError("transition_power < 1 leads to weird behavior "
-                         f"(got {transition_power!r})")
+        raise ValueError(f"transition_power < 1 leads to weird behavior (got {transition_power!r})")
     if segment is not None:
         if not (isinstance(segment, (int, float)) and math.isfinite(segment) and segment > 0):
             raise ValueError(f"segment must be a positive number of seconds, got {segment!r}")
@@ -70,13 +79,16 @@ def segment_stride(segment_length: int, overlap: float) -> int:
     """Samples between the starts of two consecutive segments."""
     stride = int((1 - overlap) * segment_length)
     if segment_length <= 0 or stride <= 0:
-        raise ValueError(f"segments of {segment_length} samples with overlap {overlap} leave "
-                         "no stride between them")
+        raise ValueError(
+            f"segments of {segment_length} samples with overlap {overlap} leave "
+            "no stride between them"
+        )
     return stride
 
 
-def transition_weight(segment_length: int, transition_power: float = 1.0,
-                      count: tp.Optional[int] = None) -> np.ndarray:
+def transition_weight(
+    segment_length: int, transition_power: float = 1.0, count: tp.Optional[int] = None
+) -> np.ndarray:
     """Blending window ``(segment_length,)`` float32: a triangle ``1, 2, ..., 2, 1``
     scaled to peak at 1, to the power ``transition_power`` (higher: sharper cross-fades).
     Never zero, so every sample covered by a segment has a positive total weight.
@@ -88,8 +100,7 @@ def transition_weight(segment_length: int, transition_power: float = 1.0,
     size = segment_length if count is None else min(count, segment_length)
     index = np.arange(size)
     weight = np.where(index < half, index + 1, segment_length - index).astype(np.float32)
-    return (weight / np.float32(max(half, segment_length - half))) ** np.float32(
-        transition_power)
+    return (weight / np.float32(max(half, segment_length - half))) ** np.float32(transition_power)
 
 
 @dataclasses.dataclass
@@ -164,12 +175,19 @@ class Lane:
             length = total
         else:
             length = min(self.member.segment_length, total - offset)
-        return Job(self, index, offset - self.delay, length, self.member.valid_length(length),
-                   state)
+        return Job(
+            self, index, offset - self.delay, length, self.member.valid_length(length), state
+        )
 
 
-def plan_lanes(members: tp.Sequence[Member], length: int, shifts: int, overlap: float,
-               transition_power: float, samplerate: int) -> tp.List[Lane]:
+def plan_lanes(
+    members: tp.Sequence[Member],
+    length: int,
+    shifts: int,
+    overlap: float,
+    transition_power: float,
+    samplerate: int,
+) -> tp.List[Lane]:
     """Lanes and jobs in upstream's order, drawing from :mod:`random` as it would.
 
     The delays of the shift trick are drawn with ``random.randint`` member by member and
@@ -187,8 +205,9 @@ def plan_lanes(members: tp.Sequence[Member], length: int, shifts: int, overlap: 
             stride, weight = None, None
         else:
             stride = segment_stride(member.segment_length, overlap)
-            weight = transition_weight(member.segment_length, transition_power,
-                                       count=length + max_shift)
+            weight = transition_weight(
+                member.segment_length, transition_power, count=length + max_shift
+            )
         keep_states = any(n > 1 for n in member.draws)
         for shift in range(max(shifts, 1)):
             delay = max_shift - random.randint(0, max_shift) if shifts else 0
@@ -210,8 +229,9 @@ def count_segments(lanes: tp.Sequence[Lane]) -> int:
     return sum(len(lane.jobs) for lane in lanes)
 
 
-def source_coefficients(members: tp.Sequence[Member], sources: int,
-                        shifts: int) -> tp.List[np.ndarray]:
+def source_coefficients(
+    members: tp.Sequence[Member], sources: int, shifts: int
+) -> tp.List[np.ndarray]:
     """Per member, the factor of each source ``(S, 1, 1)``: its weight divided by the
     sources' total weight and by the number of shifts (a source no member weighs is 0)."""
     totals = np.zeros(sources, np.float64)

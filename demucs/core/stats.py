@@ -1,6 +1,7 @@
 """Track normalisation: the mix is separated as ``(mix - mean) / std`` and the stems are
 scaled back with ``stems * std + mean``, where ``mean`` and ``std`` (unbiased) are those of
 the mono downmix of the whole track, as upstream's command line does."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,5 +47,6 @@ class TrackStats:
     @classmethod
     def of_array(cls, wav: np.ndarray, block: int = 1 << 20) -> "TrackStats":
         """Statistics of a whole ``(channels, T)`` array."""
-        return cls.of_blocks(wav[:, start:start + block]
-                             for start in range(0, wav.shape[-1], block))
+        return cls.of_blocks(
+            wav[:, start : start + block] for start in range(0, wav.shape[-1], block)
+        )

@@ -15,18 +15,56 @@
 
 :mod:`demucs.audio` wraps these for torch tensors under upstream's names.
 """
+
 from .errors import AudioWarning, LoadAudioError, install_warning_format
-from .readers import (DEFAULT_BLOCK, ArraySource, AudioTrack, BlockSource, ConvertedSource,
-                      PyAVSource, SoundfileSource, check_input, open_track, read_array)
+from .readers import (
+    DEFAULT_BLOCK,
+    ArraySource,
+    AudioTrack,
+    BlockSource,
+    ConvertedSource,
+    PyAVSource,
+    SoundfileSource,
+    check_input,
+    open_track,
+    read_array,
+)
 from .resample import convert_channels, make_resampler, resample
 from .tempfiles import atomic_write, install_signal_cleanup
-from .writers import (CLAMP_LIMIT, CLIP_MODES, RESCALE_HEADROOM, SAVE_FORMATS, StemWriter,
-                      open_stem_writer, write_array)
+from .writers import (
+    CLAMP_LIMIT,
+    CLIP_MODES,
+    RESCALE_HEADROOM,
+    SAVE_FORMATS,
+    StemWriter,
+    open_stem_writer,
+    write_array,
+)
 
 __all__ = [
-    "AudioWarning", "LoadAudioError", "install_warning_format", "DEFAULT_BLOCK", "ArraySource",
-    "AudioTrack", "BlockSource", "ConvertedSource", "PyAVSource", "SoundfileSource",
-    "check_input", "open_track", "read_array", "convert_channels", "make_resampler",
-    "resample", "atomic_write", "install_signal_cleanup", "CLAMP_LIMIT", "CLIP_MODES",
-    "RESCALE_HEADROOM", "SAVE_FORMATS", "StemWriter", "open_stem_writer", "write_array",
+    "AudioWarning",
+    "LoadAudioError",
+    "install_warning_format",
+    "DEFAULT_BLOCK",
+    "ArraySource",
+    "AudioTrack",
+    "BlockSource",
+    "ConvertedSource",
+    "PyAVSource",
+    "SoundfileSource",
+    "check_input",
+    "open_track",
+    "read_array",
+    "convert_channels",
+    "make_resampler",
+    "resample",
+    "atomic_write",
+    "install_signal_cleanup",
+    "CLAMP_LIMIT",
+    "CLIP_MODES",
+    "RESCALE_HEADROOM",
+    "SAVE_FORMATS",
+    "StemWriter",
+    "open_stem_writer",
+    "write_array",
 ]

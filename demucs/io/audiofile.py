@@ -9,6 +9,7 @@ bundled FFmpeg instead (no external binary) and keeps upstream's interface and s
 converts after decoding (mono is the plain mean). The arrays here are numpy;
 :class:`demucs.audio.AudioFile` returns torch tensors.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,10 @@ class MediaFile:
         self._info: tp.Optional[tp.Dict[str, tp.Any]] = None
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(path={self.path}, samplerate={self.samplerate()}, "
-                f"channels={self.channels()}, streams={len(self)})")
+        return (
+            f"{type(self).__name__}(path={self.path}, samplerate={self.samplerate()}, "
+            f"channels={self.channels()}, streams={len(self)})"
+        )
 
     def _probe(self) -> tp.Dict[str, tp.Any]:
         import av
@@ -50,12 +53,14 @@ class MediaFile:
         check_input(self.path)
         try:
             with open_container(self.path) as container:
-                duration = (container.duration / av.time_base
-                            if container.duration is not None else None)
+                duration = (
+                    container.duration / av.time_base if container.duration is not None else None
+                )
                 streams = []
                 for stream in container.streams:
                     entry: tp.Dict[str, tp.Any] = {
-                        "index": stream.index, "codec_type": stream.type,
+                        "index": stream.index,
+                        "codec_type": stream.type,
                         "codec_name": stream.codec_context.name,
                     }
                     if stream.type == "audio":
@@ -65,11 +70,15 @@ class MediaFile:
                     if seconds is not None:
                         entry["duration"] = f"{seconds:.6f}"
                     streams.append(entry)
-                return {"format": {"filename": str(self.path),
-                                   "format_name": container.format.name,
-                                   "nb_streams": len(streams),
-                                   "duration": None if duration is None else f"{duration:.6f}"},
-                        "streams": streams}
+                return {
+                    "format": {
+                        "filename": str(self.path),
+                        "format_name": container.format.name,
+                        "nb_streams": len(streams),
+                        "duration": None if duration is None else f"{duration:.6f}",
+                    },
+                    "streams": streams,
+                }
         except LoadAudioError:
             raise
         except Exception as err:  # noqa: BLE001 - any FFmpeg failure: not a media file
@@ -94,8 +103,11 @@ class MediaFile:
 
     @property
     def _audio_streams(self) -> tp.List[int]:
-        return [index for index, stream in enumerate(self.info["streams"])
-                if stream["codec_type"] == "audio"]
+        return [
+            index
+            for index, stream in enumerate(self.info["streams"])
+            if stream["codec_type"] == "audio"
+        ]
 
     def __len__(self) -> int:
         """Number of audio streams."""
@@ -136,23 +148,27 @@ class MediaFile:
             if start > SEEK_PREROLL * rate:  # decoders need a few frames to settle
                 try:
                     target = (start / rate - SEEK_PREROLL) / stream.time_base
-                    container.seek(origin + int(target), stream=stream, backward=True,
-                                   any_frame=False)
+                    container.seek(
+                        origin + int(target), stream=stream, backward=True, any_frame=False
+                    )
                 except av.error.FFmpegError:
                     container.seek(0)
             converter = av.AudioResampler(format="fltp")
             position: tp.Optional[int] = None
             for frame in container.decode(stream):
                 if position is None:
-                    position = 0 if frame.pts is None else max(0, round(
-                        float((frame.pts - origin) * stream.time_base) * rate))
+                    position = (
+                        0
+                        if frame.pts is None
+                        else max(0, round(float((frame.pts - origin) * stream.time_base) * rate))
+                    )
                 for out in converter.resample(frame):
                     data = out.to_ndarray()
                     begin, stop = position, position + data.shape[1]
                     position = stop
                     lo, hi = max(begin, start), stop if end is None else min(stop, end)
                     if hi > lo:
-                        pieces.append(nonfinite.clean(data[:, lo - begin:hi - begin]))
+                        pieces.append(nonfinite.clean(data[:, lo - begin : hi - begin]))
                         have += hi - lo
                 if end is not None and position is not None and position >= end:
                     break
@@ -162,11 +178,14 @@ class MediaFile:
             return np.zeros((channels, 0), np.float32)
         return np.concatenate(pieces, axis=1).astype(np.float32, copy=False)
 
-    def read_array(self, seek_time: tp.Optional[float] = None,
-                   duration: tp.Optional[float] = None,
-                   streams: tp.Union[int, slice, tp.Sequence[int]] = slice(None),
-                   samplerate: tp.Optional[int] = None,
-                   channels: tp.Optional[int] = None) -> Array:
+    def read_array(
+        self,
+        seek_time: tp.Optional[float] = None,
+        duration: tp.Optional[float] = None,
+        streams: tp.Union[int, slice, tp.Sequence[int]] = slice(None),
+        samplerate: tp.Optional[int] = None,
+        channels: tp.Optional[int] = None,
+    ) -> Array:
         """Reads audio streams as float32 numpy arrays (see the module docstring)."""
         selected = np.arange(len(self))[streams]
         single = np.ndim(selected) == 0

@@ -6,6 +6,7 @@ audio enters or leaves the package (readers and writers alike), and one
 any clipping or rescaling, so one NaN can neither turn a whole stem into NaN nor into
 full-scale noise.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,8 +67,9 @@ class NonFinite:
         if finite.all():
             return block
         self.count += int(block.size - np.count_nonzero(finite))
-        return np.nan_to_num(block, nan=NAN_REPLACEMENT, posinf=POSINF_REPLACEMENT,
-                             neginf=NEGINF_REPLACEMENT)
+        return np.nan_to_num(
+            block, nan=NAN_REPLACEMENT, posinf=POSINF_REPLACEMENT, neginf=NEGINF_REPLACEMENT
+        )
 
     def report(self, path: PathLike) -> None:
         """Warns once if anything was replaced."""
@@ -83,8 +85,14 @@ def install_warning_format(prog: str = "demucs") -> None:
 
     previous = warnings.showwarning
 
-    def show(message: tp.Any, category: tp.Type[Warning], filename: str, lineno: int,
-             file: tp.Any = None, line: tp.Optional[str] = None) -> None:
+    def show(
+        message: tp.Any,
+        category: tp.Type[Warning],
+        filename: str,
+        lineno: int,
+        file: tp.Any = None,
+        line: tp.Optional[str] = None,
+    ) -> None:
         if issubclass(category, AudioWarning):
             print(f"{prog}: warning: {message}", file=file or sys.stderr, flush=True)
         else:

@@ -4,6 +4,7 @@ The tag, written in front of the stream when it is complete, records the encoder
 the end padding, so gapless-aware decoders (libsndfile / mpg123, FFmpeg) return exactly the
 samples that were encoded, aligned with the input.
 """
+
 from __future__ import annotations
 
 import struct
@@ -16,7 +17,10 @@ from .errors import PathLike
 from .tempfiles import TempFileWriter, create_temporary, open_output, output_error
 
 MP3_RATES_BY_VERSION = {  # version bits -> sample rates by index
-    3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+    3: (44100, 48000, 32000),
+    2: (22050, 24000, 16000),
+    0: (11025, 12000, 8000),
+}
 MP3_BITRATES = {
     3: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
     2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
@@ -54,7 +58,7 @@ def _frame_size(version: int, bitrate_index: int, samplerate: int, padding: int)
 def _parse_frame(data: bytes, offset: int) -> _Frame:
     if offset + 4 > len(data):
         raise ValueError("truncated mp3 frame header")
-    header = struct.unpack(">I", data[offset:offset + 4])[0]
+    header = struct.unpack(">I", data[offset : offset + 4])[0]
     version = (header >> 19) & 3
     if (header >> 21) != 0x7FF or version == 1 or ((header >> 17) & 3) != 1:
         raise ValueError(f"not an MPEG layer III frame at byte {offset}")
@@ -120,7 +124,7 @@ class _Mp3Stats:
                 self.first = frame
             self.frames += 1
             if frame.size <= len(self._pending):
-                del self._pending[:frame.size]
+                del self._pending[: frame.size]
             else:
                 self._skip = frame.size - len(self._pending)
                 self._pending.clear()
@@ -183,7 +187,7 @@ def _lame_info_frame(audio: bytes, num_samples: int, bitrate: int) -> bytes:
 
 def _float_to_i16(pcm: np.ndarray) -> np.ndarray:
     """Float ``[..]`` audio to int16 PCM: clamp to [-1, 1], scale by 32767, round."""
-    return np.rint(np.clip(pcm, -1, 1) * (2 ** 15 - 1)).astype(np.int16)
+    return np.rint(np.clip(pcm, -1, 1) * (2**15 - 1)).astype(np.int16)
 
 
 class Mp3Writer(TempFileWriter):
@@ -195,15 +199,24 @@ class Mp3Writer(TempFileWriter):
     ``close``) removes the temporary file. Memory use does not depend on the length.
     """
 
-    def __init__(self, path: PathLike, samplerate: int, channels: int, bitrate: int = 320,
-                 quality: int = 2, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        path: PathLike,
+        samplerate: int,
+        channels: int,
+        bitrate: int = 320,
+        quality: int = 2,
+        verbose: bool = False,
+    ) -> None:
         import lameenc
 
         if channels not in (1, 2):
             raise ValueError(f"mp3 supports 1 or 2 channels, got {channels}")
         if samplerate not in MP3_SAMPLERATES:
-            raise ValueError(f"mp3 does not support a sample rate of {samplerate} Hz "
-                             f"(supported: {', '.join(map(str, MP3_SAMPLERATES))})")
+            raise ValueError(
+                f"mp3 does not support a sample rate of {samplerate} Hz "
+                f"(supported: {', '.join(map(str, MP3_SAMPLERATES))})"
+            )
         self.path = Path(path)
         self.channels = channels
         self.bitrate = int(bitrate)

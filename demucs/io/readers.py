@@ -12,6 +12,7 @@ one without being held in memory. Non-finite samples follow the policy of
 :mod:`demucs.io.errors`; a file that ends before the length its header declares is read as
 far as it goes, with an :class:`AudioWarning` that it is truncated.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,10 +33,23 @@ Array = np.ndarray
 #: Samples per decoded block.
 DEFAULT_BLOCK = 1 << 16
 #: Extensions that libsndfile cannot read: FFmpeg (PyAV) is tried first.
-FFMPEG_FIRST = frozenset({
-    ".m4a", ".aac", ".mp4", ".m4v", ".mov", ".mkv", ".mka", ".webm", ".avi", ".wma", ".ac3",
-    ".alac", ".3gp",
-})
+FFMPEG_FIRST = frozenset(
+    {
+        ".m4a",
+        ".aac",
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".mka",
+        ".webm",
+        ".avi",
+        ".wma",
+        ".ac3",
+        ".alac",
+        ".3gp",
+    }
+)
 #: Samples a decoder may fall short of the declared length before the file counts as
 #: truncated (codec priming and padding are not always declared exactly).
 TRUNCATION_TOLERANCE = 4096
@@ -48,8 +62,10 @@ _MAGIC: tp.Dict[str, tp.Tuple[str, tp.Tuple[bytes, ...]]] = {
     ".flac": ("a FLAC", (b"fLaC",)),
     ".ogg": ("an Ogg", (b"OggS",)),
     ".opus": ("an Ogg Opus", (b"OggS",)),
-    ".mp3": ("an MP3", (b"ID3", b"\xff\xfb", b"\xff\xfa", b"\xff\xf3", b"\xff\xf2",
-                        b"\xff\xe3", b"\xff\xe2")),
+    ".mp3": (
+        "an MP3",
+        (b"ID3", b"\xff\xfb", b"\xff\xfa", b"\xff\xf3", b"\xff\xf2", b"\xff\xe3", b"\xff\xe2"),
+    ),
 }
 
 
@@ -111,9 +127,12 @@ def _wav_declared_frames(path: Path) -> tp.Optional[int]:
         return None
     offset, block_align = 12, 0
     while offset + 8 <= len(head):
-        name, size = head[offset:offset + 4], struct.unpack("<I", head[offset + 4:offset + 8])[0]
+        name, size = (
+            head[offset : offset + 4],
+            struct.unpack("<I", head[offset + 4 : offset + 8])[0],
+        )
         if name == b"fmt " and offset + 22 <= len(head):
-            block_align = struct.unpack("<H", head[offset + 20:offset + 22])[0]
+            block_align = struct.unpack("<H", head[offset + 20 : offset + 22])[0]
         if name == b"data":
             if not block_align or size in (0, 0xFFFFFFFF):
                 return None
@@ -147,7 +166,7 @@ class ArraySource:
 
     def blocks(self) -> tp.Iterator[Array]:
         for start in range(0, self.wav.shape[1], self.block):
-            yield self.wav[:, start:start + self.block]
+            yield self.wav[:, start : start + self.block]
 
 
 class _FileSource:
@@ -191,12 +210,21 @@ class _FileSource:
             self._warned = True
             nonfinite.report(self.path)
             if failure is not None:
-                warn(self.path, f"file is truncated or damaged: decoding stopped after "
-                     f"{produced} samples ({one_line(failure)})")
-            elif (self.exact_length and self.declared
-                  and produced + TRUNCATION_TOLERANCE < self.declared):
-                warn(self.path, f"file is truncated: decoded {produced} of the "
-                     f"{self.declared} samples its header declares")
+                warn(
+                    self.path,
+                    f"file is truncated or damaged: decoding stopped after "
+                    f"{produced} samples ({one_line(failure)})",
+                )
+            elif (
+                self.exact_length
+                and self.declared
+                and produced + TRUNCATION_TOLERANCE < self.declared
+            ):
+                warn(
+                    self.path,
+                    f"file is truncated: decoded {produced} of the "
+                    f"{self.declared} samples its header declares",
+                )
 
 
 class SoundfileSource(_FileSource):
@@ -271,8 +299,7 @@ class PyAVSource(_FileSource):
             self.samplerate = int(stream.codec_context.sample_rate or stream.rate or 0)
             self.channels = int(stream.codec_context.channels or 0)
             self.declared = _declared_length(stream, self.samplerate)
-            self.exact_length = bool(set(container.format.name.split(","))
-                                     & EXACT_LENGTH_FORMATS)
+            self.exact_length = bool(set(container.format.name.split(",")) & EXACT_LENGTH_FORMATS)
 
     def _raw_blocks(self) -> tp.Iterator[Array]:
         remaining = self.declared if self.declared else None
@@ -329,7 +356,9 @@ class ConvertedSource:
 
 Decoder = tp.Callable[[Path, int], BlockSource]
 DECODERS: tp.Tuple[tp.Tuple[str, Decoder], ...] = (
-    ("soundfile", SoundfileSource), ("ffmpeg", PyAVSource))
+    ("soundfile", SoundfileSource),
+    ("ffmpeg", PyAVSource),
+)
 
 
 def decoder_order(path: Path) -> tp.List[tp.Tuple[str, Decoder]]:
@@ -396,10 +425,13 @@ def _consume(blocks: tp.Iterable[Array]) -> None:
         pass
 
 
-def open_track(path: PathLike, samplerate: tp.Optional[int] = None,
-               channels: tp.Optional[int] = None, block: int = DEFAULT_BLOCK,
-               scan: tp.Optional[tp.Callable[[tp.Iterable[Array]], T]] = None
-               ) -> AudioTrack[T]:
+def open_track(
+    path: PathLike,
+    samplerate: tp.Optional[int] = None,
+    channels: tp.Optional[int] = None,
+    block: int = DEFAULT_BLOCK,
+    scan: tp.Optional[tp.Callable[[tp.Iterable[Array]], T]] = None,
+) -> AudioTrack[T]:
     """Opens and validates ``path``, decoding it once block by block.
 
     The blocks are converted to ``channels`` (see :func:`convert_channels`) and resampled
@@ -420,12 +452,16 @@ def open_track(path: PathLike, samplerate: tp.Optional[int] = None,
             if attempt >= len(DECODERS):  # the retry below: keep what could be decoded
                 tp.cast(_FileSource, raw).tolerant = True
             if raw.samplerate <= 0 or raw.channels <= 0:
-                raise ValueError(f"invalid sample rate ({raw.samplerate}) or channels "
-                                 f"({raw.channels})")
+                raise ValueError(
+                    f"invalid sample rate ({raw.samplerate}) or channels ({raw.channels})"
+                )
             target = raw.channels if channels is None else int(channels)
             if raw.channels != 1 and target > raw.channels:
-                raise LoadAudioError(path, f"cannot convert {raw.channels}-channel audio to "
-                                     f"{target} channels (only mono can be upmixed)")
+                raise LoadAudioError(
+                    path,
+                    f"cannot convert {raw.channels}-channel audio to "
+                    f"{target} channels (only mono can be upmixed)",
+                )
             counting = _CountingSource(raw)
             converted = ConvertedSource(counting, samplerate or raw.samplerate, target)
             counter = [0]
@@ -450,16 +486,24 @@ def open_track(path: PathLike, samplerate: tp.Optional[int] = None,
                 errors.append(f"{name}: decoded no samples")
                 break
             raise LoadAudioError(path, "contains no audio samples")
-        return AudioTrack(path=path, source=converted, length=counter[0],
-                          scanned=tp.cast(T, scanned), input_samplerate=raw.samplerate,
-                          input_length=counting.length)
+        return AudioTrack(
+            path=path,
+            source=converted,
+            length=counter[0],
+            scanned=tp.cast(T, scanned),
+            input_samplerate=raw.samplerate,
+            input_length=counting.length,
+        )
     if no_audio:
         raise LoadAudioError(path, "has no audio track (a video without sound?)", errors)
     wrong = _not_what_it_says(path)
     if wrong is not None:
         raise LoadAudioError(path, f"cannot decode: {wrong}", errors)
-    raise LoadAudioError(path, "cannot decode: not a supported audio format, or the file "
-                         "is corrupt or truncated", errors)
+    raise LoadAudioError(
+        path,
+        "cannot decode: not a supported audio format, or the file is corrupt or truncated",
+        errors,
+    )
 
 
 def read_array(path: PathLike) -> tp.Tuple[Array, int]:

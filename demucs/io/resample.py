@@ -14,6 +14,7 @@ Two resamplers behind one interface (:func:`make_resampler`):
 
 Both give ``floor(n * new_rate / old_rate)`` output samples for ``n`` input samples.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,9 @@ def convert_channels(block: Array, channels: int) -> Array:
         return np.repeat(block, channels, axis=-2)
     if source > channels:
         return block[..., :channels, :]
-    raise ValueError(f"cannot convert {source}-channel audio to {channels} channels "
-                     "(only mono can be upmixed)")
+    raise ValueError(
+        f"cannot convert {source}-channel audio to {channels} channels (only mono can be upmixed)"
+    )
 
 
 def reduced_ratio(old_sr: int, new_sr: int) -> tp.Tuple[int, int]:
@@ -57,8 +59,9 @@ def reduced_ratio(old_sr: int, new_sr: int) -> tp.Tuple[int, int]:
     return int(old_sr) // gcd, int(new_sr) // gcd
 
 
-def polyphase_width(old_sr: int, new_sr: int, zeros: int = SINC_ZEROS,
-                    rolloff: float = SINC_ROLLOFF) -> int:
+def polyphase_width(
+    old_sr: int, new_sr: int, zeros: int = SINC_ZEROS, rolloff: float = SINC_ROLLOFF
+) -> int:
     """Half-width (input samples) of the polyphase filters beyond one period."""
     old, new = reduced_ratio(old_sr, new_sr)
     return math.ceil(zeros * old / (min(old, new) * rolloff))
@@ -70,8 +73,9 @@ def polyphase_taps(old_sr: int, new_sr: int) -> int:
     return new * (2 * polyphase_width(old_sr, new_sr) + old)
 
 
-def sinc_resample_kernels(old_sr: int, new_sr: int, zeros: int = SINC_ZEROS,
-                          rolloff: float = SINC_ROLLOFF) -> tp.Tuple[int, int, int, Array]:
+def sinc_resample_kernels(
+    old_sr: int, new_sr: int, zeros: int = SINC_ZEROS, rolloff: float = SINC_ROLLOFF
+) -> tp.Tuple[int, int, int, Array]:
     """Polyphase windowed-sinc filters of ``julius.resample_frac`` (same defaults), in numpy.
 
     With the rates in lowest terms (``old``, ``new``), output sample ``f * new + i`` is the
@@ -131,8 +135,10 @@ class PolyphaseResampler:
 
     def __init__(self, old_sr: int, new_sr: int, channels: int) -> None:
         if polyphase_taps(old_sr, new_sr) > MAX_POLYPHASE_TAPS:
-            raise ValueError(f"{old_sr} -> {new_sr} Hz needs a polyphase filter bank of "
-                             f"{polyphase_taps(old_sr, new_sr)} taps: use SoxrResampler")
+            raise ValueError(
+                f"{old_sr} -> {new_sr} Hz needs a polyphase filter bank of "
+                f"{polyphase_taps(old_sr, new_sr)} taps: use SoxrResampler"
+            )
         self.old, self.new, self.width, self._kernels = sinc_resample_kernels(old_sr, new_sr)
         self.channels = channels
         self.identity = self.old == self.new
@@ -147,11 +153,12 @@ class PolyphaseResampler:
         if count <= 0:
             self._buffer = padded
             return np.zeros((self.channels, 0), np.float32)
-        windows = np.lib.stride_tricks.sliding_window_view(
-            padded, self._kernel_size, axis=1)[:, ::self.old][:, :count]
+        windows = np.lib.stride_tricks.sliding_window_view(padded, self._kernel_size, axis=1)[
+            :, :: self.old
+        ][:, :count]
         # A contiguous copy lets the product run as one GEMM: (C, count, K) @ (K, new).
         frames = np.ascontiguousarray(windows, dtype=np.float32) @ self._kernels.T
-        self._buffer = padded[:, count * self.old:]
+        self._buffer = padded[:, count * self.old :]
         return frames.reshape(self.channels, -1)
 
     def push(self, block: Array) -> Array:
@@ -191,14 +198,15 @@ class SoxrResampler:
 
         self.old_sr, self.new_sr = int(old_sr), int(new_sr)
         self.channels = channels
-        self._stream = soxr.ResampleStream(self.old_sr, self.new_sr, channels,
-                                           dtype="float32", quality=SOXR_QUALITY)
+        self._stream = soxr.ResampleStream(
+            self.old_sr, self.new_sr, channels, dtype="float32", quality=SOXR_QUALITY
+        )
         self._consumed = 0
         self._produced = 0
 
     def _take(self, out: Array) -> Array:
         total = output_length(self._consumed, self.old_sr, self.new_sr)
-        out = np.ascontiguousarray(out.T[:, :max(0, total - self._produced)], np.float32)
+        out = np.ascontiguousarray(out.T[:, : max(0, total - self._produced)], np.float32)
         self._produced += out.shape[1]
         return out
 
@@ -210,8 +218,9 @@ class SoxrResampler:
 
     def finish(self) -> Array:
         """Flushes libsoxr; pads with zeros if it returned fewer samples than expected."""
-        out = self._take(self._stream.resample_chunk(
-            np.zeros((0, self.channels), np.float32), last=True))
+        out = self._take(
+            self._stream.resample_chunk(np.zeros((0, self.channels), np.float32), last=True)
+        )
         missing = output_length(self._consumed, self.old_sr, self.new_sr) - self._produced
         if missing > 0:
             out = np.concatenate([out, np.zeros((self.channels, missing), np.float32)], 1)
@@ -237,8 +246,10 @@ def resample(wav: Array, old_sr: int, new_sr: int, block: int = 1 << 16) -> Arra
     if int(old_sr) == int(new_sr):
         return wav
     resampler = make_resampler(old_sr, new_sr, wav.shape[0])
-    parts = [resampler.push(np.ascontiguousarray(wav[:, start:start + block], np.float32))
-             for start in range(0, wav.shape[1], block)]
+    parts = [
+        resampler.push(np.ascontiguousarray(wav[:, start : start + block], np.float32))
+        for start in range(0, wav.shape[1], block)
+    ]
     parts.append(resampler.finish())
     return np.concatenate(parts, axis=1)
 

@@ -13,6 +13,7 @@ its final name when complete, so a reader never sees half a file. The temporary 
 Errors while writing name the final path (``OSError`` with ``filename`` set to it), not the
 hidden temporary file; a full disk says "no space left on device".
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,7 +58,7 @@ def _temporary_name(name: str, limit: int) -> str:
     """``.<name, shortened>.<random>.tmp`` in at most ``limit`` bytes (UTF-8)."""
     token = secrets.token_hex(_RANDOM_CHARS // 2)
     room = limit - len(f"..{token}{_SUFFIX}".encode())
-    encoded = name.encode("utf-8", "surrogateescape")[:max(room, 0)]
+    encoded = name.encode("utf-8", "surrogateescape")[: max(room, 0)]
     stem = encoded.decode("utf-8", "ignore")  # never cut a character in half
     return f".{stem}.{token}{_SUFFIX}"
 
@@ -68,7 +69,7 @@ def is_temporary_of(candidate: str, path: PathLike) -> bool:
     name = Path(path).name
     if not (candidate.startswith(".") and candidate.endswith(_SUFFIX)):
         return False
-    stem, dot, token = candidate[1:-len(_SUFFIX)].rpartition(".")
+    stem, dot, token = candidate[1 : -len(_SUFFIX)].rpartition(".")
     return bool(dot) and token.isalnum() and bool(stem) and name.startswith(stem)
 
 

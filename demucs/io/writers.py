@@ -13,6 +13,7 @@ replaced (:mod:`demucs.io.errors`), then the clip mode is applied:
 * ``none``: unchanged (float32 wav keeps values beyond 1; PCM formats saturate at full
   scale rather than wrap around).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NonFinite, PathLike
-from .tempfiles import (TempFileWriter, create_temporary, open_output, output_error,
-                        remove_temporary)
+from .tempfiles import TempFileWriter, create_temporary, open_output, output_error, remove_temporary
 
 Array = np.ndarray
 ClipMode = tp.Literal["rescale", "clamp", "tanh", "none"]
@@ -126,8 +126,14 @@ class _GuardedFile:
 class SoundfileWriter(TempFileWriter):
     """wav/flac through ``soundfile``, to a temporary file renamed at ``close``."""
 
-    def __init__(self, path: PathLike, samplerate: int, channels: int, subtype: str,
-                 format: tp.Optional[str] = None) -> None:
+    def __init__(
+        self,
+        path: PathLike,
+        samplerate: int,
+        channels: int,
+        subtype: str,
+        format: tp.Optional[str] = None,
+    ) -> None:
         import soundfile as sf
 
         self.path = Path(path)
@@ -136,9 +142,13 @@ class SoundfileWriter(TempFileWriter):
         try:
             self._raw = _GuardedFile(open_output(self._tmp))
             self._file: tp.Any = sf.SoundFile(
-                self._raw, "w", samplerate=int(samplerate), channels=channels,
+                self._raw,
+                "w",
+                samplerate=int(samplerate),
+                channels=channels,
                 subtype=subtype,
-                format=format or ("FLAC" if self.path.suffix.lower() == ".flac" else "WAV"))
+                format=format or ("FLAC" if self.path.suffix.lower() == ".flac" else "WAV"),
+            )
         except OSError as err:
             remove_temporary(self._tmp)
             raise output_error(err, self.path) from None
@@ -179,14 +189,16 @@ class SoundfileWriter(TempFileWriter):
             self._raw.close()  # releases the space of the removed file
 
 
-def _final_writer(path: Path, suffix: str, samplerate: int, channels: int, bitrate: int,
-                  preset: int, subtype: str) -> StemWriter:
+def _final_writer(
+    path: Path, suffix: str, samplerate: int, channels: int, bitrate: int, preset: int, subtype: str
+) -> StemWriter:
     if suffix == ".mp3":
         from .mp3 import Mp3Writer
 
         return Mp3Writer(path, samplerate, channels, bitrate, preset)
-    return SoundfileWriter(path, samplerate, channels, subtype,
-                           "FLAC" if suffix == ".flac" else "WAV")
+    return SoundfileWriter(
+        path, samplerate, channels, subtype, "FLAC" if suffix == ".flac" else "WAV"
+    )
 
 
 class ClippingWriter:
@@ -216,8 +228,13 @@ class RescalingWriter(TempFileWriter):
     tracking the peak, then, at ``close``, a second pass divides by
     :func:`rescale_divisor` into the final writer."""
 
-    def __init__(self, path: Path, channels: int, make_final: tp.Callable[[], StemWriter],
-                 block: int = WRITE_BLOCK) -> None:
+    def __init__(
+        self,
+        path: Path,
+        channels: int,
+        make_final: tp.Callable[[], StemWriter],
+        block: int = WRITE_BLOCK,
+    ) -> None:
         self.path = path
         self.channels = channels
         self.block = block
@@ -250,8 +267,9 @@ class RescalingWriter(TempFileWriter):
                 data = raw.read(self.block * frame_bytes)
                 if not data:
                     break
-                self._final.write(np.frombuffer(data, np.float32).reshape(-1, self.channels).T
-                                  / divisor)
+                self._final.write(
+                    np.frombuffer(data, np.float32).reshape(-1, self.channels).T / divisor
+                )
         self._final.close()
         remove_temporary(self._tmp)
         self._nonfinite.report(self.path)
@@ -267,8 +285,9 @@ class ResamplingWriter:
     and pads or trims the stem to exactly ``length`` samples (the input's own length, for
     stems written at the input's rate)."""
 
-    def __init__(self, inner: StemWriter, old_sr: int, new_sr: int, channels: int,
-                 length: int) -> None:
+    def __init__(
+        self, inner: StemWriter, old_sr: int, new_sr: int, channels: int, length: int
+    ) -> None:
         from .resample import make_resampler
 
         self.inner = inner
@@ -278,7 +297,7 @@ class ResamplingWriter:
         self._left = length
 
     def _forward(self, block: Array) -> None:
-        block = block[:, :self._left]
+        block = block[:, : self._left]
         if block.shape[1]:
             self.inner.write(block)
             self._left -= block.shape[1]
@@ -297,11 +316,19 @@ class ResamplingWriter:
         self.inner.abort()
 
 
-def open_stem_writer(path: PathLike, samplerate: int, channels: int, *,
-                     bitrate: int = 320, preset: int = 2, clip: tp.Optional[str] = "rescale",
-                     bits_per_sample: int = 16, as_float: bool = False,
-                     peak: tp.Optional[float] = None,
-                     format: tp.Optional[str] = None) -> StemWriter:
+def open_stem_writer(
+    path: PathLike,
+    samplerate: int,
+    channels: int,
+    *,
+    bitrate: int = 320,
+    preset: int = 2,
+    clip: tp.Optional[str] = "rescale",
+    bits_per_sample: int = 16,
+    as_float: bool = False,
+    peak: tp.Optional[float] = None,
+    format: tp.Optional[str] = None,
+) -> StemWriter:
     """A block-by-block writer; the format comes from the extension of ``path``.
 
     ``.wav``: 16 or 24-bit PCM, or float32 with ``as_float`` (or ``bits_per_sample=32``);
@@ -315,14 +342,16 @@ def open_stem_writer(path: PathLike, samplerate: int, channels: int, *,
     path = Path(path)
     suffix = f".{format}" if format else path.suffix.lower()
     if suffix not in tuple(f".{ext}" for ext in SAVE_FORMATS):
-        raise ValueError(f"cannot save {path}: unknown extension {suffix!r} "
-                         "(use .wav, .flac or .mp3)")
+        raise ValueError(
+            f"cannot save {path}: unknown extension {suffix!r} (use .wav, .flac or .mp3)"
+        )
     clip = check_clip_mode(clip)
     subtype = "" if suffix == ".mp3" else pcm_subtype(suffix, bits_per_sample, as_float)
 
     def make_final() -> StemWriter:
-        return _final_writer(path, suffix, int(samplerate), int(channels), int(bitrate),
-                             int(preset), subtype)
+        return _final_writer(
+            path, suffix, int(samplerate), int(channels), int(bitrate), int(preset), subtype
+        )
 
     if clip == "rescale" and peak is None:
         return RescalingWriter(path, int(channels), make_final)
@@ -339,13 +368,13 @@ def write_array(wav: Array, path: PathLike, samplerate: int, **options: tp.Any) 
     if wav.ndim != 2:
         raise ValueError(f"expected audio of shape [channels, time], got {tuple(wav.shape)}")
     if wav.dtype.kind != "f":
-        wav = wav.astype(np.float32) / np.float32(2 ** 15 - 1)
+        wav = wav.astype(np.float32) / np.float32(2**15 - 1)
     # The peak after the non-finite policy; the writer applies it (and warns) itself.
     peak = float(np.abs(NonFinite().clean(wav)).max()) if wav.size else 0.0
     writer = open_stem_writer(path, samplerate, wav.shape[0], peak=peak, **options)
     try:
         for start in range(0, wav.shape[1], WRITE_BLOCK):
-            writer.write(wav[:, start:start + WRITE_BLOCK])
+            writer.write(wav[:, start : start + WRITE_BLOCK])
     except BaseException:
         writer.abort()
         raise

@@ -69,6 +69,7 @@ segments a track is cut into), ``input_samples`` (graph input length),
 ``segment_seconds``, ``precision``, ``opset``, ``exporter``, ``stft``, ``attention``
 (``fused`` or ``portable``), ``batch`` (``1`` or ``dynamic``), ``members``, ``layout``.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -81,8 +82,13 @@ from torch import nn
 from ..spec import DEFAULT_STFT_IMPL
 from ..transformer import chunked_attention_for_export, fused_attention_for_export
 from .graph import INPUT_NAME, OUTPUT_NAME, ExportError, opset_of, set_metadata
-from .passes import (non_weight_initializers, precise_reductions, remove_unused_initializers,
-                     restore_computed_bases, strip_debug_info)
+from .passes import (
+    non_weight_initializers,
+    precise_reductions,
+    remove_unused_initializers,
+    restore_computed_bases,
+    strip_debug_info,
+)
 from .precision import CONVERTIBLE, PRECISIONS, convert
 from .prepare import prepare_model
 
@@ -109,26 +115,43 @@ ATTENTION_FORMS = ("fused", "portable")
 DEFAULT_ATTENTION = "fused"
 
 
-def _trace_torchscript(module: nn.Module, example: torch.Tensor, path: Path, opset: int,
-                       dynamic_batch: bool) -> None:
+def _trace_torchscript(
+    module: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool
+) -> None:
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     torch.onnx.export(
-        module, (example,), str(path), dynamo=False, opset_version=opset,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
+        module,
+        (example,),
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes=axes,
         # With stft_impl="conv" the bases get folded anyway (TorchScript constant
         # propagation); restore_computed_bases() puts their computation back.
-        do_constant_folding=True)
+        do_constant_folding=True,
+    )
 
 
-def _trace_dynamo(module: nn.Module, example: torch.Tensor, path: Path, opset: int,
-                  dynamic_batch: bool) -> None:
+def _trace_dynamo(
+    module: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool
+) -> None:
     shapes = None
     if dynamic_batch:
         shapes = {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=64)}}
     program = torch.onnx.export(
-        module, (example,), dynamo=True, opset_version=opset,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
-        optimize=False, verify=False, report=False)
+        module,
+        (example,),
+        dynamo=True,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=shapes,
+        optimize=False,
+        verify=False,
+        report=False,
+    )
     assert program is not None
     from onnxscript import optimizer
 
@@ -145,16 +168,25 @@ def resolve_attention(attention: tp.Optional[str], exporter: str) -> str:
     if attention is None:
         return DEFAULT_ATTENTION if exporter == "torchscript" else "portable"
     if attention not in ATTENTION_FORMS:
-        raise ExportError(f"unknown attention form {attention!r}, "
-                          f"expected one of {ATTENTION_FORMS}")
+        raise ExportError(
+            f"unknown attention form {attention!r}, expected one of {ATTENTION_FORMS}"
+        )
     if attention == "fused" and exporter != "torchscript":
-        raise ExportError("--attention fused needs the TorchScript exporter: use "
-                          "--exporter torchscript, or --attention portable")
+        raise ExportError(
+            "--attention fused needs the TorchScript exporter: use "
+            "--exporter torchscript, or --attention portable"
+        )
     return attention
 
 
-def _export_raw(module: nn.Module, example: torch.Tensor, exporter: str, opset: int,
-                dynamic_batch: bool, attention: str = "portable") -> "onnx.ModelProto":
+def _export_raw(
+    module: nn.Module,
+    example: torch.Tensor,
+    exporter: str,
+    opset: int,
+    dynamic_batch: bool,
+    attention: str = "portable",
+) -> "onnx.ModelProto":
     """Traces ``module``; returns the ONNX model with all weights loaded in memory and,
     for ``stft_impl="conv"``, the DFT bases computed in the graph (see
     :func:`restore_computed_bases`)."""
@@ -168,13 +200,19 @@ def _export_raw(module: nn.Module, example: torch.Tensor, exporter: str, opset: 
         # Fused: one contrib node per attention. Portable: the segment is fixed in the
         # graph, so attention is laid out in blocks of queries; the full
         # (B, heads, T, S) score matrix never exists at run time.
-        form = (fused_attention_for_export() if attention == "fused"
-                else chunked_attention_for_export(ATTENTION_QUERY_CHUNK))
+        form = (
+            fused_attention_for_export()
+            if attention == "fused"
+            else chunked_attention_for_export(ATTENTION_QUERY_CHUNK)
+        )
         with torch.no_grad(), form:
             trace(module, example, raw, opset, dynamic_batch)
         model = onnx.load(str(raw), load_external_data=True)
-    conv_sizes = {int(getattr(m, "nfft")) for m in module.modules()
-                  if hasattr(m, "nfft") and getattr(m, "stft_impl", None) == "conv"}
+    conv_sizes = {
+        int(getattr(m, "nfft"))
+        for m in module.modules()
+        if hasattr(m, "nfft") and getattr(m, "stft_impl", None) == "conv"
+    }
     if conv_sizes:
         restore_computed_bases(model, conv_sizes)
     precise_reductions(model)
@@ -188,13 +226,21 @@ def default_opset(exporter: str) -> int:
     return DYNAMO_MIN_OPSET if exporter == "dynamo" else DEFAULT_OPSET
 
 
-def export_model(model: nn.Module, path: tp.Union[str, Path], *,
-                 segment: tp.Optional[float] = None, opset: tp.Optional[int] = None,
-                 precision: str = "fp32", dynamic_batch: bool = False,
-                 exporter: str = DEFAULT_EXPORTER, model_index: tp.Optional[int] = None,
-                 name: tp.Optional[str] = None, stft_impl: str = DEFAULT_STFT_IMPL,
-                 attention: tp.Optional[str] = None,
-                 stems: tp.Optional[tp.Sequence[str]] = None) -> Path:
+def export_model(
+    model: nn.Module,
+    path: tp.Union[str, Path],
+    *,
+    segment: tp.Optional[float] = None,
+    opset: tp.Optional[int] = None,
+    precision: str = "fp32",
+    dynamic_batch: bool = False,
+    exporter: str = DEFAULT_EXPORTER,
+    model_index: tp.Optional[int] = None,
+    name: tp.Optional[str] = None,
+    stft_impl: str = DEFAULT_STFT_IMPL,
+    attention: tp.Optional[str] = None,
+    stems: tp.Optional[tp.Sequence[str]] = None,
+) -> Path:
     """Exports ``model`` (single model or ``BagOfModels``) to a single ONNX file.
 
     Args:
@@ -226,12 +272,15 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
     if opset is None:
         opset = default_opset(exporter)
     elif exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
-        raise ExportError(f"the dynamo exporter produces opset >= {DYNAMO_MIN_OPSET}, "
-                          f"got --opset {opset}: use --exporter torchscript for opset {opset}")
+        raise ExportError(
+            f"the dynamo exporter produces opset >= {DYNAMO_MIN_OPSET}, "
+            f"got --opset {opset}: use --exporter torchscript for opset {opset}"
+        )
     attention = resolve_attention(attention, exporter)
     path = Path(path)
     wrapper, segment_samples, input_samples = prepare_model(
-        model, segment=segment, model_index=model_index, stft_impl=stft_impl, stems=stems)
+        model, segment=segment, model_index=model_index, stft_impl=stft_impl, stems=stems
+    )
     first: tp.Any = wrapper.models[0]
     example = torch.randn(1, first.audio_channels, input_samples)
     onnx_model = _export_raw(wrapper, example, exporter, opset, dynamic_batch, attention)
@@ -240,36 +289,40 @@ def export_model(model: nn.Module, path: tp.Union[str, Path], *,
     suspicious = non_weight_initializers(onnx_model, state)
     if suspicious:
         total = sum(count for _, count in suspicious)
-        raise ExportError(f"the {exporter} exporter stored {total} values that are not "
-                          f"weights (e.g. a folded DFT basis): {suspicious[:5]}")
+        raise ExportError(
+            f"the {exporter} exporter stored {total} values that are not "
+            f"weights (e.g. a folded DFT basis): {suspicious[:5]}"
+        )
     onnx_model = convert(onnx_model, precision)
 
-    set_metadata(onnx_model, {
-        "model_name": name or type(model).__name__,
-        "sample_rate": first.samplerate,
-        "audio_channels": first.audio_channels,
-        "sources": ",".join(wrapper.sources),
-        "segment_samples": segment_samples,
-        "input_samples": input_samples,
-        "segment_seconds": repr(segment_samples / first.samplerate),
-        "precision": precision,
-        "opset": opset_of(onnx_model),
-        "exporter": exporter,
-        "stft": stft_impl,
-        "attention": attention,
-        "batch": "dynamic" if dynamic_batch else "1",
-        "members": len(wrapper.models),
-        "layout": f"{INPUT_NAME}: (batch, channels, samples) float32 -> "
-                  f"{OUTPUT_NAME}: (batch, sources, channels, samples) float32",
-    })
+    set_metadata(
+        onnx_model,
+        {
+            "model_name": name or type(model).__name__,
+            "sample_rate": first.samplerate,
+            "audio_channels": first.audio_channels,
+            "sources": ",".join(wrapper.sources),
+            "segment_samples": segment_samples,
+            "input_samples": input_samples,
+            "segment_seconds": repr(segment_samples / first.samplerate),
+            "precision": precision,
+            "opset": opset_of(onnx_model),
+            "exporter": exporter,
+            "stft": stft_impl,
+            "attention": attention,
+            "batch": "dynamic" if dynamic_batch else "1",
+            "members": len(wrapper.models),
+            "layout": f"{INPUT_NAME}: (batch, channels, samples) float32 -> "
+            f"{OUTPUT_NAME}: (batch, sources, channels, samples) float32",
+        },
+    )
     onnx_model.doc_string = "Demucs source separation: waveform in, stems out (STFT inside)."
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(onnx_model, str(path), save_as_external_data=False)
     return path
 
 
-def convert_file(source: tp.Union[str, Path], target: tp.Union[str, Path],
-                 precision: str) -> Path:
+def convert_file(source: tp.Union[str, Path], target: tp.Union[str, Path], precision: str) -> Path:
     """Converts an exported float32 file to ``fp16``, ``mixed`` or ``int8`` (metadata kept)."""
     import onnx
 

@@ -2,6 +2,7 @@
 names, :class:`ExportError`, a node builder for rewriting passes, and access to stored
 tensors, the opset and the metadata of an ONNX model. Imports neither torch nor onnx at
 module level."""
+
 from __future__ import annotations
 
 import math
@@ -39,13 +40,17 @@ class Builder:
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 
-    def op(self, op_type: str, *inputs: str, output: tp.Optional[str] = None,
-           **attrs: tp.Any) -> str:
+    def op(
+        self, op_type: str, *inputs: str, output: tp.Optional[str] = None, **attrs: tp.Any
+    ) -> str:
         from onnx import helper
 
         out = output or self._name(op_type)
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out],
-                                           name=self._name(op_type + "_node"), **attrs))
+        self.nodes.append(
+            helper.make_node(
+                op_type, list(inputs), [out], name=self._name(op_type + "_node"), **attrs
+            )
+        )
         return out
 
 

@@ -7,6 +7,7 @@
 * :func:`remove_unused_initializers`, :func:`strip_debug_info`: clean-up;
 * :func:`non_weight_initializers`: the check that no large non-weight tensor is stored.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,11 @@ def strip_debug_info(model: "onnx.ModelProto") -> None:
         node.doc_string = ""
 
 
-def non_weight_initializers(model: "onnx.ModelProto", state: tp.Mapping[str, "torch.Tensor"],
-                            min_elements: int = SMALL_TENSOR) -> tp.List[tp.Tuple[str, int]]:
+def non_weight_initializers(
+    model: "onnx.ModelProto",
+    state: tp.Mapping[str, "torch.Tensor"],
+    min_elements: int = SMALL_TENSOR,
+) -> tp.List[tp.Tuple[str, int]]:
     """Stored tensors of at least ``min_elements`` that are not model weights.
 
     A stored tensor counts as a weight if some tensor of ``state`` (a state dict) has
@@ -83,10 +87,12 @@ def _basis_subgraph(build: Builder, n_fft: int, n_bins: int) -> tp.Tuple[str, st
     from onnx import TensorProto
 
     two_pi_n = build.const(2 * math.pi / n_fft)
-    k = build.op("Range", build.const(0, "int64"), build.const(n_bins, "int64"),
-                 build.const(1, "int64"))
-    n = build.op("Range", build.const(0, "int64"), build.const(n_fft, "int64"),
-                 build.const(1, "int64"))
+    k = build.op(
+        "Range", build.const(0, "int64"), build.const(n_bins, "int64"), build.const(1, "int64")
+    )
+    n = build.op(
+        "Range", build.const(0, "int64"), build.const(n_fft, "int64"), build.const(1, "int64")
+    )
     column = build.op("Reshape", k, build.const([n_bins, 1], "int64"))
     row = build.op("Reshape", n, build.const([1, n_fft], "int64"))
     phase = build.op("Mod", build.op("Mul", column, row), build.const(n_fft, "int64"))
@@ -98,12 +104,21 @@ def _basis_subgraph(build: Builder, n_fft: int, n_bins: int) -> tp.Tuple[str, st
     cos_w, sin_w = build.op("Mul", cos, window), build.op("Mul", sin, window)
     scale = build.const(1.0 / math.sqrt(n_fft))
     shape = build.const([2 * n_bins, 1, n_fft], "int64")
-    analysis = build.op("Reshape", build.op("Mul", build.op(
-        "Concat", cos_w, build.op("Neg", sin_w), axis=0), scale), shape)
-    is_edge = build.op("Or", build.op("Equal", k, build.const(0, "int64")),
-                       build.op("Equal", k, build.const(n_fft // 2, "int64")))
-    edge = build.op("Reshape", build.op("Cast", is_edge, to=TensorProto.FLOAT),
-                    build.const([n_bins, 1], "int64"))
+    analysis = build.op(
+        "Reshape",
+        build.op("Mul", build.op("Concat", cos_w, build.op("Neg", sin_w), axis=0), scale),
+        shape,
+    )
+    is_edge = build.op(
+        "Or",
+        build.op("Equal", k, build.const(0, "int64")),
+        build.op("Equal", k, build.const(n_fft // 2, "int64")),
+    )
+    edge = build.op(
+        "Reshape",
+        build.op("Cast", is_edge, to=TensorProto.FLOAT),
+        build.const([n_bins, 1], "int64"),
+    )
     weight = build.op("Mul", build.op("Sub", build.const(2.0), edge), scale)
     weight_imag = build.op("Mul", weight, build.op("Sub", build.const(1.0), edge))
     real = build.op("Mul", cos_w, weight)
@@ -112,25 +127,31 @@ def _basis_subgraph(build: Builder, n_fft: int, n_bins: int) -> tp.Tuple[str, st
     return analysis, synthesis, window
 
 
-def _envelope_subgraph(build: Builder, window: str, n_fft: int, hop: int,
-                       n_frames: int) -> str:
+def _envelope_subgraph(build: Builder, window: str, n_fft: int, hop: int, n_frames: int) -> str:
     """Nodes computing :func:`demucs.spec.window_envelope` (overlap-added squared window)."""
     from onnx import helper, TensorProto
 
     length = hop * (n_frames - 1) + n_fft
-    kernel = build.op("Reshape", build.op("Mul", window, window),
-                      build.const([1, 1, n_fft], "int64"))
-    ones = build.op("ConstantOfShape", build.const([1, 1, n_frames], "int64"),
-                    value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
-    env = build.op("Reshape", build.op("ConvTranspose", ones, kernel, strides=[hop],
-                                       kernel_shape=[n_fft]),
-                   build.const([length], "int64"))
+    kernel = build.op(
+        "Reshape", build.op("Mul", window, window), build.const([1, 1, n_fft], "int64")
+    )
+    ones = build.op(
+        "ConstantOfShape",
+        build.const([1, 1, n_frames], "int64"),
+        value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]),
+    )
+    env = build.op(
+        "Reshape",
+        build.op("ConvTranspose", ones, kernel, strides=[hop], kernel_shape=[n_fft]),
+        build.const([length], "int64"),
+    )
     covered = build.op("Greater", env, build.const(1e-11))
     return build.op("Where", covered, env, build.const(1.0))
 
 
-def restore_computed_bases(model: "onnx.ModelProto", n_ffts: tp.Iterable[int],
-                           tolerance: float = 1e-5) -> int:
+def restore_computed_bases(
+    model: "onnx.ModelProto", n_ffts: tp.Iterable[int], tolerance: float = 1e-5
+) -> int:
     """Replaces stored DFT bases / window envelopes by the subgraph computing them.
 
     The TorchScript exporter always propagates constants (whatever
@@ -173,8 +194,7 @@ def restore_computed_bases(model: "onnx.ModelProto", n_ffts: tp.Iterable[int],
         if len(dims) == 3 and dims[1] == 1 and dims[2] in sizes and dims[0] % 2 == 0:
             n_fft, n_bins = dims[2], dims[0] // 2
             value = numpy_helper.to_array(tensor)
-            analysis, synthesis = spec.dft_bases(n_fft, n_bins, torch.device("cpu"),
-                                                 torch.float32)
+            analysis, synthesis = spec.dft_bases(n_fft, n_bins, torch.device("cpu"), torch.float32)
             for index, reference in enumerate((analysis, synthesis)):
                 if np.abs(value - reference.numpy()).max() <= tolerance:
                     replacement = bases(n_fft, n_bins)[index]
@@ -185,8 +205,9 @@ def restore_computed_bases(model: "onnx.ModelProto", n_ffts: tp.Iterable[int],
                 frames, rest = divmod(dims[0] - n_fft, hop)
                 if rest or frames < 0:
                     continue
-                reference = spec.window_envelope(n_fft, hop, frames + 1,
-                                                 torch.device("cpu"), torch.float32)
+                reference = spec.window_envelope(
+                    n_fft, hop, frames + 1, torch.device("cpu"), torch.float32
+                )
                 value = numpy_helper.to_array(tensor)
                 if np.abs(value - reference.numpy()).max() <= tolerance:
                     window = bases(n_fft, n_fft // 2)[2]
@@ -195,8 +216,11 @@ def restore_computed_bases(model: "onnx.ModelProto", n_ffts: tp.Iterable[int],
         if replacement is None:
             continue
         removed.append(owner)
-        aliases.append(helper.make_node("Identity", [replacement], [name],
-                                        name=f"computed_stft/{name}_identity"))
+        aliases.append(
+            helper.make_node(
+                "Identity", [replacement], [name], name=f"computed_stft/{name}_identity"
+            )
+        )
     for owner in removed:
         if owner in graph.initializer:
             graph.initializer.remove(owner)
@@ -228,9 +252,15 @@ def _static_block(length: tp.Optional[int], block: int) -> tp.Optional[int]:
     return min(candidates, key=lambda d: abs(d - block)) if candidates else None
 
 
-def _blocked_sum(build: Builder, value: str, kept: int, opset: int,
-                 block: int = NORM_BLOCK, length: tp.Optional[int] = None,
-                 square: bool = False) -> tp.Tuple[str, str]:
+def _blocked_sum(
+    build: Builder,
+    value: str,
+    kept: int,
+    opset: int,
+    block: int = NORM_BLOCK,
+    length: tp.Optional[int] = None,
+    square: bool = False,
+) -> tp.Tuple[str, str]:
     """Sum of ``value`` (of its squares if ``square``) over all axes after the first
     ``kept``, as a sum of block sums.
 
@@ -243,23 +273,32 @@ def _blocked_sum(build: Builder, value: str, kept: int, opset: int,
     lead = build.op("Slice", shape, build.const([0], "int64"), build.const([kept], "int64"))
     static = _static_block(length, block)
     if static is not None:
-        blocks = build.op("Reshape", value, build.op(
-            "Concat", lead, build.const([-1, static], "int64"), axis=0))
+        blocks = build.op(
+            "Reshape", value, build.op("Concat", lead, build.const([-1, static], "int64"), axis=0)
+        )
         count = build.const([length], "int64")
     else:
         flat_shape = build.op("Concat", lead, build.const([-1], "int64"), axis=0)
         flat = build.op("Reshape", value, flat_shape)
-        count = build.op("Slice", build.op("Shape", flat), build.const([kept], "int64"),
-                         build.const([kept + 1], "int64"))
+        count = build.op(
+            "Slice",
+            build.op("Shape", flat),
+            build.const([kept], "int64"),
+            build.const([kept + 1], "int64"),
+        )
         size = build.const([block], "int64")
         missing = build.op("Mod", build.op("Sub", size, build.op("Mod", count, size)), size)
         pads = build.op("Concat", build.const([0] * (2 * kept + 1), "int64"), missing, axis=0)
-        blocks = build.op("Reshape", build.op("Pad", flat, pads),
-                          build.op("Concat", lead, build.const([-1, block], "int64"), axis=0))
+        blocks = build.op(
+            "Reshape",
+            build.op("Pad", flat, pads),
+            build.op("Concat", lead, build.const([-1, block], "int64"), axis=0),
+        )
     if square:
         if opset >= 18:
-            partial = build.op("ReduceSumSquare", blocks, build.const([kept + 1], "int64"),
-                               keepdims=0)
+            partial = build.op(
+                "ReduceSumSquare", blocks, build.const([kept + 1], "int64"), keepdims=0
+            )
         else:
             partial = build.op("ReduceSumSquare", blocks, axes=[kept + 1], keepdims=0)
     else:
@@ -288,8 +327,10 @@ def _shapes_of(model: "onnx.ModelProto") -> tp.Dict[str, tp.List[tp.Optional[int
     shapes = {}
     for info in list(inferred.graph.value_info) + list(inferred.graph.input):
         if info.type.tensor_type.HasField("shape"):
-            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None
-                                 for d in info.type.tensor_type.shape.dim]
+            shapes[info.name] = [
+                d.dim_value if d.HasField("dim_value") else None
+                for d in info.type.tensor_type.shape.dim
+            ]
     return shapes
 
 
@@ -321,8 +362,7 @@ def precise_reductions(model: "onnx.ModelProto", block: int = NORM_BLOCK) -> int
         node = graph.node[index]
         build = Builder(f"precise_{index}")
         if node.op_type == "InstanceNormalization":
-            _instance_norm_nodes(build, node, opset,
-                                 _trailing_length(shapes.get(node.input[0]), 2))
+            _instance_norm_nodes(build, node, opset, _trailing_length(shapes.get(node.input[0]), 2))
         elif node.op_type in ("ReduceMean", "ReduceSum"):
             shape = shapes.get(node.input[0])
             rank = None if shape is None else len(shape)
@@ -340,18 +380,25 @@ def precise_reductions(model: "onnx.ModelProto", block: int = NORM_BLOCK) -> int
             if axes != list(range(rank - len(axes), rank)):
                 continue  # not the trailing axes
             kept = rank - len(axes)
-            total, length = _blocked_sum(build, node.input[0], kept, opset, block,
-                                         _trailing_length(shape, kept))
+            total, length = _blocked_sum(
+                build, node.input[0], kept, opset, block, _trailing_length(shape, kept)
+            )
             result = total
             if node.op_type == "ReduceMean":
                 from onnx import TensorProto
+
                 inverse = build.op("Reciprocal", build.op("Cast", length, to=TensorProto.FLOAT))
                 result = build.op("Mul", total, inverse)
-            lead = build.op("Slice", build.op("Shape", node.input[0]),
-                            build.const([0], "int64"), build.const([kept], "int64"))
+            lead = build.op(
+                "Slice",
+                build.op("Shape", node.input[0]),
+                build.const([0], "int64"),
+                build.const([kept], "int64"),
+            )
             tail = build.const([1] * len(axes) if keep else [], "int64")
-            build.op("Reshape", result, build.op("Concat", lead, tail, axis=0),
-                     output=node.output[0])
+            build.op(
+                "Reshape", result, build.op("Concat", lead, tail, axis=0), output=node.output[0]
+            )
         else:
             continue
         del graph.node[index]
@@ -362,8 +409,9 @@ def precise_reductions(model: "onnx.ModelProto", block: int = NORM_BLOCK) -> int
     return rewritten
 
 
-def _instance_norm_nodes(build: Builder, node: tp.Any, opset: int,
-                         length: tp.Optional[int] = None) -> None:
+def _instance_norm_nodes(
+    build: Builder, node: tp.Any, opset: int, length: tp.Optional[int] = None
+) -> None:
     """``InstanceNormalization`` as two-pass blocked sums, writing ``node.output[0]``.
 
     ``mean`` from block sums of ``x``, ``var`` from block sums of squares of
@@ -378,12 +426,12 @@ def _instance_norm_nodes(build: Builder, node: tp.Any, opset: int,
 
     def mean(value: str, square: bool = False) -> str:
         total, count = _blocked_sum(build, value, 2, opset, length=length, square=square)
-        return build.op("Mul", total, build.op("Reciprocal", build.op(
-            "Cast", count, to=TensorProto.FLOAT)))
+        return build.op(
+            "Mul", total, build.op("Reciprocal", build.op("Cast", count, to=TensorProto.FLOAT))
+        )
 
     centered = build.op("Sub", flat, mean(flat))
-    std = build.op("Sqrt", build.op("Add", mean(centered, square=True),
-                                    build.const(epsilon)))
+    std = build.op("Sqrt", build.op("Add", mean(centered, square=True), build.const(epsilon)))
     # scale and bias (C,) as (C, 1) against the (N, C, L) / (N, C, 1) statistics.
     gain = build.op("Div", build.op("Reshape", scale, build.const([-1, 1], "int64")), std)
     shift = build.op("Reshape", bias, build.const([-1, 1], "int64"))

@@ -1,6 +1,7 @@
 """Reduced-precision files: ``fp16`` (float16 storage of the weights, float32 compute)
 and ``int8`` (dynamic quantization of MatMul/Conv weights, int8 storage of the others).
 Works on ONNX models only: no torch."""
+
 from __future__ import annotations
 
 import tempfile
@@ -33,16 +34,34 @@ def convert(model: "onnx.ModelProto", precision: str) -> "onnx.ModelProto":
 def stft_nodes(model: "onnx.ModelProto") -> tp.List[str]:
     """Names of Conv/ConvTranspose nodes whose kernel is computed, not stored (the STFT)."""
     stored = {init.name for init in model.graph.initializer}
-    return [node.name for node in model.graph.node
-            if node.op_type in ("Conv", "ConvTranspose") and node.input[1] not in stored]
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type in ("Conv", "ConvTranspose") and node.input[1] not in stored
+    ]
 
 
 #: Operators kept in float32 in fp16 models: normalisation statistics, reductions, the
 #: in-graph DFT basis and anything whose range could overflow float16.
 FP16_KEEP_FLOAT = [
-    "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt", "Div",
-    "Reciprocal", "Range", "Cos", "Sin", "Exp", "Softmax", "LayerNormalization",
-    "InstanceNormalization", "GroupNormalization", "Erf", "Mod",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "ReduceL2",
+    "Pow",
+    "Sqrt",
+    "Div",
+    "Reciprocal",
+    "Range",
+    "Cos",
+    "Sin",
+    "Exp",
+    "Softmax",
+    "LayerNormalization",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "Erf",
+    "Mod",
 ]
 
 
@@ -64,12 +83,16 @@ def to_fp16(model: "onnx.ModelProto", min_elements: int = 1024) -> "onnx.ModelPr
     for init in list(model.graph.initializer):
         if init.data_type != TensorProto.FLOAT or tensor_elements(init) < min_elements:
             continue
-        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16),
-                                       init.name + "_fp16")
+        half = numpy_helper.from_array(
+            numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16"
+        )
         model.graph.initializer.remove(init)
         model.graph.initializer.append(half)
-        casts.append(helper.make_node("Cast", [half.name], [init.name],
-                                      name=init.name + "_to_float", to=TensorProto.FLOAT))
+        casts.append(
+            helper.make_node(
+                "Cast", [half.name], [init.name], name=init.name + "_to_float", to=TensorProto.FLOAT
+            )
+        )
     for node in reversed(casts):
         model.graph.node.insert(0, node)
     return model
@@ -120,8 +143,11 @@ def to_mixed(model: "onnx.ModelProto") -> "onnx.ModelProto":
                     array = numpy_helper.to_array(init).astype(np.float16)
                     graph.initializer.append(numpy_helper.from_array(array, half))
                 else:
-                    nodes.append(helper.make_node("Cast", [name], [half], to=TensorProto.FLOAT16,
-                                                  name=half + "_cast"))
+                    nodes.append(
+                        helper.make_node(
+                            "Cast", [name], [half], to=TensorProto.FLOAT16, name=half + "_cast"
+                        )
+                    )
                 halves[name] = half
             inputs[index] = halves[name]
         output = node.output[0]
@@ -129,8 +155,11 @@ def to_mixed(model: "onnx.ModelProto") -> "onnx.ModelProto":
         node.input.extend(inputs)
         node.output[0] = output + "_fp16"
         nodes.append(node)
-        nodes.append(helper.make_node("Cast", [node.output[0]], [output], to=TensorProto.FLOAT,
-                                      name=output + "_to_float"))
+        nodes.append(
+            helper.make_node(
+                "Cast", [node.output[0]], [output], to=TensorProto.FLOAT, name=output + "_to_float"
+            )
+        )
         converted += 1
     del graph.node[:]
     graph.node.extend(nodes)
@@ -151,10 +180,14 @@ def to_int8(model: "onnx.ModelProto") -> "onnx.ModelProto":
         onnx.save_model(model, str(source))
         # The STFT convolutions (computed kernels) stay in float32: 8-bit spectra would
         # cost far more accuracy than the few operations they save.
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm", "Conv"],
-                         nodes_to_exclude=stft_nodes(model),
-                         extra_options={"MatMulConstBOnly": True})
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+            nodes_to_exclude=stft_nodes(model),
+            extra_options={"MatMulConstBOnly": True},
+        )
         quantized = onnx.load(str(target), load_external_data=True)
     return _int8_weight_storage(quantized)
 
@@ -169,8 +202,11 @@ def _int8_weight_storage(model: "onnx.ModelProto", min_elements: int = 4096) -> 
     from onnx import helper, numpy_helper
 
     inits = {init.name: init for init in model.graph.initializer}
-    targets = {node.input[1] for node in model.graph.node
-               if node.op_type == "ConvTranspose" and node.input[1] in inits}
+    targets = {
+        node.input[1]
+        for node in model.graph.node
+        if node.op_type == "ConvTranspose" and node.input[1] in inits
+    }
     new_inits, new_nodes = [], []
     for name in sorted(targets):
         array = numpy_helper.to_array(inits[name])
@@ -183,13 +219,20 @@ def _int8_weight_storage(model: "onnx.ModelProto", min_elements: int = 4096) -> 
         shape[1] = -1
         quant = np.clip(np.round(array / scale.reshape(shape)), -127, 127).astype(np.int8)
         model.graph.initializer.remove(inits[name])
-        new_inits += [numpy_helper.from_array(quant, name + "_int8"),
-                      numpy_helper.from_array(scale, name + "_scale"),
-                      numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8),
-                                              name + "_zero")]
-        new_nodes.append(helper.make_node(
-            "DequantizeLinear", [name + "_int8", name + "_scale", name + "_zero"], [name],
-            name=name + "_dequantize", axis=1))
+        new_inits += [
+            numpy_helper.from_array(quant, name + "_int8"),
+            numpy_helper.from_array(scale, name + "_scale"),
+            numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), name + "_zero"),
+        ]
+        new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [name + "_int8", name + "_scale", name + "_zero"],
+                [name],
+                name=name + "_dequantize",
+                axis=1,
+            )
+        )
     model.graph.initializer.extend(new_inits)
     for node in reversed(new_nodes):
         model.graph.node.insert(0, node)

@@ -1,6 +1,7 @@
 """The torch module that becomes the graph: a copy of the model (or of a bag's members)
 in eval mode and float32, with the conv STFT backend, its segment fixed, wrapped so that
 a bag mixes its members' outputs with the bag's weights."""
+
 from __future__ import annotations
 
 import copy
@@ -42,7 +43,7 @@ def check_exportable(model: nn.Module) -> None:
 
 def _segment_of(model: nn.Module) -> tp.Optional[Fraction]:
     seg = getattr(model, "segment", None)
-    return None if seg is None else Fraction(seg).limit_denominator(10 ** 6)
+    return None if seg is None else Fraction(seg).limit_denominator(10**6)
 
 
 class ExportWrapper(nn.Module):
@@ -55,25 +56,32 @@ class ExportWrapper(nn.Module):
     Input ``(B, C, L)``, output ``(B, S, C, L)``.
     """
 
-    def __init__(self, models: tp.Sequence[nn.Module],
-                 weights: tp.Optional[tp.Sequence[tp.Sequence[float]]] = None,
-                 outputs: tp.Optional[tp.Sequence[int]] = None) -> None:
+    def __init__(
+        self,
+        models: tp.Sequence[nn.Module],
+        weights: tp.Optional[tp.Sequence[tp.Sequence[float]]] = None,
+        outputs: tp.Optional[tp.Sequence[int]] = None,
+    ) -> None:
         super().__init__()
         self.models = nn.ModuleList(models)
         self.mix_weights: tp.Optional[tp.List[tp.List[float]]] = None
         first: tp.Any = models[0]
         self.outputs = None if outputs is None else list(outputs)
-        self.sources: tp.List[str] = [first.sources[k] for k in self.outputs] \
-            if self.outputs is not None else list(first.sources)
+        self.sources: tp.List[str] = (
+            [first.sources[k] for k in self.outputs]
+            if self.outputs is not None
+            else list(first.sources)
+        )
         if weights is not None and len(models) > 1:
             num_sources = len(first.sources)
             totals = [sum(w[k] for w in weights) for k in range(num_sources)]
             for k, total in enumerate(totals):
                 if total == 0:
-                    raise ExportError(f"source {first.sources[k]!r} has a total weight "
-                                      "of 0 in the bag: its output would be undefined")
-            self.mix_weights = [[w[k] / totals[k] for k in range(num_sources)]
-                                for w in weights]
+                    raise ExportError(
+                        f"source {first.sources[k]!r} has a total weight "
+                        "of 0 in the bag: its output would be undefined"
+                    )
+            self.mix_weights = [[w[k] / totals[k] for k in range(num_sources)] for w in weights]
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         out = self._mixed(mix)
@@ -95,12 +103,15 @@ class ExportWrapper(nn.Module):
         return out
 
 
-def prepare_model(model: nn.Module, *, segment: tp.Optional[float] = None,
-                  model_index: tp.Optional[int] = None,
-                  use_conv_stft: bool = True,
-                  stft_impl: str = DEFAULT_STFT_IMPL,
-                  stems: tp.Optional[tp.Sequence[str]] = None
-                  ) -> tp.Tuple[ExportWrapper, int, int]:
+def prepare_model(
+    model: nn.Module,
+    *,
+    segment: tp.Optional[float] = None,
+    model_index: tp.Optional[int] = None,
+    use_conv_stft: bool = True,
+    stft_impl: str = DEFAULT_STFT_IMPL,
+    stems: tp.Optional[tp.Sequence[str]] = None,
+) -> tp.Tuple[ExportWrapper, int, int]:
     """A copy of ``model`` ready to trace, and its segment and input lengths in samples.
 
     Args:
@@ -120,8 +131,9 @@ def prepare_model(model: nn.Module, *, segment: tp.Optional[float] = None,
     members, weights = bag_members(model)
     if model_index is not None:
         if not 0 <= model_index < len(members):
-            raise ExportError(f"--model-index {model_index} out of range: the bag has "
-                              f"{len(members)} models")
+            raise ExportError(
+                f"--model-index {model_index} out of range: the bag has {len(members)} models"
+            )
         members, weights = [members[model_index]], None
     outputs = None
     if stems is not None:
@@ -135,21 +147,25 @@ def prepare_model(model: nn.Module, *, segment: tp.Optional[float] = None,
 
     segments = {_segment_of(m) for m in members}
     if len(segments) != 1:
-        raise ExportError(f"bag members have different segments {sorted(map(str, segments))}: "
-                          "export them one at a time with --model-index")
+        raise ExportError(
+            f"bag members have different segments {sorted(map(str, segments))}: "
+            "export them one at a time with --model-index"
+        )
     trained = segments.pop()
     if segment is None:
         if trained is None:
             raise ExportError("the model has no training segment: pass --segment")
         seconds = trained
     else:
-        seconds = Fraction(segment).limit_denominator(10 ** 6)
+        seconds = Fraction(segment).limit_denominator(10**6)
         if seconds <= 0:
             raise ExportError(f"segment must be > 0, got {segment}")
         if trained is not None and getattr(first, "use_train_segment", False):
             if seconds > trained:
-                raise ExportError(f"segment {float(seconds)} s is longer than the "
-                                  f"{float(trained)} s the transformer was trained on")
+                raise ExportError(
+                    f"segment {float(seconds)} s is longer than the "
+                    f"{float(trained)} s the transformer was trained on"
+                )
     for member in members:
         if hasattr(member, "segment"):
             member.segment = seconds  # same as BagOfModels(segment=...) does
@@ -160,15 +176,16 @@ def prepare_model(model: nn.Module, *, segment: tp.Optional[float] = None,
     return ExportWrapper(members, weights, outputs).eval(), segment_samples, input_samples
 
 
-def _select_stems(members: tp.List[tp.Any], weights: tp.Optional[Weights],
-                  stems: tp.Sequence[str]
-                  ) -> tp.Tuple[tp.List[tp.Any], tp.Optional[Weights], tp.List[int]]:
+def _select_stems(
+    members: tp.List[tp.Any], weights: tp.Optional[Weights], stems: tp.Sequence[str]
+) -> tp.Tuple[tp.List[tp.Any], tp.Optional[Weights], tp.List[int]]:
     """The members the ``stems`` need, their weights, and the stems' source indices."""
     sources = list(members[0].sources)
     unknown = [stem for stem in stems if stem not in sources]
     if unknown or not stems:
-        raise ExportError(f"unknown stems {unknown or list(stems)}: the model has "
-                          f"{', '.join(sources)}")
+        raise ExportError(
+            f"unknown stems {unknown or list(stems)}: the model has {', '.join(sources)}"
+        )
     wanted = [k for k, source in enumerate(sources) if source in stems]
     if weights is None:
         return members, None, wanted
@@ -179,15 +196,19 @@ def _select_stems(members: tp.List[tp.Any], weights: tp.Optional[Weights],
 def _set_stft_impl(model: nn.Module, stft_impl: str) -> None:
     """Sets ``stft_impl`` on every spectral (sub)module of ``model``."""
     if stft_impl not in STFT_IMPLS:
-        raise ExportError(f"unknown STFT implementation {stft_impl!r}, "
-                          f"expected one of {STFT_IMPLS}")
+        raise ExportError(
+            f"unknown STFT implementation {stft_impl!r}, expected one of {STFT_IMPLS}"
+        )
     for module in model.modules():
         if hasattr(module, "use_conv_stft"):
             setattr(module, "stft_impl", stft_impl)
 
 
-def parameter_bytes(model: nn.Module, model_index: tp.Optional[int] = None,
-                    stems: tp.Optional[tp.Sequence[str]] = None) -> int:
+def parameter_bytes(
+    model: nn.Module,
+    model_index: tp.Optional[int] = None,
+    stems: tp.Optional[tp.Sequence[str]] = None,
+) -> int:
     """Bytes of the float32 parameters and buffers exported (one member, the members
     ``stems`` need, or all)."""
     members, weights = bag_members(model)

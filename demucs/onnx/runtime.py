@@ -11,6 +11,7 @@ segments a track is cut into), ``input_samples`` (graph input length), ``precisi
 ``batch`` (``1`` or ``dynamic``), ``members``, ``stems`` ... A file whose metadata or
 shapes cannot be right is refused when it is opened.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,11 +25,25 @@ from ..core import engine
 from ..core.plan import Member, check_split_params
 from ..core.stats import TrackStats
 from ..errors import ModelLoadingError
-from ..model_checks import (MAX_AUDIO_CHANNELS, SAMPLERATE_RANGE, check_audio_channels,
-                            check_name, check_samplerate, check_sources)
+from ..model_checks import (
+    MAX_AUDIO_CHANNELS,
+    SAMPLERATE_RANGE,
+    check_audio_channels,
+    check_name,
+    check_samplerate,
+    check_sources,
+)
 
-__all__ = ["OnnxSeparator", "SegmentSpec", "make_session_options", "onnx_members",
-           "select_providers", "available_providers", "load_onnx", "PROVIDER_ALIASES"]
+__all__ = [
+    "OnnxSeparator",
+    "SegmentSpec",
+    "make_session_options",
+    "onnx_members",
+    "select_providers",
+    "available_providers",
+    "load_onnx",
+    "PROVIDER_ALIASES",
+]
 
 #: Short names for ONNX Runtime's execution providers, in the default order of preference.
 PROVIDER_ALIASES = {
@@ -49,19 +64,25 @@ _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
 class SegmentSpec(tp.NamedTuple):
     """What the graph expects, read from its metadata and checked against its shapes."""
+
     sample_rate: int
     audio_channels: int
     sources: tp.List[str]
-    segment_samples: int   # length of the segments a track is cut into
-    input_samples: int     # graph input length (>= segment_samples)
+    segment_samples: int  # length of the segments a track is cut into
+    input_samples: int  # graph input length (>= segment_samples)
     dynamic_batch: bool
     model_name: str
     precision: str
 
 
-def make_session_options(threads: tp.Optional[int] = None, *, optimization: str = "extended",
-                         memory_arena: bool = True, memory_pattern: bool = False,
-                         optimized_model_path: tp.Optional[str] = None) -> tp.Any:
+def make_session_options(
+    threads: tp.Optional[int] = None,
+    *,
+    optimization: str = "extended",
+    memory_arena: bool = True,
+    memory_pattern: bool = False,
+    optimized_model_path: tp.Optional[str] = None,
+) -> tp.Any:
     """ONNX Runtime session options.
 
     Args:
@@ -101,6 +122,7 @@ def make_session_options(threads: tp.Optional[int] = None, *, optimization: str 
 
 # ------------------------------------------------------------------------ providers
 
+
 def available_providers() -> tp.List[str]:
     """Execution providers of the installed ONNX Runtime."""
     import onnxruntime as ort
@@ -114,14 +136,18 @@ def _provider_name(name: str) -> str:
         return PROVIDER_ALIASES[key.lower()]
     if key.lower().endswith("executionprovider"):
         return key
-    raise ValueError(f"unknown ONNX Runtime provider {name!r}: use one of "
-                     f"{', '.join(PROVIDER_ALIASES)} or a full name such as "
-                     "CPUExecutionProvider")
+    raise ValueError(
+        f"unknown ONNX Runtime provider {name!r}: use one of "
+        f"{', '.join(PROVIDER_ALIASES)} or a full name such as "
+        "CPUExecutionProvider"
+    )
 
 
-def select_providers(requested: tp.Optional[tp.Sequence[str]] = None,
-                     device: tp.Any = None,
-                     available: tp.Optional[tp.Sequence[str]] = None) -> tp.List[tp.Any]:
+def select_providers(
+    requested: tp.Optional[tp.Sequence[str]] = None,
+    device: tp.Any = None,
+    available: tp.Optional[tp.Sequence[str]] = None,
+) -> tp.List[tp.Any]:
     """Execution providers for a session, in order of preference.
 
     Args:
@@ -143,8 +169,10 @@ def select_providers(requested: tp.Optional[tp.Sequence[str]] = None,
         for name in requested:
             full = _provider_name(name)
             if full not in have:
-                raise ValueError(f"ONNX Runtime provider {name!r} is not available here "
-                                 f"(available: {', '.join(have) or 'none'})")
+                raise ValueError(
+                    f"ONNX Runtime provider {name!r} is not available here "
+                    f"(available: {', '.join(have) or 'none'})"
+                )
             if full not in chosen:
                 chosen.append(full)
         if cpu not in chosen and cpu in have:
@@ -153,37 +181,51 @@ def select_providers(requested: tp.Optional[tp.Sequence[str]] = None,
     if device is not None:
         match = _DEVICE.match(str(device).strip())
         if match is None:
-            raise ValueError(f"device {str(device)!r} is not supported with an ONNX model "
-                             "(use cpu or cuda)")
+            raise ValueError(
+                f"device {str(device)!r} is not supported with an ONNX model (use cpu or cuda)"
+            )
         kind, index = match.groups()
         if kind == "cpu":
             return [cpu]
         if PROVIDER_ALIASES["cuda"] not in have:
-            raise ValueError(f"device {str(device)!r} needs onnxruntime-gpu: this ONNX "
-                             "Runtime has no CUDAExecutionProvider")
+            raise ValueError(
+                f"device {str(device)!r} needs onnxruntime-gpu: this ONNX "
+                "Runtime has no CUDAExecutionProvider"
+            )
         return [(PROVIDER_ALIASES["cuda"], {"device_id": int(index or 0)}), cpu]
-    best = [full for full in PROVIDER_ALIASES.values()
-            if full in have and full not in _OPT_IN and full != cpu]
+    best = [
+        full
+        for full in PROVIDER_ALIASES.values()
+        if full in have and full not in _OPT_IN and full != cpu
+    ]
     return best[:1] + [cpu]
 
 
 # ------------------------------------------------------------------------ metadata
 
-def _int_meta(meta: tp.Mapping[str, str], key: str, origin: str, low: int, high: int,
-              default: tp.Optional[int] = None) -> int:
+
+def _int_meta(
+    meta: tp.Mapping[str, str],
+    key: str,
+    origin: str,
+    low: int,
+    high: int,
+    default: tp.Optional[int] = None,
+) -> int:
     raw = meta.get(key)
     if raw is None:
         if default is None:
-            raise ModelLoadingError(f"{origin}: the ONNX file lacks the metadata {key!r}: "
-                                    "export it with python -m demucs.export_onnx")
+            raise ModelLoadingError(
+                f"{origin}: the ONNX file lacks the metadata {key!r}: "
+                "export it with python -m demucs.export_onnx"
+            )
         return default
     try:
         value = int(raw)
     except ValueError:
         raise ModelLoadingError(f"{origin}: metadata {key}={raw!r} is not an integer") from None
     if not low <= value <= high:
-        raise ModelLoadingError(f"{origin}: metadata {key}={value} is out of range "
-                                f"[{low}, {high}]")
+        raise ModelLoadingError(f"{origin}: metadata {key}={value} is out of range [{low}, {high}]")
     return value
 
 
@@ -197,45 +239,66 @@ def read_spec(session: tp.Any, origin: tp.Union[str, os.PathLike] = "ONNX model"
     meta = session.get_modelmeta().custom_metadata_map
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) < 1:
-        raise ModelLoadingError(f"{origin}: expected one input and one output, got "
-                                f"{len(inputs)} and {len(outputs)}")
+        raise ModelLoadingError(
+            f"{origin}: expected one input and one output, got {len(inputs)} and {len(outputs)}"
+        )
     in_shape, out_shape = list(inputs[0].shape), list(outputs[0].shape)
     if len(in_shape) != 3 or len(out_shape) != 4:
-        raise ModelLoadingError(f"{origin}: expected a (batch, channels, samples) input and a "
-                                f"(batch, sources, channels, samples) output, got shapes "
-                                f"{in_shape} and {out_shape}")
+        raise ModelLoadingError(
+            f"{origin}: expected a (batch, channels, samples) input and a "
+            f"(batch, sources, channels, samples) output, got shapes "
+            f"{in_shape} and {out_shape}"
+        )
     if "sources" not in meta:
-        raise ModelLoadingError(f"{origin}: the ONNX file lacks the metadata 'sources': "
-                                "export it with python -m demucs.export_onnx")
+        raise ModelLoadingError(
+            f"{origin}: the ONNX file lacks the metadata 'sources': "
+            "export it with python -m demucs.export_onnx"
+        )
     sources = check_sources(meta["sources"].split(","), origin)
     static_in = in_shape[2] if isinstance(in_shape[2], int) else None
-    sample_rate = check_samplerate(_int_meta(meta, "sample_rate", origin, *SAMPLERATE_RANGE),
-                                   origin)
-    channels = check_audio_channels(_int_meta(
-        meta, "audio_channels", origin, 1, MAX_AUDIO_CHANNELS,
-        in_shape[1] if isinstance(in_shape[1], int) else None), origin)
+    sample_rate = check_samplerate(
+        _int_meta(meta, "sample_rate", origin, *SAMPLERATE_RANGE), origin
+    )
+    channels = check_audio_channels(
+        _int_meta(
+            meta,
+            "audio_channels",
+            origin,
+            1,
+            MAX_AUDIO_CHANNELS,
+            in_shape[1] if isinstance(in_shape[1], int) else None,
+        ),
+        origin,
+    )
     input_samples = _int_meta(meta, "input_samples", origin, 1, MAX_INPUT_SAMPLES, static_in)
     segment_samples = _int_meta(meta, "segment_samples", origin, 1, input_samples)
-    expected = {"input channels": (in_shape[1], channels),
-                "input samples": (in_shape[2], input_samples),
-                "output sources": (out_shape[1], len(sources)),
-                "output channels": (out_shape[2], channels),
-                "output samples": (out_shape[3], input_samples)}
+    expected = {
+        "input channels": (in_shape[1], channels),
+        "input samples": (in_shape[2], input_samples),
+        "output sources": (out_shape[1], len(sources)),
+        "output channels": (out_shape[2], channels),
+        "output samples": (out_shape[3], input_samples),
+    }
     for what, (actual, declared) in expected.items():
         if isinstance(actual, int) and actual != declared:
-            raise ModelLoadingError(f"{origin}: the graph has {actual} {what} but its metadata "
-                                    f"declares {declared}")
+            raise ModelLoadingError(
+                f"{origin}: the graph has {actual} {what} but its metadata declares {declared}"
+            )
     model_name = meta.get("model_name", "").strip()
     try:
         model_name = check_name(model_name, "model name", origin)
     except ModelLoadingError:
         model_name = ""  # the command then names the output folder after the file
     return SegmentSpec(
-        sample_rate=sample_rate, audio_channels=channels, sources=sources,
-        segment_samples=segment_samples, input_samples=input_samples,
+        sample_rate=sample_rate,
+        audio_channels=channels,
+        sources=sources,
+        segment_samples=segment_samples,
+        input_samples=input_samples,
         dynamic_batch=not isinstance(in_shape[0], int),
         model_name=model_name if model_name != "?" else "",
-        precision=meta.get("precision", "fp32"))
+        precision=meta.get("precision", "fp32"),
+    )
 
 
 def _is_onnxruntime_error(error: BaseException) -> bool:
@@ -261,20 +324,31 @@ class OnnxSeparator:
         ModelLoadingError: the graph's metadata or shapes cannot be right.
     """
 
-    def __init__(self, model: tp.Union[str, os.PathLike, bytes], *,
-                 threads: tp.Optional[int] = None, optimization: str = "extended",
-                 memory_arena: bool = True, memory_pattern: bool = False,
-                 optimized_model_path: tp.Optional[str] = None,
-                 providers: tp.Optional[tp.Sequence[tp.Any]] = None,
-                 session_options: tp.Any = None) -> None:
+    def __init__(
+        self,
+        model: tp.Union[str, os.PathLike, bytes],
+        *,
+        threads: tp.Optional[int] = None,
+        optimization: str = "extended",
+        memory_arena: bool = True,
+        memory_pattern: bool = False,
+        optimized_model_path: tp.Optional[str] = None,
+        providers: tp.Optional[tp.Sequence[tp.Any]] = None,
+        session_options: tp.Any = None,
+    ) -> None:
         import onnxruntime as ort
 
         options = session_options or make_session_options(
-            threads, optimization=optimization, memory_arena=memory_arena,
-            memory_pattern=memory_pattern, optimized_model_path=optimized_model_path)
+            threads,
+            optimization=optimization,
+            memory_arena=memory_arena,
+            memory_pattern=memory_pattern,
+            optimized_model_path=optimized_model_path,
+        )
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(
-            source, options, providers=list(providers or select_providers()))
+            source, options, providers=list(providers or select_providers())
+        )
         origin = "ONNX model" if isinstance(model, bytes) else str(model)
         self.spec = read_spec(self.session, origin)
         self._input = self.session.get_inputs()[0].name
@@ -297,17 +371,26 @@ class OnnxSeparator:
         mix = np.ascontiguousarray(mix, dtype=np.float32)
         if self.spec.dynamic_batch or mix.shape[0] == 1:
             return self.session.run([self._output], {self._input: mix})[0]
-        return np.concatenate([self.session.run([self._output], {self._input: item[None]})[0]
-                               for item in mix])
+        return np.concatenate(
+            [self.session.run([self._output], {self._input: item[None]})[0] for item in mix]
+        )
 
     def members(self, max_batch: int = 1) -> tp.List[Member]:
         """This graph as a core member (see :func:`onnx_members`)."""
         return onnx_members(self, max_batch)
 
-    def separate(self, mix: np.ndarray, *, shifts: int = 1, split: bool = True,
-                 overlap: float = 0.25, transition_power: float = 1.0,
-                 normalize: bool = True, rng: tp.Any = None,
-                 progress: tp.Optional[tp.Callable[[int, int], None]] = None) -> np.ndarray:
+    def separate(
+        self,
+        mix: np.ndarray,
+        *,
+        shifts: int = 1,
+        split: bool = True,
+        overlap: float = 0.25,
+        transition_power: float = 1.0,
+        normalize: bool = True,
+        rng: tp.Any = None,
+        progress: tp.Optional[tp.Callable[[int, int], None]] = None,
+    ) -> np.ndarray:
         """Separates a whole track held in memory (numpy only).
 
         Args:
@@ -327,21 +410,36 @@ class OnnxSeparator:
         if squeeze:
             audio = audio[None]
         if audio.ndim != 3 or audio.shape[1] != self.spec.audio_channels:
-            raise ValueError(f"mix must be (channels={self.spec.audio_channels}, samples) "
-                             f"or (batch, channels, samples), got {np.shape(mix)}")
+            raise ValueError(
+                f"mix must be (channels={self.spec.audio_channels}, samples) "
+                f"or (batch, channels, samples), got {np.shape(mix)}"
+            )
         check_split_params(shifts, overlap, transition_power)
         if not split and audio.shape[-1] > self.spec.input_samples:
-            raise ValueError(f"{audio.shape[-1]} samples do not fit in one segment of "
-                             f"{self.spec.input_samples}: use split=True")
+            raise ValueError(
+                f"{audio.shape[-1]} samples do not fit in one segment of "
+                f"{self.spec.input_samples}: use split=True"
+            )
         results = []
         for item in audio:
             stats = TrackStats.of_array(item) if normalize else TrackStats(item.shape[-1])
             track = engine.ArrayInput(item[None], engine.NUMPY)
-            blocks = [stems for _, _, stems in engine.separate(
-                onnx_members(self), track, sources=len(self.spec.sources),
-                samplerate=self.spec.sample_rate, shifts=shifts, overlap=overlap,
-                transition_power=transition_power, mean=stats.mean, std=stats.std,
-                order="memory", progress=progress)]
+            blocks = [
+                stems
+                for _, _, stems in engine.separate(
+                    onnx_members(self),
+                    track,
+                    sources=len(self.spec.sources),
+                    samplerate=self.spec.sample_rate,
+                    shifts=shifts,
+                    overlap=overlap,
+                    transition_power=transition_power,
+                    mean=stats.mean,
+                    std=stats.std,
+                    order="memory",
+                    progress=progress,
+                )
+            ]
             results.append(np.concatenate(blocks, axis=-1)[0])
         out = np.stack(results).astype(np.float32, copy=False)
         return out[0] if squeeze else out
@@ -372,23 +470,36 @@ def onnx_members(runtime: OnnxSeparator, max_batch: int = 1) -> tp.List[Member]:
             raise
         out = np.asarray(out, dtype=np.float32)
         if out.ndim != 4 or tuple(out.shape[1:]) != expected:
-            raise RuntimeError(f"the ONNX graph returned shape {out.shape}, expected "
-                               f"(batch, {', '.join(map(str, expected))})")
+            raise RuntimeError(
+                f"the ONNX graph returned shape {out.shape}, expected "
+                f"(batch, {', '.join(map(str, expected))})"
+            )
         return out
 
     def valid_length(length: int) -> int:
         if length > input_samples:
-            raise ValueError(f"a segment of {length} samples does not fit in the graph's "
-                             f"{input_samples} input samples")
+            raise ValueError(
+                f"a segment of {length} samples does not fit in the graph's "
+                f"{input_samples} input samples"
+            )
         return input_samples
 
-    return [Member(run=run, segment_length=int(spec.segment_samples),
-                   valid_length=valid_length, weights=[1.0] * len(spec.sources),
-                   max_batch=max_batch if spec.dynamic_batch else 1)]
+    return [
+        Member(
+            run=run,
+            segment_length=int(spec.segment_samples),
+            valid_length=valid_length,
+            weights=[1.0] * len(spec.sources),
+            max_batch=max_batch if spec.dynamic_batch else 1,
+        )
+    ]
 
 
-def load_onnx(path: tp.Union[str, os.PathLike], providers: tp.Optional[tp.Sequence[tp.Any]] = None,
-              threads: tp.Optional[int] = None) -> OnnxSeparator:
+def load_onnx(
+    path: tp.Union[str, os.PathLike],
+    providers: tp.Optional[tp.Sequence[tp.Any]] = None,
+    threads: tp.Optional[int] = None,
+) -> OnnxSeparator:
     """Opens an exported graph; any problem is a one-line :class:`ModelLoadingError`."""
     path = Path(path)
     if not path.is_file():

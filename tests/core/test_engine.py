@@ -4,6 +4,7 @@ any backend's arrays, in bounded memory.
 Tiny HTDemucs models (16 kHz, 0.5 s segments) on generated noise; every comparison is an
 SNR against ``apply_model`` (>= 100 dB).
 """
+
 from __future__ import annotations
 
 import random
@@ -37,8 +38,9 @@ def model() -> HTDemucs:
     return HTDemucs(**TINY_HTDEMUCS).eval()
 
 
-def in_memory(model: torch.nn.Module, wav: torch.Tensor, shifts: int, seed: int
-              ) -> tp.Tuple[torch.Tensor, tp.Any]:
+def in_memory(
+    model: torch.nn.Module, wav: torch.Tensor, shifts: int, seed: int
+) -> tp.Tuple[torch.Tensor, tp.Any]:
     """``apply_model`` on the normalised track, and the random state it leaves."""
     stats = TrackStats.of_array(wav.numpy())
     random.seed(seed)
@@ -46,16 +48,30 @@ def in_memory(model: torch.nn.Module, wav: torch.Tensor, shifts: int, seed: int
     return out * stats.std + stats.mean, random.getstate()
 
 
-def streamed(model: torch.nn.Module, wav: torch.Tensor, shifts: int, seed: int,
-             batch: int = 1, block: int = 1777) -> tp.Tuple[np.ndarray, np.ndarray, tp.Any]:
+def streamed(
+    model: torch.nn.Module,
+    wav: torch.Tensor,
+    shifts: int,
+    seed: int,
+    batch: int = 1,
+    block: int = 1777,
+) -> tp.Tuple[np.ndarray, np.ndarray, tp.Any]:
     stats = TrackStats.of_blocks(ArraySource(wav, RATE, block).blocks())
     members = torch_members(model, max_batch=batch)
     for member in members:
         member.run = (lambda run: lambda x: run(torch.from_numpy(x)).numpy())(member.run)
     random.seed(seed)
-    blocks = list(separate(
-        members, BlockInput(ArraySource(wav, RATE, block).blocks(), 2, wav.shape[-1]),
-        sources=4, samplerate=RATE, shifts=shifts, mean=stats.mean, std=stats.std))
+    blocks = list(
+        separate(
+            members,
+            BlockInput(ArraySource(wav, RATE, block).blocks(), 2, wav.shape[-1]),
+            sources=4,
+            samplerate=RATE,
+            shifts=shifts,
+            mean=stats.mean,
+            std=stats.std,
+        )
+    )
     origin = np.concatenate([b[1][0] for b in blocks], axis=-1)
     stems = np.concatenate([b[2][0] for b in blocks], axis=-1)
     return origin, stems, random.getstate()
@@ -72,11 +88,14 @@ def test_stats_equal_whole_track():
     assert (silent.mean, silent.std) == (0.0, 1.0)
 
 
-@pytest.mark.parametrize("length,shifts,batch", [
-    (3000, 1, 1),              # shorter than one segment
-    (SEGMENT * 3 + 1234, 0, 1),  # not a multiple of the stride
-    (SEGMENT * 2 + 77, 2, 3),  # shifts with a fixed seed, batched segments
-])
+@pytest.mark.parametrize(
+    "length,shifts,batch",
+    [
+        (3000, 1, 1),  # shorter than one segment
+        (SEGMENT * 3 + 1234, 0, 1),  # not a multiple of the stride
+        (SEGMENT * 2 + 77, 2, 3),  # shifts with a fixed seed, batched segments
+    ],
+)
 def test_stream_equals_apply_model(model, length, shifts, batch):
     wav = noise(length, seed=length)
     reference, state = in_memory(model, wav, shifts, seed=5)
@@ -139,12 +158,12 @@ def test_callback_keys_and_offsets(model):
     wav = noise(SEGMENT * 2, seed=6)[None]
     random.seed(1)
     apply_model(model, wav, shifts=2, callback=calls.append, callback_arg={"x": 1})
-    assert {"model_idx_in_bag", "shift_idx", "segment_offset", "models", "state",
-            "x"} <= set(calls[0])
+    assert {"model_idx_in_bag", "shift_idx", "segment_offset", "models", "state", "x"} <= set(
+        calls[0]
+    )
     assert [c["state"] for c in calls[:2]] == ["start", "end"]
     assert {c["shift_idx"] for c in calls} == {0, 1}
-    offsets = [c["segment_offset"] for c in calls if c["shift_idx"] == 0 and
-               c["state"] == "start"]
+    offsets = [c["segment_offset"] for c in calls if c["shift_idx"] == 0 and c["state"] == "start"]
     assert offsets == list(range(0, len(offsets) * 6000, 6000))
 
     def abort(info: tp.Dict[str, tp.Any]) -> None:
@@ -177,14 +196,24 @@ def test_numpy_and_torch_arrays_agree(model):
     stats = TrackStats.of_array(wav.numpy())
     from demucs.core import ArrayInput, NUMPY
 
-    blocks = list(separate(members, ArrayInput(wav.numpy()[None], NUMPY), sources=4,
-                           samplerate=RATE, shifts=0, mean=stats.mean, std=stats.std,
-                           order="memory"))
+    blocks = list(
+        separate(
+            members,
+            ArrayInput(wav.numpy()[None], NUMPY),
+            sources=4,
+            samplerate=RATE,
+            shifts=0,
+            mean=stats.mean,
+            std=stats.std,
+            order="memory",
+        )
+    )
     assert [start for start, _, _ in blocks][0] == 0
     assert snr_db(reference, np.concatenate([b[2][0] for b in blocks], axis=-1)) > 100
 
 
 # ---------------------------------------------------------------------- memory
+
 
 def _toy_members(samplerate: int) -> tp.List[Member]:
     """A "model" costing next to nothing (a fixed gain per source, numpy only), with
@@ -194,9 +223,15 @@ def _toy_members(samplerate: int) -> tp.List[Member]:
     def run(batch: np.ndarray) -> np.ndarray:
         return batch[:, None] * gains
 
-    return [Member(run=run, segment_length=samplerate,
-                   valid_length=lambda n: samplerate + samplerate // 4,
-                   weights=[1.0] * 4, max_batch=2)]
+    return [
+        Member(
+            run=run,
+            segment_length=samplerate,
+            valid_length=lambda n: samplerate + samplerate // 4,
+            weights=[1.0] * 4,
+            max_batch=2,
+        )
+    ]
 
 
 def _peak_traced_bytes(seconds: float, folder: Path, samplerate: int = 8000) -> int:
@@ -206,12 +241,16 @@ def _peak_traced_bytes(seconds: float, folder: Path, samplerate: int = 8000) -> 
     tracemalloc.start()
     try:
         stats = TrackStats.of_blocks(source.blocks())
-        writers = [open_stem_writer(folder / f"{seconds}_{k}.wav", samplerate, 2)
-                   for k in range(4)]
-        for _, _, stems in separate(_toy_members(samplerate),
-                                    BlockInput(source.blocks(), 2, stats.length), sources=4,
-                                    samplerate=samplerate, shifts=2, mean=stats.mean,
-                                    std=stats.std):
+        writers = [open_stem_writer(folder / f"{seconds}_{k}.wav", samplerate, 2) for k in range(4)]
+        for _, _, stems in separate(
+            _toy_members(samplerate),
+            BlockInput(source.blocks(), 2, stats.length),
+            sources=4,
+            samplerate=samplerate,
+            shifts=2,
+            mean=stats.mean,
+            std=stats.std,
+        ):
             for writer, block in zip(writers, stems[0]):
                 writer.write(block)
         for writer in writers:

@@ -1,4 +1,5 @@
 """demucs.core.plan: blending weights, argument checks, the plan's random draws."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,14 @@ import random
 import numpy as np
 import pytest
 
-from demucs.core.plan import (Member, check_split_params, plan_lanes, segment_stride,
-                              source_coefficients, transition_weight)
+from demucs.core.plan import (
+    Member,
+    check_split_params,
+    plan_lanes,
+    segment_stride,
+    source_coefficients,
+    transition_weight,
+)
 
 
 def test_transition_weight_is_upstreams_triangle():
@@ -23,14 +30,20 @@ def test_transition_weight_is_upstreams_triangle():
         assert got.min() > 0
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(shifts=-1, overlap=0.25), dict(shifts=1.5, overlap=0.25),
-    dict(shifts=1, overlap=1.0), dict(shifts=1, overlap=-0.1),
-    dict(shifts=1, overlap=0.25, transition_power=0.5),
-    dict(shifts=1, overlap=0.25, segment=0), dict(shifts=1, overlap=0.25, segment=-1.0),
-    dict(shifts=1, overlap=0.25, segment=math.nan),
-    dict(shifts=1, overlap=0.25, segment=math.inf),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(shifts=-1, overlap=0.25),
+        dict(shifts=1.5, overlap=0.25),
+        dict(shifts=1, overlap=1.0),
+        dict(shifts=1, overlap=-0.1),
+        dict(shifts=1, overlap=0.25, transition_power=0.5),
+        dict(shifts=1, overlap=0.25, segment=0),
+        dict(shifts=1, overlap=0.25, segment=-1.0),
+        dict(shifts=1, overlap=0.25, segment=math.nan),
+        dict(shifts=1, overlap=0.25, segment=math.inf),
+    ],
+)
 def test_check_split_params_refuses(kwargs):
     with pytest.raises(ValueError):
         check_split_params(**kwargs)
@@ -43,8 +56,14 @@ def test_stride_needs_room():
 
 
 def _member(draws=(), active=True, weights=(1.0, 1.0)):
-    return Member(run=lambda x: x, segment_length=100, valid_length=lambda n: 120,
-                  weights=list(weights), draws=draws, active=active)
+    return Member(
+        run=lambda x: x,
+        segment_length=100,
+        valid_length=lambda n: 120,
+        weights=list(weights),
+        draws=draws,
+        active=active,
+    )
 
 
 def test_plan_draws_like_upstream():
@@ -54,8 +73,7 @@ def test_plan_draws_like_upstream():
     full = plan_lanes([_member(draws=(1,)), _member()], 450, 2, 0.25, 1.0, 200)
     state = random.getstate()
     random.seed(3)
-    partial = plan_lanes([_member(draws=(1,), active=False), _member()], 450, 2, 0.25,
-                         1.0, 200)
+    partial = plan_lanes([_member(draws=(1,), active=False), _member()], 450, 2, 0.25, 1.0, 200)
     assert random.getstate() == state
     assert [lane.delay for lane in full[2:]] == [lane.delay for lane in partial]
     assert len(partial) == 2 and all(lane.member_index == 1 for lane in partial)

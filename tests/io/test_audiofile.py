@@ -1,4 +1,5 @@
 """demucs.audio.AudioFile (upstream's reader, on PyAV), encode_wav, encode_ffmpeg."""
+
 from __future__ import annotations
 
 import ast
@@ -15,8 +16,10 @@ from demucs.audio import AudioFile, LoadAudioError
 
 RATE = 8000
 ROOT = Path(__file__).resolve().parent.parent
-ORACLES = [ROOT / ".oracle" / "site" / "demucs" / "audio.py",
-           ROOT / ".oracle" / "site410" / "demucs" / "audio.py"]
+ORACLES = [
+    ROOT / ".oracle" / "site" / "demucs" / "audio.py",
+    ROOT / ".oracle" / "site410" / "demucs" / "audio.py",
+]
 
 
 def pcm(seconds: float, seed: int) -> np.ndarray:
@@ -35,7 +38,7 @@ def two_streams(tmp_path_factory) -> tuple:
         streams = [out.add_stream("pcm_s16le", rate=RATE, layout="stereo") for _ in data]
         for stream, samples in zip(streams, data):
             for start in range(0, samples.shape[1], 1000):
-                chunk = np.ascontiguousarray(samples[:, start:start + 1000].T).reshape(1, -1)
+                chunk = np.ascontiguousarray(samples[:, start : start + 1000].T).reshape(1, -1)
                 frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="stereo")
                 frame.sample_rate, frame.pts = RATE, start
                 frame.time_base = Fraction(1, RATE)
@@ -77,8 +80,9 @@ def test_seek_and_duration(two_streams):
     file = AudioFile(path)
     part = file.read(seek_time=0.5, duration=0.25, streams=0)
     assert part.shape == (2, int(RATE * 0.25))
-    torch.testing.assert_close(part, data[0][:, RATE // 2:RATE // 2 + RATE // 4], atol=1e-4,
-                               rtol=0)
+    torch.testing.assert_close(
+        part, data[0][:, RATE // 2 : RATE // 2 + RATE // 4], atol=1e-4, rtol=0
+    )
     # Past the end: as many samples as there are.
     tail = file.read(seek_time=1.9, duration=1.0, streams=0)
     assert tail.shape == (2, int(RATE * 0.1))
@@ -154,7 +158,7 @@ def test_upstream_names_and_parameters_exist(oracle):
             ours = ["self", *ours] if ours[:1] != ["self"] else ours
             if isinstance(inspect.getattr_static(getattr(audio, owner), member), property):
                 continue
-        assert ours[:len(params)] == params, (name, ours, params)
+        assert ours[: len(params)] == params, (name, ours, params)
 
 
 @pytest.mark.parametrize("ext", ["mp3", "m4a"])
@@ -176,5 +180,6 @@ def test_seek_is_sample_exact_in_lossy_files(tmp_path, ext):
         start = round(seek * samplerate)
         part = file.read(seek_time=seek, duration=0.25, streams=0)
         assert part.shape == (2, samplerate // 4)
-        torch.testing.assert_close(part, full[:, start:start + samplerate // 4], rtol=0,
-                                   atol=0 if ext == "mp3" else 1e-3)
+        torch.testing.assert_close(
+            part, full[:, start : start + samplerate // 4], rtol=0, atol=0 if ext == "mp3" else 1e-3
+        )

@@ -1,5 +1,6 @@
 """demucs.io.readers and demucs.io.resample: hostile inputs get one clear line or a
 warning, odd sample rates are resampled in bounded time and memory."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,14 @@ import soundfile as sf
 
 from demucs.io.errors import AudioWarning, LoadAudioError
 from demucs.io.readers import open_track, read_array
-from demucs.io.resample import (PolyphaseResampler, SoxrResampler, make_resampler,
-                                output_length, resample, uses_polyphase)
+from demucs.io.resample import (
+    PolyphaseResampler,
+    SoxrResampler,
+    make_resampler,
+    output_length,
+    resample,
+    uses_polyphase,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +45,7 @@ def reason(path: Path) -> str:
 
 # ---------------------------------------------------------------- messages
 
+
 def test_fifo_and_devices_are_not_regular_files(tmp_path):
     fifo = tmp_path / "pipe.wav"
     os.mkfifo(fifo)
@@ -48,9 +56,15 @@ def test_fifo_and_devices_are_not_regular_files(tmp_path):
         assert "not a regular file" in reason(Path("/dev/zero"))
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("song.flac", "not a FLAC file"), ("song.wav", "not a WAV file"),
-    ("song.mp3", "not an MP3 file"), ("song.ogg", "not an Ogg file")])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("song.flac", "not a FLAC file"),
+        ("song.wav", "not a WAV file"),
+        ("song.mp3", "not an MP3 file"),
+        ("song.ogg", "not an Ogg file"),
+    ],
+)
 def test_text_file_with_an_audio_extension(tmp_path, name, expected):
     path = tmp_path / name
     path.write_text("definitely not audio\n" * 50)
@@ -77,7 +91,7 @@ def test_video_without_audio_says_so(tmp_path):
 def test_truncated_wav_warns(tmp_path):
     path = tmp_path / "cut.wav"
     sf.write(str(path), noise(8000, 2).T, 8000, subtype="PCM_16")
-    path.write_bytes(path.read_bytes()[:44 + 4 * 3000])
+    path.write_bytes(path.read_bytes()[: 44 + 4 * 3000])
     with pytest.warns(AudioWarning, match="truncated: decoded 3000 of the 16000"):
         data, _ = read_array(path)
     assert data.shape == (2, 3000)
@@ -87,7 +101,7 @@ def test_truncated_flac_is_read_in_part_with_a_warning(tmp_path):
     path = tmp_path / "cut.flac"
     sf.write(str(path), noise(16000, 2).T, 16000, subtype="PCM_16")
     raw = path.read_bytes()
-    path.write_bytes(raw[:len(raw) // 2])
+    path.write_bytes(raw[: len(raw) // 2])
     with pytest.warns(AudioWarning, match="truncated"):
         data, samplerate = read_array(path)
     assert samplerate == 16000 and 0 < data.shape[1] < 32000
@@ -122,10 +136,12 @@ def test_channel_conversion_error_is_one_line(tmp_path):
     path = tmp_path / "stereo.wav"
     sf.write(str(path), noise(8000, 0.1).T, 8000)
     assert "cannot convert 2-channel audio to 3" in str(
-        pytest.raises(LoadAudioError, open_track, path, 8000, 3).value)
+        pytest.raises(LoadAudioError, open_track, path, 8000, 3).value
+    )
 
 
 # ---------------------------------------------------------------- resampling
+
 
 def test_usual_rates_keep_julius_filters():
     import julius
@@ -145,8 +161,10 @@ def test_odd_rates_are_bounded_and_accurate(rate):
     assert not uses_polyphase(rate, 44100)
     assert isinstance(make_resampler(rate, 44100, 2), SoxrResampler)
     t = np.arange(rate) / rate
-    wav = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 1000 * t)]
-                   ).astype(np.float32) * 0.5
+    wav = (
+        np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 1000 * t)]).astype(np.float32)
+        * 0.5
+    )
     start = time.perf_counter()
     out = resample(wav, rate, 44100, block=4096)
     assert time.perf_counter() - start < 3
@@ -155,7 +173,7 @@ def test_odd_rates_are_bounded_and_accurate(rate):
     ideal = np.stack([np.sin(2 * np.pi * 440 * t_out), np.sin(2 * np.pi * 1000 * t_out)]) * 0.5
     middle = slice(1000, -1000)
     error = out[:, middle] - ideal[:, middle]
-    snr = 10 * np.log10((ideal[:, middle] ** 2).sum() / (error ** 2).sum())
+    snr = 10 * np.log10((ideal[:, middle] ** 2).sum() / (error**2).sum())
     assert snr > 80, snr
 
 
@@ -181,8 +199,14 @@ def test_odd_rate_file_in_bounded_time_and_memory(tmp_path):
         status = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
         print(track.length, time.perf_counter() - start, int(status) // 1024)
     """)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stderr
     length, seconds, rss_mb = out.stdout.split()
     assert int(length) == 44100
@@ -212,8 +236,10 @@ def test_odd_rate_through_ffmpeg(tmp_path):
     with av.open(str(path), "w") as out:
         stream = out.add_stream("pcm_s16le", rate=44101, layout="stereo")
         frame = av.AudioFrame.from_ndarray(
-            (np.clip(wav, -1, 1).T * 32767).astype(np.int16).reshape(1, -1), format="s16",
-            layout="stereo")
+            (np.clip(wav, -1, 1).T * 32767).astype(np.int16).reshape(1, -1),
+            format="s16",
+            layout="stereo",
+        )
         frame.sample_rate, frame.pts, frame.time_base = 44101, 0, Fraction(1, 44101)
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             out.mux(packet)
@@ -231,8 +257,9 @@ def test_io_layer_does_not_import_torch(tmp_path):
         open_track({str(tmp_path / "x.mp3")!r}, 16000, 1)
         assert "torch" not in sys.modules and "julius" not in sys.modules
     """)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -250,5 +277,4 @@ def test_warning_format_for_the_command_line(tmp_path, capsys):
     finally:
         warnings.showwarning = previous
     err = capsys.readouterr().err
-    assert err == f"demucs: warning: {path}: 10 non-finite samples (NaN/Inf) replaced " \
-        "by 0 / +-1\n"
+    assert err == f"demucs: warning: {path}: 10 non-finite samples (NaN/Inf) replaced by 0 / +-1\n"

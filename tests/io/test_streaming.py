@@ -3,6 +3,7 @@
 Tiny HTDemucs models (16 kHz, 0.5 s segments) on generated noise; every comparison is an
 SNR against ``apply_model`` / :meth:`Separator.separate_tensor` (>= 100 dB).
 """
+
 from __future__ import annotations
 
 import random
@@ -48,6 +49,7 @@ def model() -> HTDemucs:
 
 # ---------------------------------------------------------------------- building blocks
 
+
 @pytest.mark.parametrize("old,new", [(44100, 16000), (8000, 16000), (48000, 44100)])
 def test_block_resampling_equals_julius(old, new):
     wav = noise(9001, seed=1)
@@ -59,6 +61,7 @@ def test_block_resampling_equals_julius(old, new):
 
 
 # ---------------------------------------------------------------------- files
+
 
 def write_track(path: Path, wav: torch.Tensor, samplerate: int) -> None:
     sf.write(str(path), wav.numpy().T, samplerate, subtype="FLOAT")
@@ -80,11 +83,14 @@ def test_separate_audio_file_resampled_input(tmp_path, model):
         assert snr_db(stems_ref[name], stems[name]) > 100
 
 
-@pytest.mark.parametrize("ext,clip,options", [
-    ("flac", "rescale", {}),
-    ("wav", "clamp", {"bits_per_sample": 24}),
-    ("wav", "rescale", {"as_float": True}),
-])
+@pytest.mark.parametrize(
+    "ext,clip,options",
+    [
+        ("flac", "rescale", {}),
+        ("wav", "clamp", {"bits_per_sample": 24}),
+        ("wav", "rescale", {"as_float": True}),
+    ],
+)
 def test_stem_writers_equal_save_audio(tmp_path, model, ext, clip, options):
     """Streamed stems written block by block == in-memory stems saved by save_audio
     (loud input, so that ``rescale`` really rescales)."""
@@ -97,33 +103,38 @@ def test_stem_writers_equal_save_audio(tmp_path, model, ext, clip, options):
     track = separator.open_track(tmp_path / "in.wav")
     out = tmp_path / "out"
     out.mkdir()
-    writers = [open_stem_writer(out / f"{name}.{ext}", RATE, 2, clip=clip, **options)
-               for name in separator.sources]
+    writers = [
+        open_stem_writer(out / f"{name}.{ext}", RATE, 2, clip=clip, **options)
+        for name in separator.sources
+    ]
     for _, stems in separator.stream_track(track):
         for writer, block in zip(writers, stems):
             writer.write(block)
     for writer in writers:
         writer.close()
     for name in separator.sources:
-        save_audio(reference[name], tmp_path / f"ref_{name}.{ext}", RATE, clip=clip,
-                   **options)
+        save_audio(reference[name], tmp_path / f"ref_{name}.{ext}", RATE, clip=clip, **options)
         ours = sf.read(str(out / f"{name}.{ext}"), dtype="float32")[0]
         theirs = sf.read(str(tmp_path / f"ref_{name}.{ext}"), dtype="float32")[0]
         assert ours.shape == theirs.shape == (wav.shape[1], 2)
         assert snr_db(theirs, ours) > 100
         if not options.get("as_float"):  # integer PCM: at most one step apart
-            assert np.abs(ours - theirs).max() <= 1.5 / 2 ** 15
+            assert np.abs(ours - theirs).max() <= 1.5 / 2**15
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{name}.{ext}" for name in separator.sources)  # no temporary left
+        f"{name}.{ext}" for name in separator.sources
+    )  # no temporary left
 
 
-@pytest.mark.parametrize("ext,clip,options", [
-    ("mp3", "rescale", {"bitrate": 64}),
-    ("mp3", "clamp", {"bitrate": 64}),
-    ("flac", "rescale", {"bits_per_sample": 24}),
-    ("wav", "rescale", {"as_float": True}),
-    ("wav", "tanh", {}),
-])
+@pytest.mark.parametrize(
+    "ext,clip,options",
+    [
+        ("mp3", "rescale", {"bitrate": 64}),
+        ("mp3", "clamp", {"bitrate": 64}),
+        ("flac", "rescale", {"bits_per_sample": 24}),
+        ("wav", "rescale", {"as_float": True}),
+        ("wav", "tanh", {}),
+    ],
+)
 def test_block_writers_equal_save_audio(tmp_path, ext, clip, options):
     """A loud stem (peak > 1, so ``rescale`` divides) written in blocks == save_audio of
     the whole stem; mp3 byte for byte."""
@@ -131,7 +142,7 @@ def test_block_writers_equal_save_audio(tmp_path, ext, clip, options):
     save_audio(stem, tmp_path / f"whole.{ext}", RATE, clip=clip, **options)
     writer = open_stem_writer(tmp_path / f"blocks.{ext}", RATE, 2, clip=clip, **options)
     for start in range(0, stem.shape[1], 3001):
-        writer.write(stem[:, start:start + 3001].numpy())
+        writer.write(stem[:, start : start + 3001].numpy())
     writer.close()
     ours = sf.read(str(tmp_path / f"blocks.{ext}"), dtype="float32")[0]
     theirs = sf.read(str(tmp_path / f"whole.{ext}"), dtype="float32")[0]
@@ -139,7 +150,7 @@ def test_block_writers_equal_save_audio(tmp_path, ext, clip, options):
     if ext == "mp3":
         assert (tmp_path / "blocks.mp3").read_bytes() == (tmp_path / "whole.mp3").read_bytes()
     else:  # PCM: at most one step apart (tanh may differ by one ulp before rounding)
-        assert np.abs(ours - theirs).max() <= 1.5 / 2 ** 15
+        assert np.abs(ours - theirs).max() <= 1.5 / 2**15
         if clip == "rescale":
             assert 0.9 < np.abs(theirs).max() <= 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"blocks.{ext}", f"whole.{ext}"]
@@ -156,6 +167,7 @@ def test_aborted_writers_leave_nothing(tmp_path):
 
 def test_open_track_errors(tmp_path):
     from demucs.audio import LoadAudioError
+
     (tmp_path / "bad.wav").write_text("not audio at all\n" * 20)
     with pytest.raises(LoadAudioError, match="cannot decode"):
         open_track(tmp_path / "bad.wav", RATE, 2)

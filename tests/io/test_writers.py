@@ -1,4 +1,5 @@
 """demucs.io.writers: permissions, long names, signals, full disks, NaN, clip modes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,7 +38,7 @@ def stream_to(path: Path, wav: np.ndarray, **options: tp.Any) -> None:
     writer = open_stem_writer(path, RATE, wav.shape[0], **options)
     try:
         for start in range(0, wav.shape[1], 1000):
-            writer.write(wav[:, start:start + 1000])
+            writer.write(wav[:, start : start + 1000])
     except BaseException:
         writer.abort()
         raise
@@ -46,16 +47,18 @@ def stream_to(path: Path, wav: np.ndarray, **options: tp.Any) -> None:
 
 WRITERS: tp.Dict[str, tp.Callable[[Path], None]] = {
     "save wav": lambda p: save_audio(torch.from_numpy(noise()), p.with_suffix(".wav"), RATE),
-    "save flac": lambda p: save_audio(torch.from_numpy(noise()), p.with_suffix(".flac"), RATE,
-                                      clip="clamp", bits_per_sample=24),
+    "save flac": lambda p: save_audio(
+        torch.from_numpy(noise()), p.with_suffix(".flac"), RATE, clip="clamp", bits_per_sample=24
+    ),
     "save mp3": lambda p: save_audio(torch.from_numpy(noise()), p.with_suffix(".mp3"), RATE),
     "stem wav rescale": lambda p: stream_to(p.with_suffix(".wav"), noise()),
     "stem flac none": lambda p: stream_to(p.with_suffix(".flac"), noise(), clip="none"),
     "stem mp3 tanh": lambda p: stream_to(p.with_suffix(".mp3"), noise(), clip="tanh"),
     "encode_mp3": lambda p: encode_mp3(torch.from_numpy(noise()), p.with_suffix(".mp3"), RATE),
     "encode_wav": lambda p: encode_wav(torch.from_numpy(noise()), p.with_suffix(".wav"), RATE),
-    "encode_ffmpeg": lambda p: encode_ffmpeg(torch.from_numpy(noise()), p.with_suffix(".ogg"),
-                                             RATE),
+    "encode_ffmpeg": lambda p: encode_ffmpeg(
+        torch.from_numpy(noise()), p.with_suffix(".ogg"), RATE
+    ),
 }
 
 
@@ -75,6 +78,7 @@ def only_file(folder: Path) -> Path:
 
 
 # ---------------------------------------------------------------- permissions
+
 
 @pytest.mark.parametrize("kind", list(WRITERS))
 def test_files_honour_the_umask(tmp_path, kind):
@@ -98,6 +102,7 @@ def test_overwriting_keeps_normal_permissions(tmp_path, kind):
 
 # ---------------------------------------------------------------- names
 
+
 @pytest.mark.parametrize("ext", ["wav", "flac", "mp3"])
 def test_longest_valid_name_works(tmp_path, ext):
     name = "é" * ((255 - len(ext) - 1) // 2) + "x" * ((255 - len(ext) - 1) % 2) + f".{ext}"
@@ -112,8 +117,11 @@ def test_errors_name_the_final_path(tmp_path):
     with pytest.raises(OSError) as info:
         save_audio(torch.from_numpy(noise()), target, RATE)
     assert info.value.filename == str(target)
-    assert ".tmp" not in str(info.value) and "No such file" in str(info.value) or \
-        "no such file" in str(info.value)
+    assert (
+        ".tmp" not in str(info.value)
+        and "No such file" in str(info.value)
+        or "no such file" in str(info.value)
+    )
 
 
 # ---------------------------------------------------------------- signals
@@ -140,8 +148,13 @@ SIGNAL_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_termination_removes_temporary_files(tmp_path, signum):
-    proc = subprocess.Popen([sys.executable, "-c", SIGNAL_SCRIPT, str(tmp_path)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_SCRIPT, str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
         assert len(list(tmp_path.iterdir())) == 3  # the three hidden temporaries
@@ -168,16 +181,22 @@ def test_registry_forgets_finished_and_aborted_files(tmp_path):
 
 # ---------------------------------------------------------------- full disk
 
+
 @contextlib.contextmanager
 def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tp.Iterator[Path]:
     """A 1 MiB tmpfs, 600 KiB of it taken, when this process may mount one (root);
     otherwise a folder whose writes fail with ENOSPC after 64 KiB."""
     folder = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
     folder.mkdir()
-    mounted = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-        capture_output=True).returncode == 0
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True
+        ).returncode
+        == 0
+    )
     if not mounted:
+
         class Full:
             def __init__(self, path: Path) -> None:
                 self.raw = open(path, "r+b")
@@ -202,8 +221,9 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tp.Iterator[P
             subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-@pytest.mark.parametrize("ext,clip", [("wav", "rescale"), ("flac", "clamp"), ("mp3", "none"),
-                                      ("wav", "none")])
+@pytest.mark.parametrize(
+    "ext,clip", [("wav", "rescale"), ("flac", "clamp"), ("mp3", "none"), ("wav", "none")]
+)
 def test_disk_full_says_so(tmp_path, monkeypatch, ext, clip):
     wav = noise(seconds=30, amplitude=0.5)  # > 1 MiB in every format
     with small_disk(tmp_path, monkeypatch) as folder:
@@ -219,6 +239,7 @@ def test_disk_full_says_so(tmp_path, monkeypatch, ext, clip):
 
 
 # ---------------------------------------------------------------- samples
+
 
 @pytest.mark.parametrize("ext", ["wav", "flac", "mp3"])
 @pytest.mark.parametrize("clip", ["rescale", "clamp", "none"])
@@ -248,22 +269,31 @@ def test_clip_none_float_keeps_values_beyond_one(tmp_path):
     assert np.abs(back).max() > 1
     stream_to(tmp_path / "pcm.wav", wav, clip="none")  # PCM saturates, never wraps
     back, _ = sf.read(str(tmp_path / "pcm.wav"), always_2d=True, dtype="float32")
-    assert np.abs(back).max() <= 1 and np.sign(back[np.abs(wav.T) > 1]).tolist() == \
-        np.sign(wav.T[np.abs(wav.T) > 1]).tolist()
+    assert (
+        np.abs(back).max() <= 1
+        and np.sign(back[np.abs(wav.T) > 1]).tolist() == np.sign(wav.T[np.abs(wav.T) > 1]).tolist()
+    )
 
 
 def test_clip_modes_use_the_named_constants(tmp_path):
     wav = np.array([[0.5, -2.0, 1.5]], np.float32)
-    for clip, expected in [("rescale", wav / (RESCALE_HEADROOM * 2)),
-                           ("clamp", np.clip(wav, -CLAMP_LIMIT, CLAMP_LIMIT)),
-                           ("tanh", np.tanh(wav)), ("none", wav)]:
+    for clip, expected in [
+        ("rescale", wav / (RESCALE_HEADROOM * 2)),
+        ("clamp", np.clip(wav, -CLAMP_LIMIT, CLAMP_LIMIT)),
+        ("tanh", np.tanh(wav)),
+        ("none", wav),
+    ]:
         stream_to(tmp_path / f"{clip}.wav", wav, clip=clip, as_float=True)
         back, _ = sf.read(str(tmp_path / f"{clip}.wav"), always_2d=True, dtype="float32")
         np.testing.assert_allclose(back.T, expected, rtol=1e-6)
     with pytest.raises(ValueError, match="clip mode"):
         open_stem_writer(tmp_path / "x.wav", RATE, 2, clip="fold")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "clamp.wav", "none.wav", "rescale.wav", "tanh.wav"]
+        "clamp.wav",
+        "none.wav",
+        "rescale.wav",
+        "tanh.wav",
+    ]
 
 
 def test_save_audio_and_stem_writer_write_the_same_bytes(tmp_path):

@@ -1,4 +1,5 @@
 """Test-only stand-in for dora.log."""
+
 import sys
 
 

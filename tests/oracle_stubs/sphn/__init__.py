@@ -4,6 +4,7 @@ Upstream 4.1.0 only calls ``sphn.read(path)`` (in ``api.Separator._load_audio``)
 returns ``(float32 array (channels, samples), samplerate)``; soundfile does the decoding
 here. Never on the import path of our own package.
 """
+
 import numpy as np
 import soundfile as sf
 

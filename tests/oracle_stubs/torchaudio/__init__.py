@@ -3,6 +3,7 @@
 Only what upstream's separate.py / audio.py call: load, save (soundfile based).
 Never on the import path of our own package.
 """
+
 import numpy as np
 import soundfile as sf
 import torch
