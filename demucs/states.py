@@ -36,6 +36,20 @@ from .errors import ModelLoadingError
 from .utils import fatal  # noqa: F401 (upstream's name)
 from .model_checks import check_model_kwargs, check_parameter_count
 
+#: What ``torch.load`` raises on a file that is not a (readable) checkpoint.
+_LOAD_ERRORS = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    zipfile.BadZipFile,
+    OSError,
+)
+
 PathLike = tp.Union[str, os.PathLike]
 Package = tp.Dict[str, tp.Any]
 State = tp.Dict[str, tp.Any]
@@ -293,18 +307,7 @@ def load_package(path: PathLike, trust: tp.Optional[bool] = None) -> Package:
             if exc.name and _is_diffq_global(exc.name):
                 raise MissingDiffQError(f"cannot load {path}: {_DIFFQ_HINT}") from exc
             raise ModelLoadingError(f"cannot load {path}: {exc}") from exc
-        except (
-            pickle.UnpicklingError,
-            RuntimeError,
-            EOFError,
-            ValueError,
-            TypeError,
-            AttributeError,
-            KeyError,
-            IndexError,
-            zipfile.BadZipFile,
-            OSError,
-        ) as exc:
+        except _LOAD_ERRORS as exc:
             if not _looks_like_checkpoint(path):
                 raise ModelLoadingError(f"{path} is not a PyTorch checkpoint") from exc
             raise ModelLoadingError(
@@ -321,18 +324,7 @@ def load_package(path: PathLike, trust: tp.Optional[bool] = None) -> Package:
             warnings.simplefilter("ignore")
             with torch.serialization.safe_globals(allowed):
                 return torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        pickle.UnpicklingError,
-        RuntimeError,
-        EOFError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        KeyError,
-        IndexError,
-        zipfile.BadZipFile,
-        OSError,
-    ) as exc:
+    except _LOAD_ERRORS as exc:
         raise _explain_load_failure(path, allowed, exc) from exc
 
 
