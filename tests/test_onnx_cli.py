@@ -494,3 +494,34 @@ def test_stems_graph_holds_only_the_members_it_needs(tmp_path, one_hot_bag, song
     assert (out / "bagv" / "song" / "minus_vocals.wav").exists()
     code, _, err = run_main(["--onnx", vocals, "--two-stems", "vocals", "-o", out, song], capsys)
     assert code == 1 and "--other-method minus" in err
+
+
+def test_onnx_seed_and_keep_samplerate(tmp_path, onnx_file, capsys):
+    """--seed gives identical runs and --keep-samplerate 48 kHz stems of the input's length,
+    with --onnx as with PyTorch (the same command code)."""
+    mix = write_mix(tmp_path / "in48.wav", seconds=1.1, amplitude=0.1, samplerate=48000)
+    outs = []
+    for run in range(2):
+        out = tmp_path / f"o{run}"
+        code, _, err = run_main(
+            [
+                "--onnx",
+                onnx_file,
+                "--seed",
+                "4",
+                "--keep-samplerate",
+                "--float32",
+                "-q",
+                "-o",
+                out,
+                tmp_path / "in48.wav",
+            ],
+            capsys,
+        )
+        assert code == 0, err
+        outs.append(out / NAME / "in48")
+    for stem in SOURCES:
+        first, rate = sf.read(str(outs[0] / f"{stem}.wav"), dtype="float32")
+        second, _ = sf.read(str(outs[1] / f"{stem}.wav"), dtype="float32")
+        assert rate == 48000 and first.shape == mix.shape
+        assert np.array_equal(first, second)
