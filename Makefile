@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS ?= onnx,dev,quantized,ray,hf
 PYTEST_ARGS ?=
+NPM ?= npm
 STAMP := $(VENV)/.installed-$(subst /,_,$(subst $(comma),_,$(EXTRAS)))
 comma := ,
 
@@ -58,7 +59,6 @@ parity: setup oracle
 
 # The browser page (web/): npm packages from package-lock.json (onnxruntime-web, and
 # puppeteer-core for the tests), installed when missing or outdated.
-NPM ?= npm
 ONNX ?= model.onnx
 
 node_modules/.package-lock.json: package.json package-lock.json

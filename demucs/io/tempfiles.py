@@ -39,6 +39,18 @@ _RANDOM_CHARS = 8  # token_hex(4)
 _live: tp.Set[Path] = set()
 _lock = threading.RLock()  # re-entrant: the signal handler runs on the main thread
 _terminating = threading.Event()  # set by remove_all_temporaries: no new files after it
+_exit_status: tp.List[int] = []  # set by the signal handler
+#: Code of functions a C library calls back (our file object behind libsndfile's virtual
+#: I/O; soundfile's own ``vio_*`` callbacks are recognised by name): an exception raised
+#: there would be swallowed, so the signal handler defers its exit to the writer.
+_CALLBACK_CODES: tp.Set[tp.Any] = set()
+F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
+
+
+def library_callback(func: F) -> F:
+    """Marks ``func`` as called back from C (see :func:`raise_if_terminating`)."""
+    _CALLBACK_CODES.add(func.__code__)
+    return func
 
 
 def live_temporary_files() -> tp.List[Path]:
@@ -143,8 +155,24 @@ def remove_all_temporaries() -> None:
 
 def _on_signal(signum: int, frame: tp.Any) -> None:
     remove_all_temporaries()
+    _exit_status.append(128 + signum)
+    while frame is not None:
+        if frame.f_code in _CALLBACK_CODES or (
+            frame.f_globals.get("__name__") == "soundfile"
+            and frame.f_code.co_name.startswith("vio_")
+        ):
+            return  # inside a C callback: the writer raises once the call returns
+        frame = frame.f_back
     # Exits with the shell's convention for a signal; ``finally`` blocks still run.
     raise SystemExit(128 + signum)
+
+
+def raise_if_terminating() -> None:
+    """Raises the ``SystemExit`` of a cleanup signal that arrived during a C library's
+    callback (libsndfile's virtual I/O through cffi would swallow it there): writers call
+    this once the library call returns."""
+    if _exit_status:
+        raise SystemExit(_exit_status[0])
 
 
 def install_signal_cleanup() -> None:

@@ -23,7 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NonFinite, PathLike
-from .tempfiles import TempFileWriter, create_temporary, open_output, output_error, remove_temporary
+from .tempfiles import (
+    TempFileWriter,
+    create_temporary,
+    open_output,
+    output_error,
+    library_callback,
+    raise_if_terminating,
+    remove_temporary,
+)
 
 Array = np.ndarray
 ClipMode = tp.Literal["rescale", "clamp", "tanh", "none"]
@@ -97,6 +105,7 @@ class _GuardedFile:
         self.raw = raw
         self.error: tp.Optional[OSError] = None
 
+    @library_callback
     def _guard(self, call: tp.Callable[..., tp.Any], *args: tp.Any, failed: tp.Any) -> tp.Any:
         try:
             return call(*args)
@@ -104,18 +113,23 @@ class _GuardedFile:
             self.error = self.error or err
             return failed
 
+    @library_callback
     def write(self, data: bytes) -> int:
         return self._guard(self.raw.write, data, failed=0)
 
+    @library_callback
     def read(self, size: int = -1) -> bytes:
         return self._guard(self.raw.read, size, failed=b"")
 
+    @library_callback
     def seek(self, offset: int, whence: int = 0) -> int:
         return self._guard(self.raw.seek, offset, whence, failed=-1)
 
+    @library_callback
     def tell(self) -> int:
         return self._guard(self.raw.tell, failed=-1)
 
+    @library_callback
     def flush(self) -> None:
         self.raw.flush()
 
@@ -158,6 +172,7 @@ class SoundfileWriter(TempFileWriter):
         self._check()
 
     def _check(self) -> None:
+        raise_if_terminating()
         if self._raw.error is not None:
             raise output_error(self._raw.error, self.path)
 
