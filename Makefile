@@ -7,8 +7,8 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= onnx,dev,quantized,ray,hf
 PYTEST_ARGS ?=
 NPM ?= npm
-STAMP := $(VENV)/.installed-$(subst /,_,$(subst $(comma),_,$(EXTRAS)))
 comma := ,
+STAMP := $(VENV)/.installed-$(subst /,_,$(subst $(comma),_,$(EXTRAS)))
 
 .PHONY: setup test test-fast lint format bench parity oracle web web-deps web-test
 
