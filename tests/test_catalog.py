@@ -34,7 +34,7 @@ from demucs.apply import BagOfModels, apply_model
 from demucs.pretrained import get_model, list_models
 from demucs.repo import read_bag
 from tests import oracle as _oracle
-from tests.helpers import run_main, write_mix
+from tests.helpers import TINY_HTDEMUCS, run_main, write_mix
 from tests.compare import max_diff
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,18 +42,7 @@ RATE = 8000
 SOURCES_4 = ["drums", "bass", "other", "vocals"]
 SOURCES_6 = SOURCES_4 + ["guitar", "piano"]
 
-HT = dict(
-    sources=SOURCES_4,
-    audio_channels=2,
-    channels=4,
-    nfft=256,
-    depth=2,
-    t_layers=1,
-    t_heads=2,
-    samplerate=RATE,
-    segment=1,
-    dconv_comp=4,
-)
+HT = TINY_HTDEMUCS  # the tiny HTDemucs of the command tests
 HT_6S = dict(HT, sources=SOURCES_6)
 HD = dict(
     sources=SOURCES_4,
